@@ -1,0 +1,200 @@
+"""The `metalab` command: train | eval | plot | data.
+
+Bad input (an unknown algorithm or config key, a negative shot count, a missing or corrupt
+checkpoint, a missing data folder) ends with one line on stderr and exit status 2, not a traceback.
+Set METALAB_DEBUG=1 to see the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .checkpoint import CheckpointError
+from .config import Config, ConfigError, config_from_dict, load_config, parse_override
+
+__all__ = ["main"]
+
+_EXAMPLES = """examples:
+  metalab train                                   # MAML on sine waves, the built-in default
+  metalab train --algorithm metasgd --iterations 2000
+  metalab train --config configs/sine/maml.yaml --set inner_lr=0.02
+  metalab train --run-dir runs/sine --resume      # continue an interrupted run
+  metalab eval runs/sine/checkpoint.pt --steps 1 5 10 --shots 5
+  metalab plot runs/sine/checkpoint.pt --baseline runs/pre/checkpoint.pt --out sine.png
+"""
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("config keys (each overrides the config file; see configs/ for examples)")
+    defaults = Config()
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        g.add_argument(flag, dest=f"cfg_{f.name}", metavar=f.name.upper(), nargs="+" if isinstance(default, list) else None,
+                       help=f"default: {default}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="metalab",
+        description="Meta-learning on PyTorch: meta-train on many small tasks, adapt to a new one from a few examples.",
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="meta-train (no arguments: MAML on sine waves)", epilog=_EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("--config", help="a YAML config file (keys as below)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    t.add_argument("--run-dir", help="where to write config.yaml, metrics.jsonl, checkpoint.pt (default: runs/<benchmark>-<algorithm>-<time>)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--no-eval", action="store_true", help="skip the final meta-test")
+    _add_config_flags(t)
+
+    e = sub.add_parser("eval", help="meta-test a checkpoint: mean accuracy / MSE with a 95%% CI")
+    e.add_argument("checkpoint")
+    e.add_argument("--tasks", type=int, help="number of test tasks (default: the config's test_tasks)")
+    e.add_argument("--steps", type=int, nargs="+", help="inner steps to report (default: the config's eval_steps)")
+    e.add_argument("--shots", type=int, help="K at test time (default: the config's test_shots)")
+    e.add_argument("--queries", type=int, help="queries at test time")
+    e.add_argument("--data-dir", help="data folder, if it moved since training")
+    e.add_argument("--json", help="also write the results to this JSON file")
+
+    pl = sub.add_parser("plot", help="figure 2 of Finn et al. 2017: a sine task before and after adaptation")
+    pl.add_argument("checkpoint", help="a sine-wave checkpoint (e.g. MAML)")
+    pl.add_argument("--baseline", help="a second checkpoint to draw beside it (e.g. the pretrained baseline)")
+    pl.add_argument("--out", default="sine.png", help="PNG to write")
+    pl.add_argument("--shots", type=int, default=5)
+    pl.add_argument("--steps", type=int, nargs="+", default=[1, 10])
+    pl.add_argument("--seed", type=int, default=0, help="which held-out task to draw")
+
+    d = sub.add_parser("data", help="fetch or check data sets")
+    d.add_argument("action", choices=["download"])
+    d.add_argument("dataset", choices=["omniglot"])
+    d.add_argument("--data-dir", required=True, help="folder to download into")
+    return p
+
+
+def _yaml(text: str):
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _train_config(args) -> Config:
+    config = load_config(args.config) if args.config else Config()
+    values = {}
+    for f in dataclasses.fields(Config):
+        raw = getattr(args, f"cfg_{f.name}")
+        if raw is not None:
+            values[f.name] = [_yaml(v) for v in raw] if isinstance(raw, list) else _yaml(raw)
+    for text in args.set:
+        key, value = parse_override(text)
+        values[key] = value
+    return config_from_dict(values, config).resolved()
+
+
+def cmd_train(args) -> int:
+    from .builders import build_source, load_dataset
+    from .evaluate import evaluate
+    from .train import train
+
+    if args.resume and not args.run_dir:
+        raise ConfigError("--resume needs --run-dir, the folder of the run to continue")
+    if args.resume and not args.config and not any(getattr(args, f"cfg_{f.name}") is not None for f in dataclasses.fields(Config)) and not args.set:
+        # Resuming with no config given means: the run's own config.
+        config = load_config(Path(args.run_dir) / "config.yaml")
+    else:
+        config = _train_config(args)
+    run_dir = Path(args.run_dir or f"runs/{config.benchmark}-{config.algorithm}-{time.strftime('%Y%m%d-%H%M%S')}")
+    result = train(config, run_dir, resume=args.resume, progress=not args.quiet)
+    c = result.config
+    print(f"trained {c.algorithm} on {c.benchmark} for {result.iteration} iterations in {result.seconds:.0f} s -> {run_dir}/checkpoint.pt")
+    if not args.no_eval:
+        source_args = (c, "test", load_dataset(c))
+        for steps in c.eval_steps:
+            print("test " + str(evaluate(result.learner, build_source(*source_args), c.test_tasks, steps=steps)))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .builders import build_source, load_dataset
+    from .evaluate import evaluate
+    from .train import learner_from_checkpoint
+
+    learner, c, state = learner_from_checkpoint(args.checkpoint)
+    overrides = {k: v for k, v in {"test_shots": args.shots, "test_queries": args.queries, "data_dir": args.data_dir}.items() if v is not None}
+    c = config_from_dict(overrides, c).resolved()
+    tasks = args.tasks if args.tasks is not None else c.test_tasks
+    if tasks < 1:
+        raise ConfigError(f"--tasks must be >= 1, got {tasks}")
+    steps_list = args.steps or c.eval_steps
+    if any(s < 0 for s in steps_list):
+        raise ConfigError(f"--steps must be >= 0, got {steps_list}")
+    dataset = load_dataset(c)
+    print(f"{args.checkpoint}: {c.algorithm} on {c.benchmark}, iteration {state['iteration']}, K={c.test_shots}")
+    results = []
+    for steps in steps_list:
+        r = evaluate(learner, build_source(c, "test", dataset), tasks, steps=steps)
+        results.append(r.to_dict())
+        print("test " + str(r))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"checkpoint": str(args.checkpoint), "shots": c.test_shots, "results": results}, indent=2))
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from .plots import sine_adaptation_figure
+    from .train import learner_from_checkpoint
+
+    learners = {}
+    for path in [args.checkpoint] + ([args.baseline] if args.baseline else []):
+        learner, c, _ = learner_from_checkpoint(path)
+        if c.benchmark != "sine":
+            raise ConfigError(f"plot draws sine-wave tasks; {path} was trained on {c.benchmark}")
+        learners[{"pretrain": "pretrained"}.get(c.algorithm, c.algorithm.upper() if c.algorithm == "maml" else c.algorithm)] = learner
+    if args.shots < 1:
+        raise ConfigError(f"--shots must be >= 1, got {args.shots}")
+    sine_adaptation_figure(learners, args.out, shots=args.shots, steps=args.steps, seed=args.seed)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from .data import download_omniglot
+
+    path = download_omniglot(args.data_dir)
+    print(f"Omniglot ready in {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    argv = sys.argv[1:] if argv is None else argv
+    # No command at all means the built-in default job: `metalab train`.
+    args = parser.parse_args(argv or ["train"])
+    command = args.command
+    try:
+        return {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "data": cmd_data}[command](args)
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
+        if os.environ.get("METALAB_DEBUG"):
+            raise
+        print(f"metalab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("metalab: interrupted (the last checkpoint is intact; continue with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

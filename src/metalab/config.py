@@ -1,0 +1,216 @@
+"""Configs as data: one flat dataclass, loaded from YAML, overridable from the command line, validated.
+
+A flat set of keys (grouped below by comments) keeps overrides short (`--set inner_lr=0.1`) and error
+messages exact: an unknown key is named together with the allowed ones, a wrong type names the key
+and the expected type. The resolved config is saved beside every checkpoint and inside it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+__all__ = ["Config", "ConfigError", "load_config", "config_from_dict", "parse_override", "ALGORITHMS", "BENCHMARKS"]
+
+ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile", "pretrain")
+BENCHMARKS = ("sine", "omniglot")
+_CHOICES = {
+    "algorithm": ALGORITHMS,
+    "benchmark": BENCHMARKS,
+    "strategy": ("auto", "vmap", "loop"),
+    "outer_optimizer": ("adam", "sgd"),
+    "lr_schedule": ("constant", "cosine"),
+    "split": ("vinyals", "lake"),
+}
+
+
+class ConfigError(ValueError):
+    """A config that cannot be run; the message names the key."""
+
+
+@dataclass
+class Config:
+    # --- the tasks -------------------------------------------------------------------------------
+    benchmark: str = "sine"  # sine | omniglot
+    ways: int = 5  # N (classification only)
+    shots: int = 10  # K support examples (per class for classification) during meta-training
+    queries: int = 10  # query examples (per class for classification) during meta-training
+    test_shots: Optional[int] = None  # K at evaluation (default: shots)
+    test_queries: Optional[int] = None  # queries at evaluation (default: queries; 100 points for sine)
+    data_dir: Optional[str] = None  # folder holding the data set's files
+    split: str = "vinyals"  # Omniglot split: vinyals | lake
+    # --- the algorithm ---------------------------------------------------------------------------
+    algorithm: str = "maml"  # maml | fomaml | metasgd | reptile | pretrain
+    inner_lr: float = 0.01  # alpha
+    inner_steps: int = 1  # inner steps in meta-training
+    eval_inner_steps: Optional[int] = None  # inner steps at evaluation (default: inner_steps)
+    first_order: bool = False  # detach the inner gradients (fomaml sets it)
+    strategy: str = "auto"  # meta-batch processing: auto | vmap | loop
+    # --- the backbone ----------------------------------------------------------------------------
+    hidden: list = field(default_factory=lambda: [40, 40])  # MLP widths (sine)
+    # --- meta-training ---------------------------------------------------------------------------
+    iterations: int = 10000
+    meta_batch: int = 25
+    outer_optimizer: str = "adam"  # adam | sgd
+    outer_lr: float = 0.001  # beta
+    lr_schedule: str = "constant"  # constant | cosine
+    val_every: int = 500  # validate every N iterations (0: never)
+    val_tasks: int = 200
+    checkpoint_every: int = 500
+    log_every: int = 10  # append training metrics to metrics.jsonl every N iterations
+    seed: int = 0
+    threads: Optional[int] = None  # torch threads (default: torch's choice)
+    # --- evaluation ------------------------------------------------------------------------------
+    test_tasks: int = 1000
+    eval_steps: list = field(default_factory=list)  # inner-step counts to report (default: [eval_inner_steps])
+
+    def resolved(self) -> "Config":
+        """Fill the defaults that depend on other keys and check the whole config."""
+        c = dataclasses.replace(self)
+        if c.algorithm == "fomaml":
+            c.first_order = True
+        if c.test_shots is None:
+            c.test_shots = c.shots
+        if c.test_queries is None:
+            c.test_queries = 100 if c.benchmark == "sine" else c.queries
+        if c.eval_inner_steps is None:
+            c.eval_inner_steps = c.inner_steps
+        if not c.eval_steps:
+            c.eval_steps = [c.eval_inner_steps]
+        validate(c)
+        return c
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_HINTS = typing.get_type_hints(Config)
+
+
+def _unknown_key(key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, _FIELDS, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"unknown config key {key!r}{hint}; allowed keys: {', '.join(_FIELDS)}")
+
+
+def _coerce(key: str, value: Any) -> Any:
+    hint = _HINTS[key]
+    optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
+    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint) if optional else hint
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"config key {key!r} must not be empty")
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key {key!r} must be true or false, got {value!r}")
+    if base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key {key!r} must be an integer, got {value!r}")
+    if base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        raise ConfigError(f"config key {key!r} must be a number, got {value!r}")
+    if base is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"config key {key!r} must be a string, got {value!r}")
+    if base is list:
+        values = value if isinstance(value, list) else [value]
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            return values
+        raise ConfigError(f"config key {key!r} must be a list of integers, got {value!r}")
+    return value
+
+
+def validate(c: Config) -> None:
+    for key, choices in _CHOICES.items():
+        if getattr(c, key) not in choices:
+            raise ConfigError(f"config key {key!r} must be one of {', '.join(choices)}; got {getattr(c, key)!r}")
+    positive = ("ways", "shots", "queries", "test_shots", "test_queries", "iterations", "meta_batch", "val_tasks", "test_tasks", "log_every")
+    for key in positive:
+        if getattr(c, key) < 1:
+            raise ConfigError(f"config key {key!r} must be >= 1, got {getattr(c, key)}")
+    for key in ("inner_steps", "eval_inner_steps", "val_every", "checkpoint_every"):
+        if getattr(c, key) < 0:
+            raise ConfigError(f"config key {key!r} must be >= 0, got {getattr(c, key)}")
+    if any(s < 0 for s in c.eval_steps):
+        raise ConfigError(f"config key 'eval_steps' must hold steps >= 0, got {c.eval_steps}")
+    if c.inner_lr <= 0 or c.outer_lr <= 0:
+        raise ConfigError("config keys 'inner_lr' and 'outer_lr' must be > 0")
+    if c.threads is not None and c.threads < 1:
+        raise ConfigError(f"config key 'threads' must be >= 1, got {c.threads}")
+    if c.algorithm == "pretrain" and c.benchmark != "sine":
+        raise ConfigError("algorithm 'pretrain' (pooled regression) is defined for the sine benchmark only")
+    if c.benchmark == "omniglot":
+        per_class = 20
+        for shots_key, queries_key in (("shots", "queries"), ("test_shots", "test_queries")):
+            if getattr(c, shots_key) + getattr(c, queries_key) > per_class:
+                raise ConfigError(
+                    f"config keys {shots_key!r} + {queries_key!r} = {getattr(c, shots_key) + getattr(c, queries_key)} "
+                    f"exceed the {per_class} examples of every Omniglot class"
+                )
+
+
+def config_from_dict(values: dict[str, Any], base: Config | None = None) -> Config:
+    """A config from `values` (e.g. parsed YAML) on top of `base` (default: the built-in defaults)."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"a config must be a mapping of keys to values, got {type(values).__name__}")
+    c = dataclasses.replace(base) if base is not None else Config()
+    for key, value in values.items():
+        if key not in _FIELDS:
+            raise _unknown_key(str(key))
+        setattr(c, key, _coerce(key, value))
+    return c
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice (plain YAML silently keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"config key {key!r} is given twice (line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_config(path: str | Path, base: Config | None = None) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    try:
+        values = yaml.load(text, Loader=_UniqueKeyLoader) or {}
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    return config_from_dict(values, base)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`"inner_lr=0.1"` -> ("inner_lr", 0.1); the value is read as YAML (numbers, true/false, lists)."""
+    if "=" not in text:
+        raise ConfigError(f"an override must look like key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    key = key.strip().replace("-", "_")
+    if key not in _FIELDS:
+        raise _unknown_key(key)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key, value

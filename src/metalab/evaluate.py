@@ -1,0 +1,68 @@
+"""Meta-test: the mean figure over many test tasks with its 95% confidence interval."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .algorithms.base import MetaLearner
+from .losses import task_metric
+
+__all__ = ["EvalResult", "evaluate", "confidence_interval"]
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Mean accuracy (or MSE) over `tasks` test tasks, with the half-width of its 95% interval."""
+
+    metric: str
+    mean: float
+    ci95: float
+    tasks: int
+    steps: int | None = None
+
+    def __str__(self) -> str:
+        value = f"{100 * self.mean:.2f}% +/- {100 * self.ci95:.2f}%" if self.metric == "accuracy" else f"{self.mean:.3f} +/- {self.ci95:.3f}"
+        steps = f" after {self.steps} step{'s' if self.steps != 1 else ''}" if self.steps is not None else ""
+        return f"{self.metric}{steps}: {value} (95% CI, {self.tasks} tasks)"
+
+    def to_dict(self) -> dict:
+        return {"metric": self.metric, "mean": self.mean, "ci95": self.ci95, "tasks": self.tasks, "steps": self.steps}
+
+
+def confidence_interval(values: Tensor) -> tuple[float, float]:
+    """Mean and 95% confidence half-width (normal approximation, 1.96 standard errors)."""
+    values = values.double()
+    n = values.numel()
+    if n == 0:
+        raise ValueError("no values to average")
+    std = values.std(unbiased=True).item() if n > 1 else 0.0
+    return values.mean().item(), 1.96 * std / math.sqrt(n)
+
+
+def evaluate(learner: MetaLearner, source, tasks: int, *, batch_size: int = 25, steps: int | None = None) -> EvalResult:
+    """Adapt to `tasks` tasks drawn from `source` and score each on its queries.
+
+    Args:
+        source: anything with `sample(T) -> TaskBatch` (a `SineTasks`, an `EpisodeSampler`).
+        steps: inner steps for gradient-based learners (default: the learner's own).
+    """
+    was_training = learner.training
+    learner.eval()
+    kwargs = {} if steps is None else {"steps": steps}
+    scores = []
+    try:
+        done = 0
+        while done < tasks:
+            batch = source.sample(min(batch_size, tasks - done))
+            with torch.no_grad():
+                out = learner.predict(batch.support_x, batch.support_y, batch.query_x, **kwargs)
+            scores.append(task_metric(learner.kind, out, batch.query_y))
+            done += batch.num_tasks
+    finally:
+        learner.train(was_training)
+    mean, ci = confidence_interval(torch.cat(scores))
+    return EvalResult(learner.metric_name(), mean, ci, tasks, steps)
+

@@ -1,0 +1,145 @@
+"""The functional core of the gradient-based family.
+
+Parameters travel as plain dicts `{name: tensor}` and the backbone is run with
+`torch.func.functional_call`, so an adapted parameter is just a tensor computed from the
+meta-parameters: no module cloning, no in-place patching. Second order falls out of autograd
+differentiating through the inner steps; first order detaches the inner gradients.
+
+A meta-batch is processed either
+
+- batched, with `torch.func.vmap` over the task dimension (inner gradients by `torch.func.grad`), or
+- by a per-task Python loop (inner gradients by `torch.autograd.grad(create_graph=...)`, measured
+  about 20% faster than a nested `torch.func.grad` on this CPU).
+
+Both give the same meta-gradient (tests/test_functional.py checks it against a hand-written
+reference). "auto" picks vmap for models without convolutions (the sine MLP: much faster batched)
+and the loop for convolutional backbones (a naive vmap over a Conv-4 meta-batch measured 0.55x the
+loop's speed with 10x its memory here).
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping, Union
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from .losses import task_loss
+
+__all__ = [
+    "Params",
+    "LearningRate",
+    "named_params",
+    "forward",
+    "sgd_step",
+    "inner_loop",
+    "resolve_strategy",
+    "map_tasks",
+    "detached_params",
+]
+
+Params = dict[str, Tensor]
+# One float for every parameter, or a tensor per parameter name (Meta-SGD), broadcast against it.
+LearningRate = Union[float, Tensor, Mapping[str, Tensor]]
+STRATEGIES = ("auto", "vmap", "loop")
+
+
+def named_params(module: nn.Module) -> Params:
+    """The module's trainable parameters as a dict (the tensors themselves, not copies)."""
+    return {k: v for k, v in module.named_parameters() if v.requires_grad}
+
+
+def forward(model: nn.Module, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+    """Run `model` on `x` with `params` in place of its own parameters (buffers are the module's)."""
+    return functional_call(model, dict(params), (x,))
+
+
+def sgd_step(params: Mapping[str, Tensor], grads: Mapping[str, Tensor], lr: LearningRate) -> Params:
+    """One out-of-place SGD step: theta' = theta - lr * grad (lr per parameter for Meta-SGD)."""
+    if isinstance(lr, Mapping):
+        return {k: p - lr[k] * grads[k] for k, p in params.items()}
+    return {k: p - lr * grads[k] for k, p in params.items()}
+
+
+def _grads(loss_of: Callable[[Params], Tensor], params: Params, first_order: bool, mode: str) -> Params:
+    if mode == "func":
+        grads = torch.func.grad(loss_of)(params)
+    else:
+        names = list(params)
+        values = torch.autograd.grad(loss_of(params), [params[k] for k in names], create_graph=not first_order)
+        grads = dict(zip(names, values))
+    return {k: g.detach() for k, g in grads.items()} if first_order else grads
+
+
+def inner_loop(
+    model: nn.Module,
+    params: Params,
+    x: Tensor,
+    y: Tensor,
+    *,
+    kind: str,
+    steps: int,
+    lr: LearningRate | Callable[[int], LearningRate],
+    first_order: bool,
+    mode: str = "autograd",
+) -> Params:
+    """Adapt `params` to one task by `steps` SGD steps on the loss of `model` on (x, y).
+
+    Implements the inner update of Finn et al. 2017, eq. 1: theta' = theta - alpha * grad L(theta).
+
+    Args:
+        x: of shape (n, *input_shape) (one task; under `vmap` the task dim is hidden).
+        y: of shape (n,) class ids or (n, *target_shape) values.
+        lr: a learning rate, one per parameter, or a function of the step index returning either
+            (MAML++'s per-step rates).
+        first_order: detach the inner gradients (first-order MAML, Reptile).
+        mode: "autograd" (outside vmap) or "func" (inside vmap).
+
+    Returns:
+        the adapted parameters, differentiable w.r.t. `params` unless they were detached.
+    """
+
+    def loss_of(p: Params) -> Tensor:
+        return task_loss(kind, forward(model, p, x), y)
+
+    for step in range(steps):
+        grads = _grads(loss_of, params, first_order, mode)
+        params = sgd_step(params, grads, lr(step) if callable(lr) else lr)
+    return params
+
+
+def resolve_strategy(strategy: str, model: nn.Module) -> str:
+    """"auto" -> "loop" for convolutional backbones, "vmap" otherwise (see the module docstring)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if strategy != "auto":
+        return strategy
+    has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+    return "loop" if has_conv else "vmap"
+
+
+def map_tasks(fn: Callable, params: Params, tensors: tuple[Tensor, ...], strategy: str):
+    """Apply `fn(params, *per_task_tensors, mode=...)` to every task of a meta-batch.
+
+    Args:
+        fn: a per-task function returning a tensor or a tuple/dict of tensors.
+        params: shared across tasks.
+        tensors: each of shape (T, ...).
+        strategy: "vmap" or "loop".
+
+    Returns:
+        `fn`'s outputs stacked along a new leading task dimension.
+    """
+    if strategy == "vmap":
+        return torch.func.vmap(lambda p, *t: fn(p, *t, mode="func"), in_dims=(None,) + (0,) * len(tensors))(
+            params, *tensors
+        )
+    outs = [fn(params, *(t[i] for t in tensors), mode="autograd") for i in range(tensors[0].shape[0])]
+    return torch.utils._pytree.tree_map(lambda *xs: torch.stack(xs), *outs)
+
+
+def detached_params(params: Mapping[str, Tensor], strategy: str) -> Params:
+    """Copies cut from the meta-parameters' graph, for adaptation that needs no meta-gradient
+    (evaluation, Reptile). The loop computes inner gradients with `torch.autograd.grad`, so its
+    copies must require grad; `torch.func.grad` under vmap needs no flag."""
+    return {k: v.detach().requires_grad_(strategy == "loop") for k, v in params.items()}

@@ -1,0 +1,161 @@
+"""The one meta-training loop, for every algorithm.
+
+It knows nothing of any algorithm beyond `learner.meta_loss(batch)`: draw a meta-batch, take an outer
+optimizer step, validate every `val_every` iterations, append metrics to `metrics.jsonl`, and write
+an atomic checkpoint every `checkpoint_every` iterations and at the end. A run resumed from its
+checkpoint ends with exactly the parameters of an uninterrupted run with the same seed.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import yaml
+from tqdm import tqdm
+
+from .algorithms.base import MetaLearner
+from .builders import load_dataset, build_learner, build_optimizer, build_schedule, build_source
+from .checkpoint import CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
+from .config import Config, config_from_dict
+from .evaluate import EvalResult, evaluate
+
+__all__ = ["TrainResult", "train", "learner_from_checkpoint"]
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+# Keys that may change between an interrupted run and its resumption without changing its result.
+_RESUMABLE_CHANGES = {"iterations", "val_every", "checkpoint_every", "log_every", "test_tasks", "eval_steps", "threads", "data_dir"}
+
+
+@dataclass
+class TrainResult:
+    learner: MetaLearner
+    config: Config
+    run_dir: Path
+    iteration: int
+    seconds: float
+    last_val: EvalResult | None = None
+    history: list = field(default_factory=list)
+
+
+def learner_from_checkpoint(path: str | Path) -> tuple[MetaLearner, Config, dict]:
+    """Rebuild the learner a checkpoint was saved from, with its weights."""
+    state = load_checkpoint(path)
+    config = config_from_dict(state["config"]).resolved()
+    learner = build_learner(config)
+    try:
+        learner.load_state_dict(state["learner"])
+    except (RuntimeError, KeyError) as e:
+        raise CheckpointError(f"checkpoint {path} does not fit its own config: {str(e).splitlines()[0]}") from None
+    return learner, config, state
+
+
+def _truncate_metrics(path: Path, iteration: int) -> None:
+    """Drop the lines an interrupted run logged after its last checkpoint (they will be redone)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("iteration", 0) <= iteration]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def train(
+    config: Config,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Meta-train `config` into `run_dir` (config.yaml, metrics.jsonl, checkpoint.pt).
+
+    Args:
+        resume: continue from `run_dir/checkpoint.pt` (its config must match but for the budget keys).
+        progress: show a progress bar.
+        stop_after: stop (after checkpointing) at this iteration, as if interrupted; for tests.
+    """
+    c = config.resolved()
+    run_dir = Path(run_dir)
+    ckpt_path, metrics_path = run_dir / CHECKPOINT, run_dir / METRICS
+    if c.threads:
+        torch.set_num_threads(c.threads)
+    torch.manual_seed(c.seed)
+    learner = build_learner(c)
+    optimizer = build_optimizer(c, learner)
+    schedule = build_schedule(c, optimizer)
+    dataset = load_dataset(c)
+    source = build_source(c, "train", dataset)
+    start = 0
+    if resume:
+        state = load_checkpoint(ckpt_path)
+        saved = config_from_dict(state["config"]).resolved()
+        changed = [k for k, v in saved.to_dict().items() if v != getattr(c, k) and k not in _RESUMABLE_CHANGES]
+        if changed:
+            raise CheckpointError(f"cannot resume {ckpt_path}: config differs in {', '.join(changed)}")
+        learner.load_state_dict(state["learner"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["rng"]["torch"])
+        source.set_state(state["rng"]["tasks"])
+        start = state["iteration"]
+        _truncate_metrics(metrics_path, start)
+        log(f"resuming {run_dir} at iteration {start}")
+    elif ckpt_path.exists():
+        raise CheckpointError(f"{ckpt_path} exists: pass --resume to continue that run, or choose another run folder")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(c.to_dict(), sort_keys=False))
+
+    def checkpoint(iteration: int) -> None:
+        save_checkpoint(
+            ckpt_path,
+            {
+                "learner": learner.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "tasks": source.get_state()},
+                "iteration": iteration,
+                "config": c.to_dict(),
+            },
+        )
+
+    result = TrainResult(learner, c, run_dir, start, 0.0)
+    end = c.iterations if stop_after is None else min(stop_after, c.iterations)
+    bar = tqdm(range(start, end), initial=start, total=c.iterations, disable=not progress, dynamic_ncols=True, desc=f"{c.algorithm} {c.benchmark}")
+    running, t0 = None, time.perf_counter()
+    learner.train()
+    with metrics_path.open("a") as log_file:
+        for it in bar:
+            batch = source.sample(c.meta_batch)
+            loss, metrics = learner.meta_loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            n = it + 1
+            running = metrics["loss"] if running is None else 0.98 * running + 0.02 * metrics["loss"]
+            record = None
+            if n % c.log_every == 0 or n == end:
+                record = {"iteration": n, **metrics, "lr": optimizer.param_groups[0]["lr"]}
+            if c.val_every and (n % c.val_every == 0 or n == c.iterations):
+                result.last_val = evaluate(learner, build_source(c, "val", dataset), c.val_tasks)
+                learner.train()
+                record = {**(record or {"iteration": n}), f"val_{result.last_val.metric}": result.last_val.mean, "val_ci95": result.last_val.ci95}
+            if record is not None:
+                record["seconds"] = round(time.perf_counter() - t0, 3)
+                log_file.write(json.dumps(record) + "\n")
+                log_file.flush()
+                result.history.append(record)
+            postfix = {"loss": f"{running:.4f}"}
+            if result.last_val is not None:
+                postfix[f"val_{result.last_val.metric}"] = f"{result.last_val.mean:.4f}"
+            bar.set_postfix(postfix, refresh=False)
+            if (c.checkpoint_every and n % c.checkpoint_every == 0) or n == end:
+                checkpoint(n)
+            result.iteration = n
+    bar.close()
+    result.seconds = time.perf_counter() - t0
+    return result
