@@ -35,12 +35,12 @@ def load_dataset(c: Config):
 
 def build_source(c: Config, split: str, dataset=None):
     """The task source of one split ("train", "val" or "test"); training draws from `c.seed`."""
-    shots, queries = (c.shots, c.queries) if split == "train" else (c.test_shots, c.test_queries)
+    ways, shots, queries = (c.ways, c.shots, c.queries) if split == "train" else (c.test_ways, c.test_shots, c.test_queries)
     seed = c.seed if split == "train" else SPLIT_SEEDS[split]
     if c.benchmark == "sine":
         return SineTasks(shots, queries, seed=seed)
     dataset = dataset if dataset is not None else load_dataset(c)
-    return dataset.sampler(split, ways=c.ways, shots=shots, queries=queries, seed=seed)
+    return dataset.sampler(split, ways=ways, shots=shots, queries=queries, seed=seed)
 
 
 def build_model(c: Config) -> nn.Module:

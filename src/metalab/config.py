@@ -18,8 +18,10 @@ import yaml
 
 __all__ = ["Config", "ConfigError", "load_config", "config_from_dict", "parse_override", "ALGORITHMS", "BENCHMARKS"]
 
-ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile", "pretrain")
+ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile", "pretrain", "anil", "mamlpp", "protonet", "matching", "relation", "siamese")
 BENCHMARKS = ("sine", "omniglot")
+# Algorithms whose backbone ends in an N-way linear head, so N is fixed by meta-training.
+FIXED_HEAD = ("maml", "fomaml", "metasgd", "reptile", "anil", "mamlpp")
 _CHOICES = {
     "algorithm": ALGORITHMS,
     "benchmark": BENCHMARKS,
@@ -38,7 +40,8 @@ class ConfigError(ValueError):
 class Config:
     # --- the tasks -------------------------------------------------------------------------------
     benchmark: str = "sine"  # sine | omniglot
-    ways: int = 5  # N (classification only)
+    ways: int = 5  # N (classification only) during meta-training
+    test_ways: Optional[int] = None  # N at evaluation (default: ways; ProtoNets train with more)
     shots: int = 10  # K support examples (per class for classification) during meta-training
     queries: int = 10  # query examples (per class for classification) during meta-training
     test_shots: Optional[int] = None  # K at evaluation (default: shots)
@@ -52,6 +55,7 @@ class Config:
     eval_inner_steps: Optional[int] = None  # inner steps at evaluation (default: inner_steps)
     first_order: bool = False  # detach the inner gradients (fomaml sets it)
     strategy: str = "auto"  # meta-batch processing: auto | vmap | loop
+    fce: bool = False  # Matching Networks: full-context embeddings
     # --- the backbone ----------------------------------------------------------------------------
     hidden: list = field(default_factory=lambda: [40, 40])  # MLP widths (sine)
     # --- meta-training ---------------------------------------------------------------------------
@@ -75,6 +79,8 @@ class Config:
         c = dataclasses.replace(self)
         if c.algorithm == "fomaml":
             c.first_order = True
+        if c.test_ways is None:
+            c.test_ways = c.ways
         if c.test_shots is None:
             c.test_shots = c.shots
         if c.test_queries is None:
@@ -136,7 +142,7 @@ def validate(c: Config) -> None:
     for key, choices in _CHOICES.items():
         if getattr(c, key) not in choices:
             raise ConfigError(f"config key {key!r} must be one of {', '.join(choices)}; got {getattr(c, key)!r}")
-    positive = ("ways", "shots", "queries", "test_shots", "test_queries", "iterations", "meta_batch", "val_tasks", "test_tasks", "log_every")
+    positive = ("ways", "test_ways", "shots", "queries", "test_shots", "test_queries", "iterations", "meta_batch", "val_tasks", "test_tasks", "log_every")
     for key in positive:
         if getattr(c, key) < 1:
             raise ConfigError(f"config key {key!r} must be >= 1, got {getattr(c, key)}")
@@ -149,6 +155,11 @@ def validate(c: Config) -> None:
         raise ConfigError("config keys 'inner_lr' and 'outer_lr' must be > 0")
     if c.threads is not None and c.threads < 1:
         raise ConfigError(f"config key 'threads' must be >= 1, got {c.threads}")
+    if c.algorithm in FIXED_HEAD and c.benchmark != "sine" and c.test_ways != c.ways:
+        raise ConfigError(
+            f"config key 'test_ways' ({c.test_ways}) must equal 'ways' ({c.ways}) for {c.algorithm}, "
+            "whose classifier head has a fixed number of outputs"
+        )
     if c.algorithm == "pretrain" and c.benchmark != "sine":
         raise ConfigError("algorithm 'pretrain' (pooled regression) is defined for the sine benchmark only")
     if c.benchmark == "omniglot":

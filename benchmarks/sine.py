@@ -1,0 +1,94 @@
+"""Sine-wave benchmark of Finn et al. 2017 (section 5.1, appendix table 2, figure 2).
+
+Meta-trains each algorithm from its config in configs/sine/ (K=10, one inner step, alpha=0.01,
+meta-batch 25, 70,000 iterations), then evaluates on held-out tasks with K=5 support points after
+1, 5 and 10 inner steps, and writes
+
+- benchmarks/results/sine.json: every figure with its 95% CI, the budget and wall-clock;
+- docs/sine.png: the adaptation figure (MAML beside the pretrained baseline).
+
+Runs are kept in benchmarks/out/sine/<algorithm>/ and resumed if interrupted.
+
+Usage:
+    python benchmarks/sine.py                      # all algorithms, the paper's 70,000 iterations
+    python benchmarks/sine.py --algorithms maml pretrain --iterations 5000
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from metalab.builders import build_source
+from metalab.config import config_from_dict, load_config
+from metalab.evaluate import evaluate
+from metalab.plots import sine_adaptation_figure
+from metalab.train import learner_from_checkpoint, train
+
+ROOT = Path(__file__).resolve().parent.parent
+PAPER = {  # Finn et al. 2017, appendix table 2 (K=5 at test time), MSE after 1 / 5 / 10 steps
+    "maml": {1: 0.67, 5: 0.38, 10: 0.35},
+    "pretrain": {1: 2.41, 5: 2.23, 10: 2.19},
+}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--algorithms", nargs="+", default=["maml", "metasgd", "pretrain", "fomaml", "reptile"])
+    p.add_argument("--iterations", type=int, help="override the configs' 70,000")
+    p.add_argument("--tasks", type=int, default=2000, help="held-out test tasks")
+    p.add_argument("--out", default=str(ROOT / "benchmarks/out/sine"))
+    p.add_argument("--results", default=str(ROOT / "benchmarks/results/sine.json"))
+    p.add_argument("--figure", default=str(ROOT / "docs/sine.png"))
+    args = p.parse_args()
+
+    results_path = Path(args.results)
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results["machine"] = {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}
+    results.setdefault("algorithms", {})
+    for name in args.algorithms:
+        config = load_config(ROOT / f"configs/sine/{name}.yaml")
+        if args.iterations:
+            config = config_from_dict({"iterations": args.iterations}, config)
+        run_dir = Path(args.out) / name
+        resume = (run_dir / "checkpoint.pt").exists()
+        t0 = time.perf_counter()
+        result = train(config, run_dir, resume=resume, progress=sys.stderr.isatty())
+        seconds = time.perf_counter() - t0
+        c = result.config
+        row = {"iterations": result.iteration, "train_seconds_this_session": round(seconds, 1), "test_shots": c.test_shots, "test_tasks": args.tasks, "mse": {}}
+        for steps in (1, 5, 10):
+            r = evaluate(result.learner, build_source(c, "test"), args.tasks, steps=steps)
+            row["mse"][str(steps)] = {"mean": round(r.mean, 4), "ci95": round(r.ci95, 4)}
+            print(f"{name:9s} K={c.test_shots} {r}", flush=True)
+        if name in PAPER:
+            row["paper_mse"] = {str(k): v for k, v in PAPER[name].items()}
+        results["algorithms"][name] = row
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        results_path.write_text(json.dumps(results, indent=2) + "\n")
+    drawn = {label: Path(args.out) / key / "checkpoint.pt" for key, label in (("maml", "MAML"), ("pretrain", "pretrained, step size 0.01"))}
+    if all(path.exists() for path in drawn.values()):
+        learners = {label: learner_from_checkpoint(path)[0] for label, path in drawn.items()}
+        sine_adaptation_figure(learners, args.figure, shots=5, steps=[1, 10])
+        print(f"wrote {args.figure}")
+    print(f"wrote {results_path}")
+    print(markdown_table(results))
+    return 0
+
+
+def markdown_table(results: dict) -> str:
+    lines = ["| algorithm | iterations | MSE, 1 step | 5 steps | 10 steps | paper (1 / 5 / 10) |", "|---|---|---|---|---|---|"]
+    for name, row in results["algorithms"].items():
+        cells = [f"{row['mse'][s]['mean']:.3f} ± {row['mse'][s]['ci95']:.3f}" for s in ("1", "5", "10")]
+        paper = " / ".join(f"{row['paper_mse'][s]:.2f}" for s in ("1", "5", "10")) if "paper_mse" in row else "-"
+        lines.append(f"| {name} | {row['iterations']:,} | " + " | ".join(cells) + f" | {paper} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
