@@ -23,7 +23,6 @@ from metalab.data import (
 )
 from metalab.data import omniglot
 
-SHARED = Path("/work/shared/data/omniglot")
 IMAGES = 3  # per character in the small archives
 
 # Small archives in the official layout; the alphabet names decide the split (see docs/omniglot.md):
@@ -348,11 +347,9 @@ VINYALS_TEST_DIGEST = "cd7a4fc76e0d3b993ca34d27c28fdaaad7022606473da6c78ce242187
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> tuple[FewShotDataset, FewShotDataset]:
-    if not (SHARED / "images_background.zip").is_file() or not (SHARED / "images_evaluation.zip").is_file():
-        pytest.skip(f"shared Omniglot not found at {SHARED}")
-    cache = tmp_path_factory.mktemp("omniglot_cache")
-    return load_omniglot(SHARED, "vinyals", cache_dir=cache), load_omniglot(SHARED, "lake", cache_dir=cache)
+def shared(omniglot, omniglot_dir, omniglot_cache) -> tuple[FewShotDataset, FewShotDataset]:
+    """Both splits of the real data (see conftest.py for where it is looked for)."""
+    return omniglot, load_omniglot(omniglot_dir, "lake", cache_dir=omniglot_cache)
 
 
 def characters_of(data: FewShotDataset, ids: torch.Tensor, rotated: bool) -> set[str]:

@@ -1,0 +1,38 @@
+"""Shared fixtures. The real Omniglot copy is looked for in $METALAB_OMNIGLOT, else in
+../shared/data/omniglot beside the repository (where CI puts it); tests that need it skip with the
+path they looked at when it is absent."""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+OMNIGLOT_DIR = Path(os.environ.get("METALAB_OMNIGLOT", REPO.parent / "shared" / "data" / "omniglot"))
+
+# Two CPU cores: keep torch from oversubscribing them when tests run beside other work.
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def _require_omniglot() -> Path:
+    if not (OMNIGLOT_DIR / "images_background.zip").exists() or not (OMNIGLOT_DIR / "images_evaluation.zip").exists():
+        pytest.skip(f"shared Omniglot not found at {OMNIGLOT_DIR} (set METALAB_OMNIGLOT to its folder)")
+    return OMNIGLOT_DIR
+
+
+@pytest.fixture(scope="session")
+def omniglot_dir() -> Path:
+    return _require_omniglot()
+
+
+@pytest.fixture(scope="session")
+def omniglot_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("omniglot_cache")
+
+
+@pytest.fixture(scope="session")
+def omniglot(omniglot_dir, omniglot_cache):
+    """The Vinyals split of the real data (decoded once per test session)."""
+    from metalab.data import load_omniglot
+
+    return load_omniglot(omniglot_dir, split="vinyals", cache_dir=omniglot_cache)

@@ -1,0 +1,81 @@
+"""The command line: a working train -> eval -> plot path, and one clear line for bad input."""
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from metalab.cli import main
+
+TINY = ["--iterations", "20", "--meta-batch", "4", "--val-every", "10", "--val-tasks", "10", "--test-tasks", "20", "--quiet"]
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_eval_plot(tmp_path, capsys):
+    code, out, err = run(capsys, "train", *TINY, "--run-dir", str(tmp_path / "maml"), "--eval-steps", "1", "5")
+    assert code == 0, err
+    assert "test mse after 1 step:" in out and "test mse after 5 steps:" in out and "95% CI, 20 tasks" in out
+    code, out, err = run(capsys, "train", *TINY, "--algorithm", "pretrain", "--run-dir", str(tmp_path / "pre"), "--no-eval")
+    assert code == 0, err
+    code, out, err = run(capsys, "eval", str(tmp_path / "maml" / "checkpoint.pt"), "--tasks", "15", "--steps", "0", "3", "--shots", "5", "--json", str(tmp_path / "r.json"))
+    assert code == 0, err
+    assert "K=5" in out and "after 0 steps" in out and "after 3 steps" in out and "15 tasks" in out
+    assert (tmp_path / "r.json").exists()
+    png = tmp_path / "fig.png"
+    code, out, err = run(capsys, "plot", str(tmp_path / "maml" / "checkpoint.pt"), "--baseline", str(tmp_path / "pre" / "checkpoint.pt"), "--out", str(png))
+    assert code == 0, err
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size[0] > 500
+
+
+def test_resume_and_config_file(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("algorithm: fomaml\niterations: 10\nmeta_batch: 3\nval_every: 0\ncheckpoint_every: 5\n")
+    assert run(capsys, "train", "--config", str(cfg), "--run-dir", str(tmp_path / "r"), "--quiet", "--no-eval")[0] == 0
+    code, out, err = run(capsys, "train", "--run-dir", str(tmp_path / "r"), "--resume", "--iterations", "12", "--quiet", "--no-eval", "--config", str(cfg))
+    assert code == 0, err
+    assert "resuming" in out and "for 12 iterations" in out
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "--algorithm", "mamI"], "config key 'algorithm' must be one of maml, fomaml"),
+        (["train", "--shots", "-3"], "config key 'shots' must be >= 1, got -3"),
+        (["train", "--shots", "two"], "config key 'shots' must be an integer, got 'two'"),
+        (["train", "--set", "inner_lrr=0.1"], "unknown config key 'inner_lrr' (did you mean 'inner_lr'?); allowed keys: benchmark,"),
+        (["train", "--benchmark", "omniglot"], "needs data_dir"),
+        (["eval", "missing.pt"], "checkpoint not found: missing.pt"),
+        (["train", "--resume"], "--resume needs --run-dir"),
+    ],
+)
+def test_bad_input_gives_one_clear_line(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_unknown_key_in_config_file_and_corrupt_checkpoint(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("algorithm: maml\nmeta_bach: 4\n")
+    code, _, err = run(capsys, "train", "--config", str(cfg))
+    assert code == 2 and "unknown config key 'meta_bach' (did you mean 'meta_batch'?)" in err
+    cfg.write_text("shots: 5\nshots: 6\n")
+    code, _, err = run(capsys, "train", "--config", str(cfg))
+    assert code == 2 and "'shots' is given twice" in err
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00" * 100)
+    code, _, err = run(capsys, "eval", str(bad))
+    assert code == 2 and "corrupt or truncated" in err
+
+
+def test_console_script_help():
+    out = subprocess.run([sys.executable, "-m", "metalab.cli", "train", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "--inner-lr" in out and "--resume" in out and "metalab train" in out

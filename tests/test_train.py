@@ -1,0 +1,120 @@
+"""The training loop: learning, metrics log, atomic checkpoints, resume equality, evaluation."""
+import json
+
+import pytest
+import torch
+
+from metalab import checkpoint as ckpt_module
+from metalab.builders import build_learner, build_source
+from metalab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from metalab.config import Config
+from metalab.evaluate import confidence_interval, evaluate
+from metalab.train import learner_from_checkpoint, train
+
+
+def small(**kw):
+    values = dict(iterations=40, meta_batch=5, val_every=20, val_tasks=20, checkpoint_every=10, log_every=5, test_tasks=50)
+    values.update(kw)
+    return Config(**values)
+
+
+def test_maml_learns_sine_waves(tmp_path):
+    """A short real run: the validation MSE after adaptation falls well below the untrained model's."""
+    c = small(iterations=600, meta_batch=10, val_every=600, val_tasks=200, test_shots=10, checkpoint_every=0)
+    result = train(c, tmp_path / "run", progress=False)
+    torch.manual_seed(c.seed)  # the same initialisation train() started from
+    before = evaluate(build_learner(result.config), build_source(result.config, "val"), 200)
+    after = result.last_val
+    assert after.mean < 0.6 * before.mean, (before, after)
+    # The checkpoint holds the trained learner.
+    reloaded, _, _ = learner_from_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert evaluate(reloaded, build_source(result.config, "val"), 200) == after
+
+
+def test_metrics_log_and_checkpoint_contents(tmp_path):
+    result = train(small(), tmp_path, progress=False)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in lines] == [5, 10, 15, 20, 25, 30, 35, 40]
+    assert "val_mse" in lines[3] and "val_ci95" in lines[3]
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["iteration"] == 40 == result.iteration
+    assert set(state) >= {"learner", "optimizer", "schedule", "rng", "iteration", "config"}
+    assert state["config"]["algorithm"] == "maml"
+    assert (tmp_path / "config.yaml").exists()
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "metasgd", "reptile"])
+def test_resume_equals_uninterrupted_run(tmp_path, algorithm):
+    c = small(algorithm=algorithm, val_every=15)
+    full = train(c, tmp_path / "full", progress=False)
+    train(c, tmp_path / "cut", progress=False, stop_after=20)
+    # Pretend the crash came after more iterations were logged than checkpointed.
+    with (tmp_path / "cut" / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"iteration": 25, "loss": 123.0}) + "\n")
+    resumed = train(c, tmp_path / "cut", progress=False, resume=True)
+    for (k, a), b in zip(full.learner.state_dict().items(), resumed.learner.state_dict().values()):
+        assert torch.equal(a, b), k
+    full_log = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    cut_log = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    strip = lambda lines: [{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in lines]
+    assert strip(full_log) == strip(cut_log)
+
+
+def test_resume_refuses_a_different_config_and_fresh_run_refuses_to_overwrite(tmp_path):
+    train(small(), tmp_path, progress=False, stop_after=10)
+    with pytest.raises(CheckpointError, match="config differs in inner_lr"):
+        train(small(inner_lr=0.5), tmp_path, progress=False, resume=True)
+    with pytest.raises(CheckpointError, match="pass --resume"):
+        train(small(), tmp_path, progress=False)
+    # More iterations is a budget change and is allowed.
+    assert train(small(iterations=50), tmp_path, progress=False, resume=True).iteration == 50
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"iteration": 1, "weights": torch.ones(3)})
+
+    def crash(obj, f, *a, **k):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt_module.torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"iteration": 2, "weights": torch.zeros(3)})
+    monkeypatch.undo()
+    state = load_checkpoint(path)
+    assert state["iteration"] == 1 and torch.equal(state["weights"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary file left
+
+
+def test_checkpoint_errors_are_clear(tmp_path):
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, {"iteration": 3, "w": torch.randn(100, 100)})
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(truncated)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(garbage)
+    other = tmp_path / "other.pt"
+    torch.save({"some": "dict"}, other)
+    with pytest.raises(CheckpointError, match="not a metalab checkpoint"):
+        load_checkpoint(other)
+
+
+def test_confidence_interval():
+    values = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    mean, ci = confidence_interval(values)
+    assert mean == pytest.approx(2.5)
+    assert ci == pytest.approx(1.96 * values.std().item() / 2)
+
+
+def test_evaluate_is_deterministic_on_fixed_test_tasks(tmp_path):
+    result = train(small(iterations=10, val_every=0), tmp_path, progress=False)
+    a = evaluate(result.learner, build_source(result.config, "test"), 30, steps=2)
+    b = evaluate(result.learner, build_source(result.config, "test"), 30, steps=2)
+    assert a == b and a.tasks == 30 and a.steps == 2
