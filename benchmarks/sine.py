@@ -27,14 +27,12 @@ import torch
 from metalab.builders import build_source
 from metalab.config import config_from_dict, load_config
 from metalab.evaluate import evaluate
+from metalab.papers import SINE
 from metalab.plots import sine_adaptation_figure
 from metalab.train import learner_from_checkpoint, train
 
 ROOT = Path(__file__).resolve().parent.parent
-PAPER = {  # Finn et al. 2017, appendix table 2 (K=5 at test time), MSE after 1 / 5 / 10 steps
-    "maml": {1: 0.67, 5: 0.38, 10: 0.35},
-    "pretrain": {1: 2.41, 5: 2.23, 10: 2.19},
-}
+PAPER = SINE  # Finn et al. 2017, appendix table 2 (K=5 at test time), MSE after 1 / 5 / 10 steps
 
 
 def main() -> int:
