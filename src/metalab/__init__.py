@@ -1,5 +1,5 @@
 """metalab: meta-learning ("learning to learn") on PyTorch."""
-from .algorithms import MAML, MetaLearner, MetaSGD, Pretrained, Reptile
+from .algorithms import ANIL, MAML, MAMLpp, MatchingNet, MetaLearner, MetaSGD, Pretrained, ProtoNet, RelationNet, Reptile, SiameseNet
 from .tasks import ClassSplits, EpisodeSampler, SineTasks, Task, TaskBatch, split_classes
 
 __version__ = "0.1.0"
@@ -8,7 +8,13 @@ __all__ = [
     "MAML",
     "MetaSGD",
     "Reptile",
+    "ANIL",
+    "MAMLpp",
     "Pretrained",
+    "ProtoNet",
+    "MatchingNet",
+    "RelationNet",
+    "SiameseNet",
     "MetaLearner",
     "Task",
     "TaskBatch",

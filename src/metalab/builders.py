@@ -10,12 +10,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .algorithms import MAML, MetaLearner, MetaSGD, Pretrained, Reptile
+from .algorithms import ANIL, MAML, MAMLpp, MatchingNet, MetaLearner, MetaSGD, Pretrained, ProtoNet, RelationNet, Reptile, SiameseNet
 from .config import Config, ConfigError
 from .models import MLP, Conv4
 from .tasks import SineTasks
 
-__all__ = ["load_dataset", "build_source", "build_model", "build_learner", "build_optimizer", "build_schedule", "SPLIT_SEEDS"]
+__all__ = ["load_dataset", "rank_seed", "build_source", "build_model", "build_learner", "build_optimizer", "build_schedule", "SPLIT_SEEDS"]
 
 # Validation and test tasks are drawn from fixed seeds, whatever the run's seed, so that every run
 # and every algorithm is scored on the same tasks.
@@ -33,10 +33,17 @@ def load_dataset(c: Config):
     return load_omniglot(c.data_dir, split=c.split)
 
 
-def build_source(c: Config, split: str, dataset=None):
-    """The task source of one split ("train", "val" or "test"); training draws from `c.seed`."""
+def rank_seed(seed: int, rank: int) -> int:
+    """The training-task seed of a process: rank 0 keeps the run's seed, so one process is the
+    single-process run; other ranks get seeds far from it."""
+    return seed + 1_000_003 * rank
+
+
+def build_source(c: Config, split: str, dataset=None, *, rank: int = 0):
+    """The task source of one split ("train", "val" or "test"); training draws from `c.seed`
+    (shifted per process rank under torch.distributed)."""
     ways, shots, queries = (c.ways, c.shots, c.queries) if split == "train" else (c.test_ways, c.test_shots, c.test_queries)
-    seed = c.seed if split == "train" else SPLIT_SEEDS[split]
+    seed = rank_seed(c.seed, rank) if split == "train" else SPLIT_SEEDS[split]
     if c.benchmark == "sine":
         return SineTasks(shots, queries, seed=seed)
     dataset = dataset if dataset is not None else load_dataset(c)
@@ -55,12 +62,34 @@ _GRADIENT_BASED: dict[str, Callable[..., MetaLearner]] = {
     "metasgd": MetaSGD,
     "reptile": Reptile,
     "pretrain": Pretrained,
+    "anil": ANIL,
+    "mamlpp": MAMLpp,
 }
 
 
+_METRIC_BASED = ("protonet", "matching", "relation", "siamese")
+
+
+def build_metric_learner(c: Config) -> MetaLearner:
+    """A metric-based learner: an embedding with standard BatchNorm (running statistics, used in eval
+    mode) and no classifier head, so the number of ways may differ between training and test."""
+    if c.algorithm == "relation":  # its own embedding module, keeping 64x5x5 feature maps
+        return RelationNet(input_shape=(1, 28, 28))
+    encoder = Conv4(in_channels=1, norm="batch")
+    if c.algorithm == "protonet":
+        return ProtoNet(encoder)
+    if c.algorithm == "matching":
+        return MatchingNet(encoder, fce=c.fce, feature_dim=encoder.feature_dim)
+    return SiameseNet(encoder, feature_dim=encoder.feature_dim)
+
+
 def build_learner(c: Config) -> MetaLearner:
+    if c.algorithm in _METRIC_BASED:
+        return build_metric_learner(c)
     kind = "regression" if c.benchmark == "sine" else "classification"
     cls = _GRADIENT_BASED[c.algorithm]
+    # MAML++'s schedules (its LSLR and per-step batch-norm affine are always on).
+    extra = {"msl_iterations": c.msl_iterations, "first_order_iterations": c.first_order_iterations} if c.algorithm == "mamlpp" else {}
     return cls(
         build_model(c),
         kind,
@@ -69,6 +98,7 @@ def build_learner(c: Config) -> MetaLearner:
         eval_inner_steps=c.eval_inner_steps,
         first_order=c.first_order,
         strategy=c.strategy,
+        **extra,
     )
 
 
@@ -81,4 +111,6 @@ def build_optimizer(c: Config, learner: MetaLearner) -> torch.optim.Optimizer:
 def build_schedule(c: Config, optimizer: torch.optim.Optimizer):
     if c.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=c.iterations)
+    if c.lr_schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=c.lr_decay_every, gamma=c.lr_decay_factor)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)

@@ -20,6 +20,8 @@ __all__ = ["Config", "ConfigError", "load_config", "config_from_dict", "parse_ov
 
 ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile", "pretrain", "anil", "mamlpp", "protonet", "matching", "relation", "siamese")
 BENCHMARKS = ("sine", "omniglot")
+# Classes in each part of the Omniglot splits (characters x 4 rotations for Vinyals; see docs/omniglot.md).
+OMNIGLOT_SPLIT_CLASSES = {"vinyals": {"train": 4112, "val": 688, "test": 1692}, "lake": {"train": 792, "val": 172, "test": 659}}
 # Algorithms whose backbone ends in an N-way linear head, so N is fixed by meta-training.
 FIXED_HEAD = ("maml", "fomaml", "metasgd", "reptile", "anil", "mamlpp")
 _CHOICES = {
@@ -27,7 +29,7 @@ _CHOICES = {
     "benchmark": BENCHMARKS,
     "strategy": ("auto", "vmap", "loop"),
     "outer_optimizer": ("adam", "sgd"),
-    "lr_schedule": ("constant", "cosine"),
+    "lr_schedule": ("constant", "cosine", "step"),
     "split": ("vinyals", "lake"),
 }
 
@@ -56,6 +58,12 @@ class Config:
     first_order: bool = False  # detach the inner gradients (fomaml sets it)
     strategy: str = "auto"  # meta-batch processing: auto | vmap | loop
     fce: bool = False  # Matching Networks: full-context embeddings
+    # MAML++ (Antoniou et al. 2019): the multi-step loss weights anneal toward the last inner step
+    # over this many iterations (0: last step only; the paper's Omniglot code: 10 epochs x 500 = 5000)
+    msl_iterations: int = 0
+    # MAML++ derivative-order annealing: first order for this many iterations, then second order
+    # (0: second order throughout; the paper: 50 epochs x 500 = 25000)
+    first_order_iterations: int = 0
     # --- the backbone ----------------------------------------------------------------------------
     hidden: list = field(default_factory=lambda: [40, 40])  # MLP widths (sine)
     # --- meta-training ---------------------------------------------------------------------------
@@ -63,13 +71,16 @@ class Config:
     meta_batch: int = 25
     outer_optimizer: str = "adam"  # adam | sgd
     outer_lr: float = 0.001  # beta
-    lr_schedule: str = "constant"  # constant | cosine
+    lr_schedule: str = "constant"  # constant | cosine | step
+    lr_decay_every: int = 2000  # step schedule: multiply the outer lr by lr_decay_factor every N iterations
+    lr_decay_factor: float = 0.5  # step schedule: the factor (ProtoNets halve the lr every 2000 episodes)
     val_every: int = 500  # validate every N iterations (0: never)
     val_tasks: int = 200
     checkpoint_every: int = 500
     log_every: int = 10  # append training metrics to metrics.jsonl every N iterations
     seed: int = 0
     threads: Optional[int] = None  # torch threads (default: torch's choice)
+    dist_timeout: float = 300.0  # seconds a collective may wait for a peer before the run stops with an error
     # --- evaluation ------------------------------------------------------------------------------
     test_tasks: int = 1000
     eval_steps: list = field(default_factory=list)  # inner-step counts to report (default: [eval_inner_steps])
@@ -146,13 +157,15 @@ def validate(c: Config) -> None:
     for key in positive:
         if getattr(c, key) < 1:
             raise ConfigError(f"config key {key!r} must be >= 1, got {getattr(c, key)}")
-    for key in ("inner_steps", "eval_inner_steps", "val_every", "checkpoint_every"):
+    for key in ("inner_steps", "eval_inner_steps", "val_every", "checkpoint_every", "msl_iterations", "first_order_iterations"):
         if getattr(c, key) < 0:
             raise ConfigError(f"config key {key!r} must be >= 0, got {getattr(c, key)}")
     if any(s < 0 for s in c.eval_steps):
         raise ConfigError(f"config key 'eval_steps' must hold steps >= 0, got {c.eval_steps}")
     if c.inner_lr <= 0 or c.outer_lr <= 0:
         raise ConfigError("config keys 'inner_lr' and 'outer_lr' must be > 0")
+    if c.dist_timeout <= 0:
+        raise ConfigError(f"config key 'dist_timeout' must be > 0, got {c.dist_timeout}")
     if c.threads is not None and c.threads < 1:
         raise ConfigError(f"config key 'threads' must be >= 1, got {c.threads}")
     if c.algorithm in FIXED_HEAD and c.benchmark != "sine" and c.test_ways != c.ways:
@@ -160,6 +173,13 @@ def validate(c: Config) -> None:
             f"config key 'test_ways' ({c.test_ways}) must equal 'ways' ({c.ways}) for {c.algorithm}, "
             "whose classifier head has a fixed number of outputs"
         )
+    if c.lr_schedule == "step" and (c.lr_decay_every < 1 or not 0.0 < c.lr_decay_factor <= 1.0):
+        raise ConfigError(
+            f"the step schedule needs 'lr_decay_every' >= 1 and 0 < 'lr_decay_factor' <= 1, "
+            f"got {c.lr_decay_every} and {c.lr_decay_factor}"
+        )
+    if c.algorithm in ("protonet", "matching", "relation", "siamese") and c.benchmark == "sine":
+        raise ConfigError(f"algorithm {c.algorithm!r} is a few-shot image classifier; it needs an image benchmark (omniglot)")
     if c.algorithm == "pretrain" and c.benchmark != "sine":
         raise ConfigError("algorithm 'pretrain' (pooled regression) is defined for the sine benchmark only")
     if c.benchmark == "omniglot":
@@ -169,6 +189,13 @@ def validate(c: Config) -> None:
                 raise ConfigError(
                     f"config keys {shots_key!r} + {queries_key!r} = {getattr(c, shots_key) + getattr(c, queries_key)} "
                     f"exceed the {per_class} examples of every Omniglot class"
+                )
+        classes = OMNIGLOT_SPLIT_CLASSES[c.split]
+        for ways_key, split in (("ways", "train"), ("test_ways", "val"), ("test_ways", "test")):
+            if getattr(c, ways_key) > classes[split]:
+                raise ConfigError(
+                    f"config key {ways_key!r} ({getattr(c, ways_key)}) exceeds the {classes[split]} classes "
+                    f"of the {c.split} split's meta-{split} set"
                 )
 
 

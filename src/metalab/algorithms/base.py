@@ -32,6 +32,13 @@ class MetaLearner(nn.Module):
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
         raise NotImplementedError
 
+    def set_iteration(self, iteration: int) -> None:
+        """Told the 0-based meta-training iteration before each `meta_loss` by the training loop.
+
+        A no-op here; learners with schedules over training (MAML++'s multi-step loss weights and
+        derivative-order annealing) override it. Resuming a run calls it again, so no state is saved.
+        """
+
     def predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
         """Adapt to each task's support set and answer its queries.
 
