@@ -79,3 +79,28 @@ def test_unknown_key_in_config_file_and_corrupt_checkpoint(tmp_path, capsys):
 def test_console_script_help():
     out = subprocess.run([sys.executable, "-m", "metalab.cli", "train", "--help"], capture_output=True, text=True, check=True).stdout
     assert "--inner-lr" in out and "--resume" in out and "metalab train" in out
+
+
+def test_saved_config_reproduces_the_run(tmp_path, capsys):
+    assert run(capsys, "train", *TINY, "--inner-lr", "0.02", "--run-dir", str(tmp_path / "a"), "--no-eval")[0] == 0
+    assert run(capsys, "train", "--config", str(tmp_path / "a" / "config.yaml"), "--run-dir", str(tmp_path / "b"), "--quiet", "--no-eval")[0] == 0
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["learner"]
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["learner"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    "yaml_text,message",
+    [
+        ("benchmark: omniglot\ndata_dir: x\nshots: 5\nqueries: 16\n", "'shots' + 'queries' = 21 exceed the 20 examples"),
+        ("benchmark: omniglot\ndata_dir: x\nsplit: lake\nalgorithm: protonet\nways: 5\ntest_ways: 200\n", "'test_ways' (200) exceeds the 172 classes of the lake split's meta-val set"),
+        ("iterations: 1.5\n", "'iterations' must be an integer, got 1.5"),
+        ("first_order: maybe\n", "'first_order' must be true or false"),
+        ("algorithm: maml\nbenchmark: omniglot\ndata_dir: x\nways: 5\ntest_ways: 20\n", "'test_ways' (20) must equal 'ways' (5) for maml"),
+    ],
+)
+def test_impossible_configs_are_refused_at_load(tmp_path, capsys, yaml_text, message):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml_text)
+    code, _, err = run(capsys, "train", "--config", str(cfg))
+    assert code == 2 and message in err, err

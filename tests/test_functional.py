@@ -7,10 +7,13 @@ import torch.nn.functional as F
 from metalab import MAML, MetaSGD, Reptile, SineTasks, TaskBatch
 from metalab.models import MLP, Conv4
 
-torch.set_default_dtype(torch.float64)
 
 
-def teardown_module():
+@pytest.fixture(autouse=True)
+def float64():
+    """References are compared in float64 (tight tolerances); restored after each test."""
+    torch.set_default_dtype(torch.float64)
+    yield
     torch.set_default_dtype(torch.float32)
 
 
@@ -96,23 +99,20 @@ def test_maml_meta_gradient_matches_reference_conv4_with_batchnorm(strategy, ste
 
 def test_vmap_and_loop_meta_losses_agree_in_float32():
     torch.set_default_dtype(torch.float32)
-    try:
-        torch.manual_seed(0)
-        model = MLP()
-        batch = SineTasks(shots=10, queries=10, seed=5).sample(8)
-        results = {}
-        for strategy in ("vmap", "loop"):
-            learner = MAML(model, "regression", inner_lr=0.01, inner_steps=2, strategy=strategy)
-            loss, metrics = learner.meta_loss(batch)
-            results[strategy] = (loss, torch.autograd.grad(loss, list(model.parameters())), metrics)
-            pred = learner.predict(batch.support_x, batch.support_y, batch.query_x, steps=3)
-            results[strategy] += (pred,)
-        (lv, gv, mv, pv), (ll, gl, ml, pl) = results["vmap"], results["loop"]
-        assert torch.allclose(lv, ll, atol=1e-5)
-        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(gv, gl))
-        assert torch.allclose(pv, pl, atol=1e-5)
-    finally:
-        torch.set_default_dtype(torch.float64)
+    torch.manual_seed(0)
+    model = MLP()
+    batch = SineTasks(shots=10, queries=10, seed=5).sample(8)
+    results = {}
+    for strategy in ("vmap", "loop"):
+        learner = MAML(model, "regression", inner_lr=0.01, inner_steps=2, strategy=strategy)
+        loss, metrics = learner.meta_loss(batch)
+        results[strategy] = (loss, torch.autograd.grad(loss, list(model.parameters())), metrics)
+        pred = learner.predict(batch.support_x, batch.support_y, batch.query_x, steps=3)
+        results[strategy] += (pred,)
+    (lv, gv, mv, pv), (ll, gl, ml, pl) = results["vmap"], results["loop"]
+    assert torch.allclose(lv, ll, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(gv, gl))
+    assert torch.allclose(pv, pl, atol=1e-5)
 
 
 @pytest.mark.parametrize("strategy", ["loop", "vmap"])

@@ -11,15 +11,20 @@ import dataclasses
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 from .checkpoint import CheckpointError
 from .config import Config, ConfigError, config_from_dict, load_config, parse_override
+from .distributed import DistributedError
+from .experiment import default_run_dir, list_runs, meta_test, runs_table, sweep
 
 __all__ = ["main"]
 
 _EXAMPLES = """examples:
+  metalab train --nproc 2                         # two processes, the meta-batch split between them
+  metalab sweep configs/sine/maml.yaml --set inner_lr=0.005,0.01 --set shots=5,10 --set iterations=200
+  metalab runs                                    # past runs and their test figures
+  metalab report runs/* --out report              # curves, tables and figures as PNG + HTML
   metalab train                                   # MAML on sine waves, the built-in default
   metalab train --algorithm metasgd --iterations 2000
   metalab train --config configs/sine/maml.yaml --set inner_lr=0.02
@@ -56,16 +61,31 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--no-eval", action="store_true", help="skip the final meta-test")
+    t.add_argument("--nproc", type=int, help="train with N processes on this machine (calls torchrun; see README for several machines)")
     _add_config_flags(t)
 
     e = sub.add_parser("eval", help="meta-test a checkpoint: mean accuracy / MSE with a 95%% CI")
     e.add_argument("checkpoint")
     e.add_argument("--tasks", type=int, help="number of test tasks (default: the config's test_tasks)")
     e.add_argument("--steps", type=int, nargs="+", help="inner steps to report (default: the config's eval_steps)")
+    e.add_argument("--ways", type=int, help="N at test time (default: the config's test_ways; fixed-head learners can't change it)")
     e.add_argument("--shots", type=int, help="K at test time (default: the config's test_shots)")
     e.add_argument("--queries", type=int, help="queries at test time")
     e.add_argument("--data-dir", help="data folder, if it moved since training")
     e.add_argument("--json", help="also write the results to this JSON file")
+
+    sw = sub.add_parser("sweep", help="train and meta-test a grid of configs, one run folder each, and print a table")
+    sw.add_argument("config", help="the base YAML config")
+    sw.add_argument("--set", action="append", default=[], required=True, metavar="KEY=V1,V2,...", help="an axis of the grid (repeatable)")
+    sw.add_argument("--runs", default="runs", help="folder to put the run folders in (default: runs)")
+    sw.add_argument("--progress", action="store_true", help="show progress bars")
+
+    rl = sub.add_parser("runs", help="list run folders with their iterations and final test figures")
+    rl.add_argument("root", nargs="?", default="runs")
+
+    rp = sub.add_parser("report", help="learning curves, accuracy vs shots/ways, sine figure and results table for runs")
+    rp.add_argument("runs", nargs="+", help="run folders")
+    rp.add_argument("--out", default="report", help="folder for the PNGs, report.md and report.html")
 
     pl = sub.add_parser("plot", help="figure 2 of Finn et al. 2017: a sine task before and after adaptation")
     pl.add_argument("checkpoint", help="a sine-wave checkpoint (e.g. MAML)")
@@ -104,9 +124,8 @@ def _train_config(args) -> Config:
     return config_from_dict(values, config).resolved()
 
 
-def cmd_train(args) -> int:
-    from .builders import build_source, load_dataset
-    from .evaluate import evaluate
+def cmd_train(args, argv=None) -> int:
+    from . import distributed
     from .train import train
 
     if args.resume and not args.run_dir:
@@ -116,14 +135,53 @@ def cmd_train(args) -> int:
         config = load_config(Path(args.run_dir) / "config.yaml")
     else:
         config = _train_config(args)
-    run_dir = Path(args.run_dir or f"runs/{config.benchmark}-{config.algorithm}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if args.nproc and args.nproc > 1 and not distributed.launched_by_torchrun():
+        # Re-run this very command under torchrun; every rank gets the same run folder.
+        argv = list(sys.argv[1:] if argv is None else argv)
+        for i, token in enumerate(argv):  # the ranks must not launch again
+            if token == "--nproc":
+                del argv[i : i + 2]
+                break
+            if token.startswith("--nproc="):
+                del argv[i]
+                break
+        if not args.run_dir:
+            argv += ["--run-dir", str(default_run_dir(config))]
+        return distributed.launch(args.nproc, argv)
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(config)
     result = train(config, run_dir, resume=args.resume, progress=not args.quiet)
+    if not distributed.is_main():
+        return 0
     c = result.config
-    print(f"trained {c.algorithm} on {c.benchmark} for {result.iteration} iterations in {result.seconds:.0f} s -> {run_dir}/checkpoint.pt")
+    summary = f"trained {c.algorithm} on {c.benchmark} for {result.iteration} iterations in {result.seconds:.0f} s -> {run_dir}/checkpoint.pt"
+    if result.last_val is not None:
+        summary += f"; last validation {result.last_val}"
+    print(summary)
     if not args.no_eval:
-        source_args = (c, "test", load_dataset(c))
-        for steps in c.eval_steps:
-            print("test " + str(evaluate(result.learner, build_source(*source_args), c.test_tasks, steps=steps)))
+        meta_test(result)
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    table = sweep(load_config(args.config), args.set, args.runs, progress=args.progress)
+    print(table)
+    return 0
+
+
+def cmd_runs(args) -> int:
+    runs = list_runs(args.root)
+    if not runs:
+        print(f"no runs under {args.root}")
+        return 0
+    print(runs_table(runs))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    page = write_report(args.runs, args.out)
+    print(f"wrote {page} and {Path(args.out) / 'report.md'}")
     return 0
 
 
@@ -133,16 +191,20 @@ def cmd_eval(args) -> int:
     from .train import learner_from_checkpoint
 
     learner, c, state = learner_from_checkpoint(args.checkpoint)
-    overrides = {k: v for k, v in {"test_shots": args.shots, "test_queries": args.queries, "data_dir": args.data_dir}.items() if v is not None}
+    overrides = {k: v for k, v in {"test_ways": args.ways, "test_shots": args.shots, "test_queries": args.queries, "data_dir": args.data_dir}.items() if v is not None}
     c = config_from_dict(overrides, c).resolved()
     tasks = args.tasks if args.tasks is not None else c.test_tasks
     if tasks < 1:
         raise ConfigError(f"--tasks must be >= 1, got {tasks}")
-    steps_list = args.steps or c.eval_steps
-    if any(s < 0 for s in steps_list):
+    adapts_by_steps = hasattr(learner, "eval_inner_steps")
+    if args.steps and not adapts_by_steps:
+        raise ConfigError(f"--steps applies to gradient-based learners; {c.algorithm} has no inner loop")
+    steps_list = (args.steps or c.eval_steps) if adapts_by_steps else [None]
+    if any(s is not None and s < 0 for s in steps_list):
         raise ConfigError(f"--steps must be >= 0, got {steps_list}")
     dataset = load_dataset(c)
-    print(f"{args.checkpoint}: {c.algorithm} on {c.benchmark}, iteration {state['iteration']}, K={c.test_shots}")
+    cell = f"{c.test_ways}-way {c.test_shots}-shot" if c.benchmark != "sine" else f"K={c.test_shots}"
+    print(f"{args.checkpoint}: {c.algorithm} on {c.benchmark}, iteration {state['iteration']}, {cell}")
     results = []
     for steps in steps_list:
         r = evaluate(learner, build_source(c, "test", dataset), tasks, steps=steps)
@@ -185,8 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv or ["train"])
     command = args.command
     try:
-        return {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "data": cmd_data}[command](args)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
+        if command == "train":
+            return cmd_train(args, argv)
+        commands = {"eval": cmd_eval, "plot": cmd_plot, "data": cmd_data, "sweep": cmd_sweep, "runs": cmd_runs, "report": cmd_report}
+        return commands[command](args)
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError, DistributedError) as e:
         if os.environ.get("METALAB_DEBUG"):
             raise
         print(f"metalab: error: {e}", file=sys.stderr)
