@@ -262,9 +262,12 @@ def test_cache_keyed_by_archive_and_size(small_dir: Path, tmp_path: Path) -> Non
     assert len(list(cache.glob("*.pt"))) == 5 and data.num_classes == 5 * 4
 
 
-def test_default_cache_dir_is_inside_data_dir(small_dir: Path) -> None:
+def test_default_cache_is_the_users_and_the_data_folder_is_untouched(small_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    before = sorted(p.name for p in small_dir.iterdir())
     load_omniglot(small_dir, verify_counts=False)
-    assert len(list((small_dir / ".metalab_cache").glob("*.pt"))) == 2
+    assert len(list((tmp_path / "xdg" / "metalab" / "omniglot").glob("*.pt"))) == 2
+    assert sorted(p.name for p in small_dir.iterdir()) == before
 
 
 def test_corrupt_cache_rejected(small_dir: Path, tmp_path: Path) -> None:

@@ -269,13 +269,12 @@ def _sha256(path: Path) -> str:
 
 
 def _default_cache_dir(data_dir: Path) -> Path:
-    """`<data_dir>/.metalab_cache`, or the user's cache folder when `data_dir` is read-only."""
-    preferred = data_dir / ".metalab_cache"
-    if preferred.is_dir() and os.access(preferred, os.W_OK):
-        return preferred
-    if not preferred.exists() and os.access(data_dir, os.W_OK):
-        return preferred
-    # A shared, read-only copy of the data (e.g. a site-wide folder) still gets a cache.
+    """The user's cache folder (`$XDG_CACHE_HOME/metalab/omniglot`, else `~/.cache/...`).
+
+    The data folder itself is never written to: it may be a shared or read-only copy (running as
+    root would otherwise write into it). Cache files are keyed by the archive's sha256, so copies
+    in different folders share one cache entry and a changed archive never hits a stale one.
+    """
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "metalab" / "omniglot"
 
@@ -357,8 +356,8 @@ def load_omniglot_archive(
     Args:
         path: the archive.
         image_size: S.
-        cache_dir: where the cache lives; default `<archive folder>/.metalab_cache/` (or
-            `$XDG_CACHE_HOME/metalab/omniglot` when the archive folder is read-only).
+        cache_dir: where the cache lives; default `$XDG_CACHE_HOME/metalab/omniglot`
+            (normally `~/.cache/metalab/omniglot`); the data folder is never written to.
         verify_counts: as in `read_omniglot_zip`; also applied to a cache hit.
 
     Returns:
