@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 import time
@@ -43,7 +44,11 @@ def main() -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks/out/sine"))
     p.add_argument("--results", default=str(ROOT / "benchmarks/results/sine.json"))
     p.add_argument("--figure", default=str(ROOT / "docs/sine.png"))
+    p.add_argument("--table", action="store_true", help="only print the table of the results file")
     args = p.parse_args()
+    if args.table:
+        print(markdown_table(json.loads(Path(args.results).read_text())))
+        return 0
 
     results_path = Path(args.results)
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
@@ -62,7 +67,7 @@ def main() -> int:
         row = {"iterations": result.iteration, "train_seconds_this_session": round(seconds, 1), "test_shots": c.test_shots, "test_tasks": args.tasks, "mse": {}}
         for steps in (1, 5, 10):
             r = evaluate(result.learner, build_source(c, "test"), args.tasks, steps=steps)
-            row["mse"][str(steps)] = {"mean": round(r.mean, 4), "ci95": round(r.ci95, 4)}
+            row["mse"][str(steps)] = {"mean": round(r.mean, 4), "ci95": round(r.ci95, 4)}  # NaN: diverged
             print(f"{name:9s} K={c.test_shots} {r}", flush=True)
         if name in PAPER:
             row["paper_mse"] = {str(k): v for k, v in PAPER[name].items()}
@@ -79,10 +84,18 @@ def main() -> int:
     return 0
 
 
+def _cell(figure: dict) -> str:
+    # A non-finite mean means some tasks' adaptation blew up (e.g. Meta-SGD's rates, meta-learned
+    # for one step, applied ten times).
+    if not math.isfinite(figure["mean"]):
+        return "diverges"
+    return f"{figure['mean']:.3f} ± {figure['ci95']:.3f}"
+
+
 def markdown_table(results: dict) -> str:
     lines = ["| algorithm | iterations | MSE, 1 step | 5 steps | 10 steps | paper (1 / 5 / 10) |", "|---|---|---|---|---|---|"]
     for name, row in results["algorithms"].items():
-        cells = [f"{row['mse'][s]['mean']:.3f} ± {row['mse'][s]['ci95']:.3f}" for s in ("1", "5", "10")]
+        cells = [_cell(row["mse"][s]) for s in ("1", "5", "10")]
         paper = " / ".join(f"{row['paper_mse'][s]:.2f}" for s in ("1", "5", "10")) if "paper_mse" in row else "-"
         lines.append(f"| {name} | {row['iterations']:,} | " + " | ".join(cells) + f" | {paper} |")
     return "\n".join(lines)

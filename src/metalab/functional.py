@@ -33,6 +33,7 @@ __all__ = [
     "forward",
     "sgd_step",
     "inner_loop",
+    "inner_gradients",
     "resolve_strategy",
     "map_tasks",
     "detached_params",
@@ -61,7 +62,12 @@ def sgd_step(params: Mapping[str, Tensor], grads: Mapping[str, Tensor], lr: Lear
     return {k: p - lr * grads[k] for k, p in params.items()}
 
 
-def _grads(loss_of: Callable[[Params], Tensor], params: Params, first_order: bool, mode: str) -> Params:
+def inner_gradients(loss_of: Callable[[Params], Tensor], params: Params, first_order: bool, mode: str) -> Params:
+    """Gradients of `loss_of(params)` w.r.t. each parameter, for one inner step.
+
+    mode "func" uses `torch.func.grad` (inside vmap), "autograd" uses `torch.autograd.grad` with
+    `create_graph` for second order; first order detaches the result.
+    """
     if mode == "func":
         grads = torch.func.grad(loss_of)(params)
     else:
@@ -103,7 +109,7 @@ def inner_loop(
         return task_loss(kind, forward(model, p, x), y)
 
     for step in range(steps):
-        grads = _grads(loss_of, params, first_order, mode)
+        grads = inner_gradients(loss_of, params, first_order, mode)
         params = sgd_step(params, grads, lr(step) if callable(lr) else lr)
     return params
 
