@@ -1,7 +1,7 @@
 """The Omniglot table: train configs from configs/omniglot/, meta-test them the papers' way, and
 write docs/results.md (our accuracy +/- 95% CI beside the paper's, with the budget that produced it).
 
-    python benchmarks/omniglot.py train configs/omniglot/protonet_5w1s.yaml [--iterations N]
+    python benchmarks/omniglot.py train configs/omniglot/protonet_5w1s.yaml [--iterations N] [--minutes M]
     python benchmarks/omniglot.py table
 
 `train` runs (or resumes) the config in benchmarks/out/omniglot/<name>/, meta-tests the result on
@@ -42,7 +42,7 @@ def _training_part(config) -> dict:
 def cmd_train(args) -> None:
     path = Path(args.config)
     config = load_config(path)
-    overrides = {k: v for k, v in {"iterations": args.iterations, "threads": args.threads, "data_dir": args.data_dir}.items() if v is not None}
+    overrides = {k: v for k, v in {"iterations": args.iterations, "max_minutes": args.minutes, "threads": args.threads, "data_dir": args.data_dir}.items() if v is not None}
     config = config_from_dict(overrides, config)
     run_dir = OUT / path.stem
     resume = (run_dir / "checkpoint.pt").exists()
@@ -115,6 +115,7 @@ def main() -> int:
     t = sub.add_parser("train")
     t.add_argument("config")
     t.add_argument("--iterations", type=int, help="budget (default: the config's)")
+    t.add_argument("--minutes", type=float, help="stop training after this much wall-clock (resumable)")
     t.add_argument("--threads", type=int)
     t.add_argument("--data-dir")
     tb = sub.add_parser("table")

@@ -118,3 +118,12 @@ def test_evaluate_is_deterministic_on_fixed_test_tasks(tmp_path):
     a = evaluate(result.learner, build_source(result.config, "test"), 30, steps=2)
     b = evaluate(result.learner, build_source(result.config, "test"), 30, steps=2)
     assert a == b and a.tasks == 30 and a.steps == 2
+
+
+def test_max_minutes_stops_with_a_checkpoint_and_resume_continues(tmp_path):
+    c = small(iterations=10_000, val_every=0, checkpoint_every=0, max_minutes=0.02)  # 1.2 s
+    result = train(c, tmp_path, progress=False, log=lambda _: None)
+    assert 0 < result.iteration < 10_000
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["iteration"] == result.iteration
+    again = train(small(iterations=result.iteration + 5, val_every=0, checkpoint_every=0), tmp_path, progress=False, resume=True, log=lambda _: None)
+    assert again.iteration == result.iteration + 5

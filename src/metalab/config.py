@@ -16,10 +16,13 @@ from typing import Any, Optional
 
 import yaml
 
-__all__ = ["Config", "ConfigError", "load_config", "config_from_dict", "parse_override", "ALGORITHMS", "BENCHMARKS"]
+__all__ = ["Config", "ConfigError", "load_config", "config_from_dict", "parse_override", "task_kind", "ALGORITHMS", "BENCHMARKS", "IMAGE_BENCHMARKS"]
 
 ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile", "pretrain", "anil", "mamlpp", "protonet", "matching", "relation", "siamese")
-BENCHMARKS = ("sine", "omniglot")
+BENCHMARKS = ("sine", "omniglot", "folder", "csv")
+# Benchmarks whose examples are images (Conv-4 backbones; `metalab predict` applies to them).
+IMAGE_BENCHMARKS = ("omniglot", "folder")
+METRIC_BASED = ("protonet", "matching", "relation", "siamese")
 # Classes in each part of the Omniglot splits (characters x 4 rotations for Vinyals; see docs/omniglot.md).
 OMNIGLOT_SPLIT_CLASSES = {"vinyals": {"train": 4112, "val": 688, "test": 1692}, "lake": {"train": 792, "val": 172, "test": 659}}
 # Algorithms whose backbone ends in an N-way linear head, so N is fixed by meta-training.
@@ -41,15 +44,28 @@ class ConfigError(ValueError):
 @dataclass
 class Config:
     # --- the tasks -------------------------------------------------------------------------------
-    benchmark: str = "sine"  # sine | omniglot
+    benchmark: str = "sine"  # sine | omniglot | folder (DIR/<class>/<image>) | csv (a CSV file)
     ways: int = 5  # N (classification only) during meta-training
     test_ways: Optional[int] = None  # N at evaluation (default: ways; ProtoNets train with more)
     shots: int = 10  # K support examples (per class for classification) during meta-training
     queries: int = 10  # query examples (per class for classification) during meta-training
     test_shots: Optional[int] = None  # K at evaluation (default: shots)
     test_queries: Optional[int] = None  # queries at evaluation (default: queries; 100 points for sine)
-    data_dir: Optional[str] = None  # folder holding the data set's files
+    data_dir: Optional[str] = None  # folder holding the data set's files (csv: the CSV file)
     split: str = "vinyals"  # Omniglot split: vinyals | lake
+    # folder and csv: classes (csv regression: tasks) held out for meta-val and meta-test, drawn
+    # with a fixed seed (default: a fifth of them each, at least test_ways classes)
+    val_classes: Optional[int] = None
+    test_classes: Optional[int] = None
+    # --- the images (recorded in every checkpoint, so `metalab predict` prepares images alike) ---
+    image_size: int = 28  # images are resized to image_size x image_size
+    channels: int = 1  # 1: greyscale, 3: RGB (folder); Omniglot is greyscale
+    invert: Optional[bool] = None  # store 255 - pixel, ink bright (default: true for omniglot, which needs it; else false)
+    # --- the csv benchmark ---------------------------------------------------------------------
+    csv_label: Optional[str] = None  # classification: the class column
+    csv_target: Optional[str] = None  # regression: the target column (with csv_task)
+    csv_task: Optional[str] = None  # regression: the column whose values group rows into tasks
+    csv_features: list[str] = field(default_factory=list)  # feature columns (default: all others; filled in from the data)
     # --- the algorithm ---------------------------------------------------------------------------
     algorithm: str = "maml"  # maml | fomaml | metasgd | reptile | pretrain
     inner_lr: float = 0.01  # alpha
@@ -80,6 +96,7 @@ class Config:
     log_every: int = 10  # append training metrics to metrics.jsonl every N iterations
     seed: int = 0
     threads: Optional[int] = None  # torch threads (default: torch's choice)
+    max_minutes: Optional[float] = None  # stop (with a checkpoint) after this much training wall-clock in this process; --resume continues
     dist_timeout: float = 300.0  # seconds a collective may wait for a peer before the run stops with an error
     # --- evaluation ------------------------------------------------------------------------------
     test_tasks: int = 1000
@@ -98,6 +115,8 @@ class Config:
             c.test_queries = 100 if c.benchmark == "sine" else c.queries
         if c.eval_inner_steps is None:
             c.eval_inner_steps = c.inner_steps
+        if c.invert is None:
+            c.invert = c.benchmark == "omniglot"
         if not c.eval_steps:
             c.eval_steps = [c.eval_inner_steps]
         validate(c)
@@ -109,6 +128,11 @@ class Config:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 _HINTS = typing.get_type_hints(Config)
+
+
+def task_kind(c: Config) -> str:
+    """"regression" (sine waves, a CSV with a target column) or "classification"."""
+    return "regression" if c.benchmark == "sine" or (c.benchmark == "csv" and c.csv_target is not None) else "classification"
 
 
 def _unknown_key(key: str) -> ConfigError:
@@ -141,6 +165,11 @@ def _coerce(key: str, value: Any) -> Any:
         if isinstance(value, str):
             return value
         raise ConfigError(f"config key {key!r} must be a string, got {value!r}")
+    if typing.get_origin(base) is list and typing.get_args(base) == (str,):
+        values = value if isinstance(value, list) else [value]
+        if all(isinstance(v, str) for v in values):
+            return values
+        raise ConfigError(f"config key {key!r} must be a list of strings, got {value!r}")
     if base is list:
         values = value if isinstance(value, list) else [value]
         if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
@@ -164,11 +193,13 @@ def validate(c: Config) -> None:
         raise ConfigError(f"config key 'eval_steps' must hold steps >= 0, got {c.eval_steps}")
     if c.inner_lr <= 0 or c.outer_lr <= 0:
         raise ConfigError("config keys 'inner_lr' and 'outer_lr' must be > 0")
+    if c.max_minutes is not None and c.max_minutes <= 0:
+        raise ConfigError(f"config key 'max_minutes' must be > 0, got {c.max_minutes}")
     if c.dist_timeout <= 0:
         raise ConfigError(f"config key 'dist_timeout' must be > 0, got {c.dist_timeout}")
     if c.threads is not None and c.threads < 1:
         raise ConfigError(f"config key 'threads' must be >= 1, got {c.threads}")
-    if c.algorithm in FIXED_HEAD and c.benchmark != "sine" and c.test_ways != c.ways:
+    if c.algorithm in FIXED_HEAD and task_kind(c) == "classification" and c.test_ways != c.ways:
         raise ConfigError(
             f"config key 'test_ways' ({c.test_ways}) must equal 'ways' ({c.ways}) for {c.algorithm}, "
             "whose classifier head has a fixed number of outputs"
@@ -178,10 +209,14 @@ def validate(c: Config) -> None:
             f"the step schedule needs 'lr_decay_every' >= 1 and 0 < 'lr_decay_factor' <= 1, "
             f"got {c.lr_decay_every} and {c.lr_decay_factor}"
         )
-    if c.algorithm in ("protonet", "matching", "relation", "siamese") and c.benchmark == "sine":
-        raise ConfigError(f"algorithm {c.algorithm!r} is a few-shot image classifier; it needs an image benchmark (omniglot)")
-    if c.algorithm == "pretrain" and c.benchmark != "sine":
-        raise ConfigError("algorithm 'pretrain' (pooled regression) is defined for the sine benchmark only")
+    kind = task_kind(c)
+    if c.algorithm in METRIC_BASED and kind == "regression":
+        raise ConfigError(f"algorithm {c.algorithm!r} is a few-shot classifier; it needs a classification benchmark (omniglot, folder, csv with csv_label)")
+    if c.algorithm == "relation" and c.benchmark not in IMAGE_BENCHMARKS:
+        raise ConfigError("algorithm 'relation' compares feature maps; it needs an image benchmark (omniglot, folder)")
+    if c.algorithm == "pretrain" and kind != "regression":
+        raise ConfigError("algorithm 'pretrain' (pooled regression) is defined for regression benchmarks only (sine, csv with csv_target)")
+    _validate_data_keys(c)
     if c.benchmark == "omniglot":
         per_class = 20
         for shots_key, queries_key in (("shots", "queries"), ("test_shots", "test_queries")):
@@ -252,3 +287,40 @@ def parse_override(text: str) -> tuple[str, Any]:
     except yaml.YAMLError:
         value = raw
     return key, value
+
+
+def _validate_data_keys(c: Config) -> None:
+    """The keys of the image and CSV benchmarks: each only where it means something."""
+    if c.image_size < 1 or c.channels not in (1, 3):
+        raise ConfigError(f"config keys 'image_size' must be >= 1 and 'channels' 1 or 3, got {c.image_size} and {c.channels}")
+    if c.benchmark in IMAGE_BENCHMARKS:
+        # Conv-4 halves the image 4 times; the relation module pools twice more after its embedding.
+        least = 22 if c.algorithm == "relation" else 16
+        if c.image_size < least:
+            raise ConfigError(f"config key 'image_size' must be >= {least} for {c.algorithm} on images, got {c.image_size}")
+    if c.benchmark == "omniglot" and (c.channels != 1 or c.invert is False):
+        raise ConfigError("Omniglot is greyscale with ink bright: it needs 'channels' 1 and 'invert' true")
+    if c.benchmark in ("folder", "csv"):
+        classes = task_kind(c) == "classification"
+        least, unit = (c.test_ways, f"classes (test_ways)") if classes else (1, "task")
+        for key, needed in (("val_classes", c.val_every > 0), ("test_classes", True)):
+            value = getattr(c, key)
+            if value is not None and (value < 0 or (needed and value < least)):
+                raise ConfigError(
+                    f"config key {key!r} ({value}) must be at least {least} {unit}"
+                    + (" (or 0, with val_every 0)" if key == "val_classes" else "")
+                )
+    elif c.val_classes is not None or c.test_classes is not None:
+        raise ConfigError(f"config keys 'val_classes' and 'test_classes' apply to the folder and csv benchmarks, not {c.benchmark}")
+    csv_keys = {k: getattr(c, k) for k in ("csv_label", "csv_target", "csv_task") if getattr(c, k) is not None}
+    if c.benchmark != "csv":
+        if csv_keys or c.csv_features:
+            raise ConfigError(f"config keys {', '.join(list(csv_keys) + ['csv_features'] * bool(c.csv_features))} apply to the csv benchmark only")
+        return
+    if (c.csv_label is None) == (c.csv_target is None) or (c.csv_target is None) != (c.csv_task is None):
+        raise ConfigError(
+            "the csv benchmark needs either 'csv_label' (classification: the class column) or both "
+            f"'csv_target' and 'csv_task' (regression: the target column and the column grouping rows into tasks); got {csv_keys or 'none'}"
+        )
+    if c.algorithm in METRIC_BASED and not c.hidden:
+        raise ConfigError(f"config key 'hidden' must name at least one layer: its last width is {c.algorithm}'s embedding size")

@@ -17,7 +17,7 @@ from typing import Iterable
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistributedError", "setup", "teardown", "rank", "world_size", "is_main", "average_gradients", "gather_objects", "launch"]
+__all__ = ["DistributedError", "setup", "teardown", "rank", "world_size", "is_main", "average_gradients", "agree", "gather_objects", "launch"]
 
 
 class DistributedError(RuntimeError):
@@ -81,6 +81,15 @@ def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
         n = g.numel()
         p.grad = flat[offset : offset + n].view_as(g).clone()
         offset += n
+
+
+def agree(flag: bool) -> bool:
+    """Whether rank 0's `flag` is true, on every rank (so that all ranks stop at the same step)."""
+    if world_size() == 1:
+        return flag
+    box = torch.tensor([1.0 if flag else 0.0])
+    _collective(lambda: dist.broadcast(box, src=0), "broadcast")
+    return bool(box.item())
 
 
 def gather_objects(obj) -> list:

@@ -30,7 +30,7 @@ __all__ = ["TrainResult", "train", "learner_from_checkpoint"]
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 # Keys that may change between an interrupted run and its resumption without changing its result.
-_RESUMABLE_CHANGES = {"iterations", "val_every", "checkpoint_every", "log_every", "test_tasks", "eval_steps", "threads", "data_dir"}
+_RESUMABLE_CHANGES = {"iterations", "max_minutes", "val_every", "checkpoint_every", "log_every", "test_tasks", "eval_steps", "threads", "data_dir"}
 
 
 @dataclass
@@ -196,9 +196,13 @@ def train(
             if result.last_val is not None:
                 postfix[f"val_{result.last_val.metric}"] = f"{result.last_val.mean:.4f}"
             bar.set_postfix(postfix, refresh=False)
-            if (c.checkpoint_every and n % c.checkpoint_every == 0) or n == end:
+            out_of_time = c.max_minutes is not None and distributed.agree(time.perf_counter() - t0 > 60 * c.max_minutes)
+            if (c.checkpoint_every and n % c.checkpoint_every == 0) or n == end or out_of_time:
                 checkpoint(n)
             result.iteration = n
+            if out_of_time:
+                log(f"stopping at iteration {n}: max_minutes={c.max_minutes} reached (continue with --resume)")
+                break
     bar.close()
     if writer is not None:
         writer.close()
