@@ -20,14 +20,12 @@ import json
 import math
 import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from metalab.builders import build_source
 from metalab.config import config_from_dict, load_config
-from metalab.evaluate import evaluate
+from metalab.experiment import meta_test
 from metalab.papers import SINE
 from metalab.plots import sine_adaptation_figure
 from metalab.train import learner_from_checkpoint, train
@@ -40,7 +38,6 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--algorithms", nargs="+", default=["maml", "metasgd", "pretrain", "fomaml", "reptile"])
     p.add_argument("--iterations", type=int, help="override the configs' 70,000")
-    p.add_argument("--tasks", type=int, default=2000, help="held-out test tasks")
     p.add_argument("--out", default=str(ROOT / "benchmarks/out/sine"))
     p.add_argument("--results", default=str(ROOT / "benchmarks/results/sine.json"))
     p.add_argument("--figure", default=str(ROOT / "docs/sine.png"))
@@ -60,15 +57,17 @@ def main() -> int:
             config = config_from_dict({"iterations": args.iterations}, config)
         run_dir = Path(args.out) / name
         resume = (run_dir / "checkpoint.pt").exists()
-        t0 = time.perf_counter()
         result = train(config, run_dir, resume=resume, progress=sys.stderr.isatty())
-        seconds = time.perf_counter() - t0
-        c = result.config
-        row = {"iterations": result.iteration, "train_seconds_this_session": round(seconds, 1), "test_shots": c.test_shots, "test_tasks": args.tasks, "mse": {}}
-        for steps in (1, 5, 10):
-            r = evaluate(result.learner, build_source(c, "test"), args.tasks, steps=steps)
-            row["mse"][str(steps)] = {"mean": round(r.mean, 4), "ci95": round(r.ci95, 4)}  # NaN: diverged
-            print(f"{name:9s} K={c.test_shots} {r}", flush=True)
+        # Meta-test on `test_tasks` held-out tasks after 1, 5 and 10 steps (the configs' eval_steps);
+        # this also writes the run folder's results.json, which `metalab report` reads.
+        record = meta_test(result, log=lambda line: print(f"{name:9s} K={result.config.test_shots} {line}", flush=True))
+        row = {
+            "iterations": result.iteration,
+            "train_seconds": round(result.seconds, 1),
+            "test_shots": record["shots"],
+            "test_tasks": record["test"][0]["tasks"],
+            "mse": {str(t["steps"]): {"mean": round(t["mean"], 4), "ci95": round(t["ci95"], 4)} for t in record["test"]},  # NaN: diverged
+        }
         if name in PAPER:
             row["paper_mse"] = {str(k): v for k, v in PAPER[name].items()}
         results["algorithms"][name] = row

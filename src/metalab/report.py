@@ -30,7 +30,20 @@ def _load(run: Path) -> RunSummary:
 def _label(r: RunSummary) -> str:
     c = r.config
     cell = f"{c.get('ways')}w{c.get('shots')}s" if c.get("benchmark") != "sine" else f"K={c.get('shots')}"
-    return f"{c.get('algorithm')} {cell} ({r.path.name})"
+    label = f"{c.get('algorithm')} {cell}"
+    return label if r.path.name == c.get("algorithm") else f"{label} ({r.path.name})"
+
+
+def _smooth(values, fraction: float = 0.02) -> list[float]:
+    """A trailing moving average over about `fraction` of the points (the raw curve is drawn faintly)."""
+    window = max(1, int(len(values) * fraction))
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
 
 
 def learning_curves(runs: list[RunSummary], out: Path) -> Path:
@@ -41,7 +54,9 @@ def learning_curves(runs: list[RunSummary], out: Path) -> Path:
         val_key = next((k for m in rows for k in m if k.startswith("val_") and k != "val_ci95"), None)
         line = None
         if train:
-            line, = ax_loss.plot(*zip(*train), lw=1.2, label=_label(r))
+            it, loss = zip(*train)
+            raw, = ax_loss.plot(it, loss, lw=0.5, alpha=0.25)
+            line, = ax_loss.plot(it, _smooth(loss), lw=1.5, color=raw.get_color(), label=_label(r))
         if val_key:
             pts = [(m["iteration"], m[val_key], m.get("val_ci95", 0.0)) for m in rows if val_key in m]
             it, mean, ci = zip(*pts)
@@ -49,7 +64,7 @@ def learning_curves(runs: list[RunSummary], out: Path) -> Path:
             ax_val.plot(it, mean, marker="o", ms=3, color=color, label=_label(r))
             ax_val.fill_between(it, [m - c for m, c in zip(mean, ci)], [m + c for m, c in zip(mean, ci)], color=color, alpha=0.2)
             ax_val.set_ylabel(val_key.replace("_", " ") + " (95% CI band)")
-    ax_loss.set(xlabel="iteration", ylabel="training meta-loss", title="meta-training")
+    ax_loss.set(xlabel="iteration", ylabel="training meta-loss (moving average)", title="meta-training")
     ax_val.set(xlabel="iteration", title="validation")
     for ax in (ax_loss, ax_val):
         ax.grid(alpha=0.3)
