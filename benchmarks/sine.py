@@ -63,7 +63,8 @@ def main() -> int:
         record = meta_test(result, log=lambda line: print(f"{name:9s} K={result.config.test_shots} {line}", flush=True))
         row = {
             "iterations": result.iteration,
-            "train_seconds": round(result.seconds, 1),
+            # Cumulative over resumed sessions; None for checkpoints written before the loop kept it.
+            "train_seconds": round(result.seconds, 1) or None,
             "test_shots": record["shots"],
             "test_tasks": record["test"][0]["tasks"],
             "mse": {str(t["steps"]): {"mean": round(t["mean"], 4), "ci95": round(t["ci95"], 4)} for t in record["test"]},  # NaN: diverged

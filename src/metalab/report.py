@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 from pathlib import Path
 
 import matplotlib
@@ -123,9 +124,10 @@ def results_table(runs: list[RunSummary]) -> str:
                 paper = paper_figure(c["algorithm"], res["ways"], res["shots"])
             else:
                 cell = f"K={res['shots']}, {t['steps']} step(s)"
-                ours = f"{t['mean']:.3f} ± {t['ci95']:.3f}"
+                ours = f"{t['mean']:.3f} ± {t['ci95']:.3f}" if math.isfinite(t["mean"]) else "diverges"
                 paper = SINE.get(c["algorithm"], {}).get(t["steps"]) if res["shots"] == 5 else None
-            rows.append([r.path.name, c["algorithm"], cell, str(res["iterations"]), f"{res['train_seconds']:.0f}", ours, "-" if paper is None else str(paper)])
+            seconds = f"{res['train_seconds']:.0f}" if res.get("train_seconds") else "-"  # unknown for old checkpoints
+            rows.append([r.path.name, c["algorithm"], cell, str(res["iterations"]), seconds, ours, "-" if paper is None else str(paper)])
     return format_table(rows, ["run", "algorithm", "task", "iterations", "train s", "ours (95% CI)", "paper"])
 
 
