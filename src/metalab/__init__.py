@@ -1,6 +1,7 @@
 """metalab: meta-learning ("learning to learn") on PyTorch."""
 from .algorithms import ANIL, MAML, MAMLpp, MatchingNet, MetaLearner, MetaSGD, Pretrained, ProtoNet, RelationNet, Reptile, SiameseNet
 from .tasks import ClassSplits, EpisodeSampler, SineTasks, Task, TaskBatch, split_classes
+from .predict import Prediction, predict  # the function `metalab.predict(checkpoint, support, queries)`
 
 __version__ = "0.1.0"
 
@@ -22,5 +23,7 @@ __all__ = [
     "SineTasks",
     "ClassSplits",
     "split_classes",
+    "predict",
+    "Prediction",
     "__version__",
 ]

@@ -5,32 +5,91 @@ registered here and nowhere else.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import torch
 from torch import nn
 
 from .algorithms import ANIL, MAML, MAMLpp, MatchingNet, MetaLearner, MetaSGD, Pretrained, ProtoNet, RelationNet, Reptile, SiameseNet
-from .config import Config, ConfigError
+from .config import Config, ConfigError, task_kind
 from .models import MLP, Conv4
 from .tasks import SineTasks
 
-__all__ = ["load_dataset", "rank_seed", "build_source", "build_model", "build_learner", "build_optimizer", "build_schedule", "SPLIT_SEEDS"]
+__all__ = ["load_dataset", "bind_dataset", "rank_seed", "build_source", "build_model", "build_learner", "build_optimizer", "build_schedule", "SPLIT_SEEDS"]
 
 # Validation and test tasks are drawn from fixed seeds, whatever the run's seed, so that every run
 # and every algorithm is scored on the same tasks.
 SPLIT_SEEDS = {"val": 10_000, "test": 20_000}
+# The class (or task) split of your own data (folder, csv) is drawn with this seed, whatever the
+# run's seed, for the same reason: every run is scored on the same held-out classes.
+DATA_SPLIT_SEED = 0
+
+_DATA_DIR_HELP = {
+    "omniglot": "--data-dir DIR holding images_background.zip and images_evaluation.zip",
+    "folder": "--data-dir DIR holding one folder of images per class, DIR/<class>/<image>",
+    "csv": "--data-dir FILE.csv, the CSV file",
+}
 
 
 def load_dataset(c: Config):
-    """The data set behind the benchmark, loaded once per run (None for synthetic task families)."""
+    """The data set behind the benchmark, loaded once per run (None for synthetic task families).
+
+    For your own data (folder, csv) the splits are checked against the episodes at once, so that a
+    split with too few classes or a class with too few examples is reported before training starts.
+    """
     if c.benchmark == "sine":
         return None
-    from .data import load_omniglot
-
     if c.data_dir is None:
-        raise ConfigError("the omniglot benchmark needs data_dir (--data-dir DIR holding images_background.zip and images_evaluation.zip)")
-    return load_omniglot(c.data_dir, split=c.split)
+        raise ConfigError(f"the {c.benchmark} benchmark needs data_dir ({_DATA_DIR_HELP[c.benchmark]})")
+    if c.benchmark == "omniglot":
+        from .data import load_omniglot
+
+        return load_omniglot(c.data_dir, split=c.split, image_size=c.image_size)
+    least = c.test_ways if task_kind(c) == "classification" else 1
+    if c.benchmark == "folder":
+        from .data import load_image_folder
+
+        dataset = load_image_folder(
+            c.data_dir, c.image_size, c.channels, c.val_classes, c.test_classes, seed=DATA_SPLIT_SEED,
+            invert=bool(c.invert), min_classes=least,
+        )
+    else:
+        from .data import load_csv
+
+        dataset = load_csv(
+            c.data_dir, label=c.csv_label, target=c.csv_target, task=c.csv_task, features=c.csv_features or None,
+            val_classes=c.val_classes, test_classes=c.test_classes, seed=DATA_SPLIT_SEED, min_classes=least,
+        )
+    _check_splits(c, dataset)
+    return dataset
+
+
+def _check_splits(c: Config, dataset) -> None:
+    """Check every split has enough classes, then build its sampler once: its constructor checks
+    that every class (or task) has shots + queries examples and names the first that has not."""
+    for split, ways in (("train", c.ways), ("val", c.test_ways), ("test", c.test_ways)):
+        if split == "val" and not c.val_every:
+            continue
+        have = len(getattr(dataset.splits, split))
+        if task_kind(c) == "classification" and have < ways:
+            raise ValueError(
+                f"{c.data_dir}: the meta-{split} split has {have} classes, fewer than the {ways} ways of its episodes "
+                f"(of {sum(len(s) for s in dataset.splits)} classes, {len(dataset.splits.val)} are held out for meta-val "
+                f"and {len(dataset.splits.test)} for meta-test: set val_classes / test_classes, or add classes)"
+            )
+        try:
+            build_source(c, split, dataset)
+        except ValueError as e:
+            raise ValueError(f"{c.data_dir}, meta-{split} split: {e}") from None
+
+
+def bind_dataset(c: Config, dataset) -> Config:
+    """Fill the config keys that come from the data, so that a checkpoint's config rebuilds the
+    model without the data: the CSV's feature columns (their number is the MLP's input size)."""
+    if c.benchmark == "csv" and dataset is not None and list(c.csv_features) != list(dataset.feature_names):
+        return dataclasses.replace(c, csv_features=list(dataset.feature_names))
+    return c
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -50,10 +109,18 @@ def build_source(c: Config, split: str, dataset=None, *, rank: int = 0):
     return dataset.sampler(split, ways=ways, shots=shots, queries=queries, seed=seed)
 
 
+def _csv_features(c: Config) -> int:
+    if not c.csv_features:
+        raise ConfigError("the csv benchmark's input size comes from the data: fill csv_features with builders.bind_dataset (train does)")
+    return len(c.csv_features)
+
+
 def build_model(c: Config) -> nn.Module:
     if c.benchmark == "sine":
         return MLP(1, c.hidden, 1)
-    return Conv4(in_channels=1, out_features=c.ways, norm="batch_stats")
+    if c.benchmark == "csv":
+        return MLP(_csv_features(c), c.hidden, c.ways if task_kind(c) == "classification" else 1)
+    return Conv4(in_channels=c.channels, out_features=c.ways, image_size=c.image_size, norm="batch_stats")
 
 
 _GRADIENT_BASED: dict[str, Callable[..., MetaLearner]] = {
@@ -73,20 +140,24 @@ _METRIC_BASED = ("protonet", "matching", "relation", "siamese")
 def build_metric_learner(c: Config) -> MetaLearner:
     """A metric-based learner: an embedding with standard BatchNorm (running statistics, used in eval
     mode) and no classifier head, so the number of ways may differ between training and test."""
-    if c.algorithm == "relation":  # its own embedding module, keeping 64x5x5 feature maps
-        return RelationNet(input_shape=(1, 28, 28))
-    encoder = Conv4(in_channels=1, norm="batch")
+    if c.algorithm == "relation":  # its own embedding module, keeping 64x5x5 feature maps (28x28 input)
+        return RelationNet(input_shape=(c.channels, c.image_size, c.image_size))
+    if c.benchmark == "csv":  # an MLP embedding: the last hidden width is the embedding size
+        encoder, feature_dim = MLP(_csv_features(c), c.hidden[:-1], c.hidden[-1]), c.hidden[-1]
+    else:
+        encoder = Conv4(in_channels=c.channels, image_size=c.image_size, norm="batch")
+        feature_dim = encoder.feature_dim
     if c.algorithm == "protonet":
         return ProtoNet(encoder)
     if c.algorithm == "matching":
-        return MatchingNet(encoder, fce=c.fce, feature_dim=encoder.feature_dim)
-    return SiameseNet(encoder, feature_dim=encoder.feature_dim)
+        return MatchingNet(encoder, fce=c.fce, feature_dim=feature_dim)
+    return SiameseNet(encoder, feature_dim=feature_dim)
 
 
 def build_learner(c: Config) -> MetaLearner:
     if c.algorithm in _METRIC_BASED:
         return build_metric_learner(c)
-    kind = "regression" if c.benchmark == "sine" else "classification"
+    kind = task_kind(c)
     cls = _GRADIENT_BASED[c.algorithm]
     # MAML++'s schedules (its LSLR and per-step batch-norm affine are always on).
     extra = {"msl_iterations": c.msl_iterations, "first_order_iterations": c.first_order_iterations} if c.algorithm == "mamlpp" else {}

@@ -1,4 +1,4 @@
-"""The `metalab` command: train | eval | plot | data.
+"""The `metalab` command: train | eval | predict | plot | data | sweep | runs | report.
 
 Bad input (an unknown algorithm or config key, a negative shot count, a missing or corrupt
 checkpoint, a missing data folder) ends with one line on stderr and exit status 2, not a traceback.
@@ -31,6 +31,8 @@ _EXAMPLES = """examples:
   metalab train --run-dir runs/sine --resume      # continue an interrupted run
   metalab eval runs/sine/checkpoint.pt --steps 1 5 10 --shots 5
   metalab plot runs/sine/checkpoint.pt --baseline runs/pre/checkpoint.pt --out sine.png
+  metalab train --benchmark folder --data-dir my_images --algorithm protonet --shots 1 --queries 5
+  metalab predict runs/a/checkpoint.pt --support support/ queries/ --csv predictions.csv
 """
 
 
@@ -73,6 +75,13 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--queries", type=int, help="queries at test time")
     e.add_argument("--data-dir", help="data folder, if it moved since training")
     e.add_argument("--json", help="also write the results to this JSON file")
+
+    pr = sub.add_parser("predict", help="adapt a checkpoint to a support folder of your classes and label query images")
+    pr.add_argument("checkpoint", help="a checkpoint trained on images (omniglot or folder)")
+    pr.add_argument("queries", nargs="+", help="query images or folders of them (searched recursively)")
+    pr.add_argument("--support", required=True, help="folder of your classes: SUPPORT/<class>/<a few images>")
+    pr.add_argument("--csv", help="write the predictions to this CSV file (query, prediction, one probability column per class)")
+    pr.add_argument("--steps", type=int, help="inner steps for gradient-based learners (default: the checkpoint's eval_inner_steps)")
 
     sw = sub.add_parser("sweep", help="train and meta-test a grid of configs, one run folder each, and print a table")
     sw.add_argument("config", help="the base YAML config")
@@ -215,6 +224,18 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from .predict import format_predictions, predict, write_predictions_csv
+
+    predictions = predict(args.checkpoint, args.support, args.queries, steps=args.steps)
+    if args.csv:
+        write_predictions_csv(predictions, args.csv)
+        print(f"wrote {len(predictions)} predictions to {args.csv}")
+    else:
+        print(format_predictions(predictions))
+    return 0
+
+
 def cmd_plot(args) -> int:
     from .plots import sine_adaptation_figure
     from .train import learner_from_checkpoint
@@ -249,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command == "train":
             return cmd_train(args, argv)
-        commands = {"eval": cmd_eval, "plot": cmd_plot, "data": cmd_data, "sweep": cmd_sweep, "runs": cmd_runs, "report": cmd_report}
+        commands = {"eval": cmd_eval, "predict": cmd_predict, "plot": cmd_plot, "data": cmd_data, "sweep": cmd_sweep, "runs": cmd_runs, "report": cmd_report}
         return commands[command](args)
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError, DistributedError) as e:
         if os.environ.get("METALAB_DEBUG"):

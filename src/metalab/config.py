@@ -211,7 +211,7 @@ def validate(c: Config) -> None:
         )
     kind = task_kind(c)
     if c.algorithm in METRIC_BASED and kind == "regression":
-        raise ConfigError(f"algorithm {c.algorithm!r} is a few-shot classifier; it needs a classification benchmark (omniglot, folder, csv with csv_label)")
+        raise ConfigError(f"algorithm {c.algorithm!r} is a few-shot classifier; it needs a classification benchmark: an image benchmark (omniglot, folder) or csv with csv_label")
     if c.algorithm == "relation" and c.benchmark not in IMAGE_BENCHMARKS:
         raise ConfigError("algorithm 'relation' compares feature maps; it needs an image benchmark (omniglot, folder)")
     if c.algorithm == "pretrain" and kind != "regression":

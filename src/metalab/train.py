@@ -19,7 +19,7 @@ import yaml
 from tqdm import tqdm
 
 from .algorithms.base import MetaLearner
-from .builders import load_dataset, build_learner, build_optimizer, build_schedule, build_source
+from .builders import bind_dataset, load_dataset, build_learner, build_optimizer, build_schedule, build_source
 from . import distributed
 from .checkpoint import CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
 from .config import Config, ConfigError, config_from_dict
@@ -107,11 +107,13 @@ def train(
     if c.meta_batch % world:
         raise ConfigError(f"config key 'meta_batch' ({c.meta_batch}) must be divisible by the number of processes ({world})")
     local_batch = c.meta_batch // world
+    # The data first: some config keys come from it (a CSV's feature columns size the model).
+    dataset = load_dataset(c)
+    c = bind_dataset(c, dataset)
     torch.manual_seed(c.seed)
     learner = build_learner(c)
     optimizer = build_optimizer(c, learner)
     schedule = build_schedule(c, optimizer)
-    dataset = load_dataset(c)
     source = build_source(c, "train", dataset, rank=rank)
     start, elapsed_before = 0, 0.0
     if resume:

@@ -1,4 +1,5 @@
-"""Real data sets, loaded once into memory as uint8 tensors with disjoint class splits."""
+"""Real data sets, loaded once into memory (images as uint8 tensors) with disjoint class splits."""
+from .folder import load_image_folder, read_image
 from .omniglot import (
     DataIntegrityError,
     DataNotFoundError,
@@ -9,6 +10,7 @@ from .omniglot import (
     read_omniglot_zip,
     to_float,
 )
+from .tabular import RowTasks, TabularData, load_csv
 
 __all__ = [
     "DataIntegrityError",
@@ -19,4 +21,9 @@ __all__ = [
     "load_omniglot_archive",
     "read_omniglot_zip",
     "to_float",
+    "load_image_folder",
+    "read_image",
+    "load_csv",
+    "TabularData",
+    "RowTasks",
 ]

@@ -1,0 +1,162 @@
+"""Label new images with a trained checkpoint: adapt to a support folder, answer the queries.
+
+`predict(checkpoint, support, queries)` (and `metalab predict`) builds one episode from your files:
+the support folder `support/<class>/<a few images>` gives the classes, labelled 0..N-1 in sorted
+class-name order, and their examples (support_x of shape (1, n_support, C, S, S)); the query images
+(files, or folders searched recursively) give query_x of shape (1, n_query, C, S, S). The learner
+adapts to the support set as in meta-testing and each query gets the softmax of its logits (for
+Relation Networks, of its relation scores in [0, 1]: flat, only their order is meaningful).
+
+Images are prepared exactly as the checkpoint's training data was (`metalab.data.folder.read_image`
+with the image size, channels and inversion recorded in the checkpoint's config): a model trained on
+Omniglot (`invert: true`, ink bright) gets black-on-white drawings inverted, as its training PNGs were.
+
+Learners whose classifier head has a fixed number of outputs (MAML and its family) need exactly as
+many classes as they were trained with; metric-based learners take any number of classes and uneven
+numbers of images per class, except Relation Networks, which sum a class's feature maps and so need
+the same number of images in every class. Learners that normalise with batch statistics (the MAML
+family's Conv-4) normalise the queries together, as in meta-testing: pass the queries in one call.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+from .config import FIXED_HEAD, IMAGE_BENCHMARKS, Config, ConfigError
+from .data.folder import IMAGE_EXTENSIONS, read_class_folders, read_image
+from .data.omniglot import DataNotFoundError, to_float
+
+__all__ = ["Prediction", "predict", "load_queries", "write_predictions_csv", "format_predictions"]
+
+PathLike = str | os.PathLike
+
+
+class Prediction(NamedTuple):
+    """One query's answer.
+
+    Attributes:
+        query: the query image's path.
+        label: the predicted class (a support folder name).
+        probabilities: class name -> probability (softmax of the learner's logits), in class order.
+    """
+
+    query: str
+    label: str
+    probabilities: dict[str, float]
+
+
+def load_queries(queries: PathLike | Sequence[PathLike], image_size: int, channels: int, invert: bool) -> tuple[list[str], torch.Tensor]:
+    """Query images from files and folders (searched recursively, sorted), prepared by `read_image`.
+
+    Returns:
+        `(names, x)`: the paths as strings and uint8 images of shape (n_query, C, S, S).
+    """
+    items = [queries] if isinstance(queries, (str, os.PathLike)) else list(queries)
+    if not items:
+        raise ValueError("no query images given")
+    paths: list[Path] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            found = sorted(
+                p for p in item.rglob("*")
+                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                and not any(part.startswith(".") for part in p.relative_to(item).parts)
+            )
+            if not found:
+                raise DataNotFoundError(f"query folder {item} holds no images")
+            paths += found
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise DataNotFoundError(f"query image or folder not found: {item}")
+    x = np.stack([read_image(p, image_size, channels, invert) for p in paths])
+    return [str(p) for p in paths], torch.from_numpy(x)
+
+
+def _check_support(checkpoint: PathLike, c: Config, support: PathLike, names: list[str], counts: list[int]) -> None:
+    listed = ", ".join(names)
+    if c.algorithm in FIXED_HEAD and len(names) != c.ways:
+        raise ConfigError(
+            f"{checkpoint} is a {c.ways}-way {c.algorithm} model: its classifier head has exactly {c.ways} outputs, "
+            f"so the support folder needs exactly {c.ways} class folders; {support} has {len(names)} ({listed})"
+        )
+    if len(names) < 2:
+        raise ConfigError(f"the support folder {support} needs at least 2 class folders to choose between; it has {len(names)} ({listed})")
+    if c.algorithm == "relation" and len(set(counts)) > 1:
+        raise ConfigError(
+            f"relation networks sum each class's feature maps, so every class needs the same number of support "
+            f"images; {support} has " + ", ".join(f"{n}: {k}" for n, k in zip(names, counts))
+        )
+
+
+def predict(
+    checkpoint: PathLike, support: PathLike, queries: PathLike | Sequence[PathLike], *, steps: int | None = None
+) -> list[Prediction]:
+    """Adapt a trained image checkpoint to the classes of `support` and label every query image.
+
+    Args:
+        checkpoint: a `checkpoint.pt` trained on an image benchmark (omniglot or folder).
+        support: a folder `support/<class>/<image>`: N class folders, at least one image each.
+        queries: an image file or folder, or a list of them (folders are searched recursively).
+        steps: inner steps for gradient-based learners (default: the checkpoint's eval_inner_steps).
+
+    Returns:
+        One `Prediction(query, label, probabilities)` per query image, in the order read.
+
+    Raises:
+        CheckpointError: the checkpoint is missing or corrupt.
+        ConfigError: not an image checkpoint, or the support set does not fit the learner (the
+            message says what is needed).
+        DataNotFoundError, DataIntegrityError: a missing folder or file, an empty class folder, an
+            unreadable image (each named).
+
+    Example:
+        >>> for query, label, p in predict("runs/a/checkpoint.pt", "support", "queries"):  # doctest: +SKIP
+        ...     print(query, label, round(p[label], 3))
+    """
+    from .train import learner_from_checkpoint  # the training stack, only when a model is needed
+
+    learner, c, _ = learner_from_checkpoint(checkpoint)
+    if c.benchmark not in IMAGE_BENCHMARKS:
+        raise ConfigError(f"{checkpoint} was trained on {c.benchmark}; predict labels images and needs a checkpoint trained on omniglot or folder")
+    if steps is not None and not hasattr(learner, "eval_inner_steps"):
+        raise ConfigError(f"steps applies to gradient-based learners; {c.algorithm} has no inner loop")
+    if steps is not None and steps < 0:
+        raise ConfigError(f"steps must be >= 0, got {steps}")
+    invert = bool(c.invert)
+    support_x, support_y, names = read_class_folders(support, c.image_size, c.channels, invert)
+    _check_support(checkpoint, c, support, names, torch.bincount(support_y, minlength=len(names)).tolist())
+    query_names, query_x = load_queries(queries, c.image_size, c.channels, invert)
+    learner.eval()
+    kwargs = {} if steps is None else {"steps": steps}
+    with torch.no_grad():
+        logits = learner.predict(to_float(support_x)[None], support_y[None], to_float(query_x)[None], **kwargs)[0]
+    probabilities = logits.float().softmax(-1)
+    return [
+        Prediction(q, names[int(p.argmax())], {n: float(v) for n, v in zip(names, p)})
+        for q, p in zip(query_names, probabilities)
+    ]
+
+
+def format_predictions(predictions: list[Prediction]) -> str:
+    """A table: query, prediction, and the probability of every class."""
+    from .experiment import format_table
+
+    classes = list(predictions[0].probabilities)
+    rows = [[p.query, p.label, *(f"{p.probabilities[n]:.3f}" for n in classes)] for p in predictions]
+    return format_table(rows, ["query", "prediction", *classes])
+
+
+def write_predictions_csv(predictions: list[Prediction], path: PathLike) -> None:
+    """CSV with the columns query, prediction, then one probability column per class (named by it)."""
+    classes = list(predictions[0].probabilities) if predictions else []
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["query", "prediction", *classes])
+        for p in predictions:
+            writer.writerow([p.query, p.label, *(f"{p.probabilities[n]:.6f}" for n in classes)])
