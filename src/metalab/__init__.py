@@ -1,5 +1,5 @@
 """metalab: meta-learning ("learning to learn") on PyTorch."""
-from .algorithms import ANIL, MAML, MAMLpp, MatchingNet, MetaLearner, MetaSGD, Pretrained, ProtoNet, RelationNet, Reptile, SiameseNet
+from .algorithms import ANIL, MAML, MANN, Baseline, LSTMMetaLearner, MAMLpp, MatchingNet, MetaLearner, MetaNet, MetaSGD, Pretrained, ProtoNet, RelationNet, Reptile, SiameseNet
 from .tasks import ClassSplits, EpisodeSampler, SineTasks, Task, TaskBatch, split_classes
 from .predict import Prediction, predict  # the function `metalab.predict(checkpoint, support, queries)`
 
@@ -16,6 +16,10 @@ __all__ = [
     "MatchingNet",
     "RelationNet",
     "SiameseNet",
+    "MetaNet",
+    "Baseline",
+    "MANN",
+    "LSTMMetaLearner",
     "MetaLearner",
     "Task",
     "TaskBatch",

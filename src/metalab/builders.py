@@ -11,8 +11,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .algorithms import ANIL, MAML, MAMLpp, MatchingNet, MetaLearner, MetaSGD, Pretrained, ProtoNet, RelationNet, Reptile, SiameseNet
-from .config import Config, ConfigError, task_kind
+from .algorithms import ANIL, MAML, MANN, Baseline, LSTMMetaLearner, MAMLpp, MatchingNet, MetaLearner, MetaNet, MetaSGD, Pretrained, ProtoNet, RelationNet, Reptile, SiameseNet
+from .config import IMAGE_BENCHMARKS, OMNIGLOT_SPLIT_CLASSES, TRANSFER, Config, ConfigError, task_kind
 from .models import MLP, Conv4
 from .tasks import SineTasks
 
@@ -89,6 +89,9 @@ def bind_dataset(c: Config, dataset) -> Config:
     model without the data: the CSV's feature columns (their number is the MLP's input size)."""
     if c.benchmark == "csv" and dataset is not None and list(c.csv_features) != list(dataset.feature_names):
         return dataclasses.replace(c, csv_features=list(dataset.feature_names))
+    # Baseline / Baseline++: the pre-training classifier has one output per meta-train class.
+    if c.algorithm in TRANSFER and dataset is not None and c.base_classes is None:
+        return dataclasses.replace(c, base_classes=len(dataset.splits.train))
     return c
 
 
@@ -106,6 +109,10 @@ def build_source(c: Config, split: str, dataset=None, *, rank: int = 0):
     if c.benchmark == "sine":
         return SineTasks(shots, queries, seed=seed)
     dataset = dataset if dataset is not None else load_dataset(c)
+    if c.algorithm in TRANSFER and split == "train":
+        # Baseline / Baseline++ pre-train on ordinary mini-batches with global labels: meta_batch
+        # rows of one example each, so meta_batch is the mini-batch size (split across processes).
+        return dataset.batches(split, batch_size=1, seed=seed)
     return dataset.sampler(split, ways=ways, shots=shots, queries=queries, seed=seed)
 
 
@@ -154,9 +161,31 @@ def build_metric_learner(c: Config) -> MetaLearner:
     return SiameseNet(encoder, feature_dim=feature_dim)
 
 
+def _base_classes(c: Config) -> int:
+    if c.base_classes is not None:
+        return c.base_classes
+    if c.benchmark == "omniglot":
+        return OMNIGLOT_SPLIT_CLASSES[c.split]["train"]
+    raise ConfigError(f"{c.algorithm} needs base_classes, the meta-train classes of the data (builders.bind_dataset fills it in; train does)")
+
+
 def build_learner(c: Config) -> MetaLearner:
     if c.algorithm in _METRIC_BASED:
         return build_metric_learner(c)
+    if c.algorithm == "metanet":
+        return MetaNet(ways=c.ways, in_channels=c.channels, image_size=c.image_size)
+    if c.algorithm in TRANSFER:
+        encoder = Conv4(in_channels=c.channels, image_size=c.image_size, norm="batch")
+        return Baseline(encoder, encoder.feature_dim, _base_classes(c), cosine=c.algorithm == "baseline_pp")
+    if c.algorithm == "mann":
+        shape = (c.channels, c.image_size, c.image_size) if c.benchmark in IMAGE_BENCHMARKS else (_csv_features(c),)
+        return MANN(c.ways, shape, seed=c.seed)
+    if c.algorithm == "lstm_meta":
+        # Ravi & Larochelle's learner: Conv-4 with 32 filters per layer (4x fewer coordinates for the
+        # coordinate-wise LSTM than 64 filters; the LSTM over them dominates the cost).
+        images = c.benchmark in IMAGE_BENCHMARKS
+        model = Conv4(in_channels=c.channels, hidden=32, out_features=c.ways, image_size=c.image_size, norm="batch_stats") if images else build_model(c)
+        return LSTMMetaLearner(model, task_kind(c), inner_steps=c.inner_steps, eval_inner_steps=c.eval_inner_steps, inner_lr=c.inner_lr)
     kind = task_kind(c)
     cls = _GRADIENT_BASED[c.algorithm]
     # MAML++'s schedules (its LSLR and per-step batch-norm affine are always on).

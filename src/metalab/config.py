@@ -18,7 +18,7 @@ import yaml
 
 __all__ = ["Config", "ConfigError", "load_config", "config_from_dict", "parse_override", "task_kind", "ALGORITHMS", "BENCHMARKS", "IMAGE_BENCHMARKS"]
 
-ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile", "pretrain", "anil", "mamlpp", "protonet", "matching", "relation", "siamese")
+ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile", "pretrain", "anil", "mamlpp", "protonet", "matching", "relation", "siamese", "metanet", "baseline", "baseline_pp", "mann", "lstm_meta")
 BENCHMARKS = ("sine", "omniglot", "folder", "csv")
 # Benchmarks whose examples are images (Conv-4 backbones; `metalab predict` applies to them).
 IMAGE_BENCHMARKS = ("omniglot", "folder")
@@ -26,7 +26,10 @@ METRIC_BASED = ("protonet", "matching", "relation", "siamese")
 # Classes in each part of the Omniglot splits (characters x 4 rotations for Vinyals; see docs/omniglot.md).
 OMNIGLOT_SPLIT_CLASSES = {"vinyals": {"train": 4112, "val": 688, "test": 1692}, "lake": {"train": 792, "val": 172, "test": 659}}
 # Algorithms whose backbone ends in an N-way linear head, so N is fixed by meta-training.
-FIXED_HEAD = ("maml", "fomaml", "metasgd", "reptile", "anil", "mamlpp")
+FIXED_HEAD = ("maml", "fomaml", "metasgd", "reptile", "anil", "mamlpp", "metanet", "mann", "lstm_meta")
+# Algorithms that pre-train a classifier over all meta-train classes on ordinary mini-batches
+# (FewShotDataset.batches; meta_batch is the mini-batch size), then fit a new classifier per task.
+TRANSFER = ("baseline", "baseline_pp")
 _CHOICES = {
     "algorithm": ALGORITHMS,
     "benchmark": BENCHMARKS,
@@ -74,6 +77,9 @@ class Config:
     first_order: bool = False  # detach the inner gradients (fomaml sets it)
     strategy: str = "auto"  # meta-batch processing: auto | vmap | loop
     fce: bool = False  # Matching Networks: full-context embeddings
+    # Baseline / Baseline++: classes of the pre-training classifier (default: the data's meta-train
+    # classes, filled in from the data; for omniglot known from the split)
+    base_classes: Optional[int] = None
     # MAML++ (Antoniou et al. 2019): the multi-step loss weights anneal toward the last inner step
     # over this many iterations (0: last step only; the paper's Omniglot code: 10 epochs x 500 = 5000)
     msl_iterations: int = 0
@@ -214,6 +220,14 @@ def validate(c: Config) -> None:
         raise ConfigError(f"algorithm {c.algorithm!r} is a few-shot classifier; it needs a classification benchmark: an image benchmark (omniglot, folder) or csv with csv_label")
     if c.algorithm == "relation" and c.benchmark not in IMAGE_BENCHMARKS:
         raise ConfigError("algorithm 'relation' compares feature maps; it needs an image benchmark (omniglot, folder)")
+    if c.algorithm in ("metanet",) + TRANSFER and c.benchmark not in IMAGE_BENCHMARKS:
+        raise ConfigError(f"algorithm {c.algorithm!r} uses a Conv-4 backbone; it needs an image benchmark (omniglot, folder)")
+    if c.base_classes is not None and c.base_classes < 1:
+        raise ConfigError(f"config key 'base_classes' must be >= 1, got {c.base_classes}")
+    if c.algorithm == "mann" and kind != "classification":
+        raise ConfigError("algorithm 'mann' is a few-shot classifier (labels are fed back one-hot); it needs a classification benchmark")
+    if c.algorithm == "lstm_meta" and not c.inner_lr < 1.0:
+        raise ConfigError(f"for lstm_meta, 'inner_lr' is the input gate's initial value (a learned learning rate, a sigmoid): it must be < 1, got {c.inner_lr}")
     if c.algorithm == "pretrain" and kind != "regression":
         raise ConfigError("algorithm 'pretrain' (pooled regression) is defined for regression benchmarks only (sine, csv with csv_target)")
     _validate_data_keys(c)

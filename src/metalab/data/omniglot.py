@@ -38,6 +38,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from ..tasks.batches import ClassBatchSampler
 from ..tasks.sampler import EpisodeSampler
 from ..tasks.splits import ClassSplits
 
@@ -525,6 +526,14 @@ class FewShotDataset:
             classes=getattr(self.splits, split_name), seed=seed, transform=to_float,
             class_names=self.class_names,
         )
+
+    def batches(self, split_name: str, batch_size: int, seed: int = 0) -> ClassBatchSampler:
+        """Ordinary mini-batches of one split with its classes' global labels (remapped 0..C-1 in
+        the order of `splits.<split_name>`), for pre-training a classifier over all of them
+        (Baseline / Baseline++, Chen et al. 2019); float images in [0, 1], empty query part."""
+        if split_name not in ClassSplits._fields:
+            raise ValueError(f"split_name must be one of {ClassSplits._fields}, got {split_name!r}")
+        return ClassBatchSampler(self.x, self.y, classes=getattr(self.splits, split_name), batch_size=batch_size, seed=seed, transform=to_float)
 
 
 def _split_of(split: str, character: str) -> int:
