@@ -36,3 +36,13 @@ def omniglot(omniglot_dir, omniglot_cache):
     from metalab.data import load_omniglot
 
     return load_omniglot(omniglot_dir, split="vinyals", cache_dir=omniglot_cache)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for a test: learning tests beside other work on 2 cores run faster and
+    reproducibly on one thread (tiny ops on two busy threads stall)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -20,13 +20,7 @@ from metalab.models import Conv4
 from metalab.tasks import ClassBatchSampler, EpisodeSampler, TaskBatch, split_classes
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread for every test here: the CPU is shared, and tiny ops on 2 busy threads stall."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def small_dataset(num_classes=12, per_class=5) -> FewShotDataset:

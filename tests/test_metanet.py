@@ -15,13 +15,7 @@ from metalab.evaluate import evaluate
 from metalab.tasks import EpisodeSampler, TaskBatch
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread for every test here: the CPU is shared, and tiny ops on 2 busy threads stall."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def image_batch(ways=5, shots=2, queries=3, tasks=2, seed=0) -> TaskBatch:

@@ -24,12 +24,6 @@ from metalab.tasks import EpisodeSampler, TaskBatch
 METRIC = ("protonet", "matching", "relation", "siamese")
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def image_batch(ways=5, shots=2, queries=3, tasks=2, seed=0) -> TaskBatch:

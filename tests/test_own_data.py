@@ -24,13 +24,7 @@ from metalab.train import learner_from_checkpoint, train
 QUIET = ["--quiet", "--no-eval", "--threads", "1", "--val-every", "0"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CPU is shared: one thread, and the same results whatever the machine's core count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def run(capsys, *argv):
