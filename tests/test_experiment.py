@@ -1,6 +1,8 @@
 """Run folders, `metalab runs`, sweeps and reports."""
 import json
 
+import pytest
+
 from PIL import Image
 
 from metalab.cli import main
@@ -56,3 +58,16 @@ def test_report_writes_valid_images_and_pages(tmp_path, capsys):
     assert page.count("data:image/png;base64,") == 2 and "metasgd" in page
     assert main(["report", str(tmp_path / "nothing"), "--out", str(out)]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+def test_tensorboard_event_files_when_installed(tmp_path, capsys):
+    pytest.importorskip("torch.utils.tensorboard", reason="tensorboard not installed (pip install -e '.[tracking]')")
+    assert main(["train", *TINY, "--run-dir", str(tmp_path / "run"), "--no-eval"]) == 0
+    events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1 and events[0].stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0]))
+    acc.Reload()
+    assert {"loss", "mse", "val_mse"} <= set(acc.Tags()["scalars"])
+    assert [e.step for e in acc.Scalars("val_mse")] == [10, 20, 30]
