@@ -24,8 +24,8 @@ import torch
 
 from metalab.builders import build_source, load_dataset
 from metalab.config import config_from_dict, load_config
-from metalab.evaluate import evaluate
-from metalab.papers import CITATIONS, paper_figure
+from metalab.evaluate import confidence_interval, evaluate
+from metalab.papers import CITATIONS, MANN_BY_INSTANCE, paper_figure
 from metalab.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,8 +39,22 @@ def _training_part(config) -> dict:
     return {k: v for k, v in config.resolved().to_dict().items() if k not in TEST_ONLY}
 
 
+def _by_instance(learner, source, episodes: int) -> dict[str, list[float]]:
+    """MANN's table: accuracy at the k-th presentation of a class, mean and 95% CI over episodes."""
+    per_episode: dict[int, list[float]] = {}
+    with torch.no_grad():
+        for i in range(episodes):
+            for k, acc in learner.accuracy_by_instance(source.sample(1), seed=i).items():
+                per_episode.setdefault(k, []).append(acc)
+    out = {}
+    for k, values in sorted(per_episode.items()):
+        mean, ci = confidence_interval(torch.tensor(values))
+        out[str(k)] = [round(100 * mean, 2), round(100 * ci, 2)]
+    return out
+
+
 def cmd_train(args) -> None:
-    path = Path(args.config)
+    path = Path(args.config).resolve()
     config = load_config(path)
     overrides = {k: v for k, v in {"iterations": args.iterations, "max_minutes": args.minutes, "threads": args.threads, "data_dir": args.data_dir}.items() if v is not None}
     config = config_from_dict(overrides, config)
@@ -72,6 +86,8 @@ def cmd_train(args) -> None:
             "date": time.strftime("%Y-%m-%d"),
             "machine": f"{platform.machine()}, torch {torch.__version__}",
         }
+        if hasattr(result.learner, "accuracy_by_instance"):
+            record["by_instance"] = _by_instance(result.learner, build_source(cell, "test", dataset), cell.test_tasks)
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / f"{cell_path.stem}.json").write_text(json.dumps(record, indent=2) + "\n")
         print(f"{cell_path.stem}: {r} after {result.iteration} iterations ({result.seconds / 60:.0f} min of training)", flush=True)
@@ -79,7 +95,8 @@ def cmd_train(args) -> None:
 
 def cmd_table(args) -> None:
     rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
-    order = ["maml", "fomaml", "metasgd", "mamlpp", "anil", "reptile", "protonet", "matching", "relation", "siamese"]
+    order = ["maml", "fomaml", "metasgd", "mamlpp", "anil", "reptile", "protonet", "matching", "relation", "siamese",
+             "mann", "metanet", "lstm_meta", "baseline", "baseline_pp"]
     rows.sort(key=lambda r: (order.index(r["algorithm"]) if r["algorithm"] in order else 99, r["ways"], r["shots"]))
     lines = [
         "# Results on Omniglot",
@@ -102,6 +119,23 @@ def cmd_table(args) -> None:
             f"({r['test_episodes']} episodes) | {paper_text} | {r['iterations']:,} of {r['planned_iterations']:,} | "
             f"{r['train_seconds'] / 60:.0f} min | `configs/omniglot/{r['cell']}.yaml`{source} |"
         )
+    for r in rows:
+        if "by_instance" not in r:
+            continue
+        ks = [k for k in ("1", "2", "3", "4", "5", "10") if k in r["by_instance"]]
+        lines += [
+            "",
+            f"## {r['algorithm']}: accuracy by instance ({r['ways']} classes, `configs/omniglot/{r['cell']}.yaml`)",
+            "",
+            f"Accuracy at the k-th presentation of a class within an episode sequence, over {r['test_episodes']:,}",
+            f"meta-test episodes, after {r['iterations']:,} iterations ({r['train_seconds'] / 60:.0f} min of training);",
+            f"the paper's figures are {CITATIONS['mann']}, table 1 (MANN, LSTM controller).",
+            "",
+            "| instance | " + " | ".join(ks) + " |",
+            "|---|" + "---|" * len(ks),
+            "| ours (95% CI) | " + " | ".join(f"{r['by_instance'][k][0]:.1f} ± {r['by_instance'][k][1]:.1f}" for k in ks) + " |",
+            "| paper | " + " | ".join(f"{MANN_BY_INSTANCE[int(k)]}" for k in ks) + " |",
+        ]
     if args.notes and Path(args.notes).exists():
         lines += ["", Path(args.notes).read_text().strip()]
     out = ROOT / "docs" / "results.md"
