@@ -24,13 +24,22 @@ from . import distributed
 from .checkpoint import CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
 from .config import Config, ConfigError, config_from_dict
 from .evaluate import EvalResult, evaluate
+from .parallel import TaskThreads, available_cores
 
 __all__ = ["TrainResult", "train", "learner_from_checkpoint"]
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 # Keys that may change between an interrupted run and its resumption without changing its result.
-_RESUMABLE_CHANGES = {"iterations", "max_minutes", "val_every", "checkpoint_every", "log_every", "test_tasks", "eval_steps", "threads", "data_dir"}
+_RESUMABLE_CHANGES = {"iterations", "max_minutes", "val_every", "checkpoint_every", "log_every", "test_tasks", "eval_steps", "threads", "task_threads", "data_dir"}
+
+
+def task_workers(c: Config, learner: MetaLearner, world: int = 1, local_batch: int | None = None) -> int:
+    """How many task-parallel worker threads a run uses (1: none); see `Config.task_threads`."""
+    if not getattr(learner, "task_parallel", False) or getattr(learner, "strategy", None) != "loop":
+        return 1
+    workers = c.task_threads or c.threads or max(1, available_cores() // world)
+    return max(1, min(workers, local_batch or c.meta_batch))
 
 
 @dataclass
@@ -158,6 +167,11 @@ def train(
             },
         )
 
+    workers = task_workers(c, learner, world, local_batch)
+    engine = None
+    if workers > 1:
+        torch.set_num_threads(1)  # one intra-op thread per worker (see metalab.parallel)
+        engine = TaskThreads(learner, workers)
     writer = _tensorboard(run_dir, log) if main else None
     result = TrainResult(learner, c, run_dir, start, 0.0)
     end = c.iterations if stop_after is None else min(stop_after, c.iterations)
@@ -168,9 +182,13 @@ def train(
         for it in bar:
             batch = source.sample(local_batch)
             learner.set_iteration(it)
-            loss, metrics = learner.meta_loss(batch)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if engine is None:
+                loss, metrics = learner.meta_loss(batch)
+                loss.backward()
+            else:
+                engine.set_iteration(it)
+                loss, metrics = engine.meta_backward(batch)
             distributed.average_gradients(learner.parameters())
             optimizer.step()
             schedule.step()
@@ -206,6 +224,8 @@ def train(
                 log(f"stopping at iteration {n}: max_minutes={c.max_minutes} reached (continue with --resume)")
                 break
     bar.close()
+    if engine is not None:
+        engine.close()
     if writer is not None:
         writer.close()
     result.seconds = elapsed_before + time.perf_counter() - t0

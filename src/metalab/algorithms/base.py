@@ -28,6 +28,9 @@ class MetaLearner(nn.Module):
     """
 
     kind: str = "classification"
+    # True where `meta_loss` is a mean over tasks that writes no state and draws no random numbers,
+    # so slices of a meta-batch may run on separate threads (`metalab.parallel.TaskThreads`).
+    task_parallel: bool = False
 
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
         raise NotImplementedError

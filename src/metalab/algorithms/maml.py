@@ -50,6 +50,8 @@ class MAML(MetaLearner):
         >>> loss.backward()
     """
 
+    task_parallel = True
+
     def __init__(
         self,
         model: nn.Module,

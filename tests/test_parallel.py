@@ -1,0 +1,85 @@
+"""The task-parallel engine (metalab.parallel): the same meta-gradient as the per-task loop, for
+every learner that allows it, and the same training run."""
+import pytest
+import torch
+
+from metalab import ANIL, MAML, MAMLpp, MetaSGD, ProtoNet, Reptile, SineTasks, TaskBatch
+from metalab.config import config_from_dict
+from metalab.models import Conv4
+from metalab.parallel import TaskThreads
+from metalab.train import task_workers, train
+
+
+@pytest.fixture
+def float64():
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(torch.float32)
+
+
+def image_batch(tasks=5, ways=3, shots=2, queries=2, size=16):
+    g = torch.Generator().manual_seed(0)
+    sx = torch.randn(tasks, ways * shots, 1, size, size, generator=g)
+    qx = torch.randn(tasks, ways * queries, 1, size, size, generator=g)
+    sy = torch.arange(ways).repeat_interleave(shots).expand(tasks, -1)
+    qy = torch.arange(ways).repeat_interleave(queries).expand(tasks, -1)
+    return TaskBatch(sx, sy, qx, qy)
+
+
+LEARNERS = {
+    "maml": lambda m: MAML(m, "classification", inner_lr=0.3, inner_steps=2, strategy="loop"),
+    "fomaml": lambda m: MAML(m, "classification", inner_lr=0.3, inner_steps=2, first_order=True, strategy="loop"),
+    "metasgd": lambda m: MetaSGD(m, "classification", inner_lr=0.3, strategy="loop"),
+    "anil": lambda m: ANIL(m, "classification", inner_lr=0.3, inner_steps=2, strategy="loop"),
+    "mamlpp": lambda m: MAMLpp(m, "classification", inner_lr=0.3, inner_steps=3, msl_iterations=10, first_order_iterations=0, strategy="loop"),
+    "reptile": lambda m: Reptile(m, "classification", inner_lr=0.3, inner_steps=2, strategy="loop"),
+}
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+@pytest.mark.parametrize("name", sorted(LEARNERS))
+def test_threads_give_the_loops_meta_gradient(float64, name, workers):
+    torch.manual_seed(0)
+    learner = LEARNERS[name](Conv4(1, 8, 3, image_size=16))
+    batch = image_batch()
+    learner.set_iteration(4)  # MAML++: mid-way through its multi-step-loss annealing
+    loss, metrics = learner.meta_loss(batch)
+    loss.backward()
+    reference = {k: p.grad.clone() for k, p in learner.named_parameters() if p.grad is not None}
+    learner.zero_grad(set_to_none=True)
+
+    engine = TaskThreads(learner, workers)
+    engine.set_iteration(4)
+    _, threaded_metrics = engine.meta_backward(batch)
+    engine.close()
+    got = {k: p.grad for k, p in learner.named_parameters() if p.grad is not None}
+    assert got.keys() == reference.keys() and reference
+    for k in reference:
+        torch.testing.assert_close(got[k], reference[k], rtol=1e-9, atol=1e-12, msg=lambda m: f"{name} {k}: {m}")
+    for k in metrics:
+        assert threaded_metrics[k] == pytest.approx(metrics[k], rel=1e-6)
+
+
+def test_threads_refuse_learners_whose_loss_is_not_a_mean_over_tasks():
+    with pytest.raises(ValueError, match="ProtoNet does not support task-parallel"):
+        TaskThreads(ProtoNet(Conv4(1, 8)), 2)
+
+
+def test_worker_count_follows_config_and_learner():
+    conv = MAML(Conv4(1, 8, 5), "classification")  # auto strategy -> loop
+    c = config_from_dict({"meta_batch": 8})
+    assert task_workers(config_from_dict({"task_threads": 2, "meta_batch": 8}), conv) == 2
+    assert task_workers(config_from_dict({"threads": 1, "meta_batch": 8}), conv) == 1
+    assert task_workers(config_from_dict({"task_threads": 4, "meta_batch": 3}), conv) == 3  # at most one per task
+    assert task_workers(c, ProtoNet(Conv4(1, 8))) == 1
+    from metalab.models import MLP
+    assert task_workers(c, MAML(MLP(), "regression")) == 1  # vmap strategy: batched already
+
+
+def test_training_with_task_threads_matches_training_without(tmp_path):
+    base = {"benchmark": "sine", "algorithm": "maml", "strategy": "loop", "iterations": 15, "meta_batch": 6,
+            "shots": 5, "val_every": 0, "checkpoint_every": 0, "inner_lr": 0.01, "threads": 1}
+    one = train(config_from_dict({**base, "task_threads": 1}), tmp_path / "one", progress=False)
+    two = train(config_from_dict({**base, "task_threads": 2}), tmp_path / "two", progress=False)
+    for (k, a), (_, b) in zip(one.learner.state_dict().items(), two.learner.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m: f"{k}: {m}")
