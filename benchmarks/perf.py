@@ -1,0 +1,380 @@
+"""Speed and memory of metalab against the peer libraries, on identical workloads in one run.
+
+    python benchmarks/perf.py                # the full comparison (about 15 minutes on 2 cores)
+    python benchmarks/perf.py --smoke        # tiny sizes, a few seconds: what CI runs
+
+Workloads (the performance issue's settings): Conv-4 on 28x28 Omniglot episodes, N-way 1-shot with 15
+queries per class, MAML with one inner SGD step (lr 0.4) and an Adam outer step, second and first
+order, meta-batch 32; Prototypical Networks 5-way 1-shot 15-query episodes against easyfsl.
+Peers run where installed (build them with ../shared/tools/peers-venv.sh and `pip install -e .`
+into that venv); each is skipped with a message otherwise.
+
+Before timing, every implementation's meta-gradient is computed on the same weights and the same
+task batch and compared with metalab's: the run stops if any differs by more than 1e-4. Then the
+implementations are timed in alternation (A, B, C, A, B, C, ...), and the median seconds per
+meta-iteration is reported; peak memory (max RSS) is measured for each in a fresh subprocess.
+Results go to benchmarks/results/perf.json; docs/performance.md quotes them.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metalab import MAML, ProtoNet, TaskBatch
+from metalab.models import Conv4
+from metalab.parallel import TaskThreads, available_cores
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "perf.json"
+
+
+# --- the workload ---------------------------------------------------------------------------------
+def episodes(ways: int, shots: int, queries: int, tasks: int, size: int, seed: int = 0) -> TaskBatch:
+    """Real Omniglot meta-training episodes when the shared data is there, else random images."""
+    data = ROOT.parent / "shared" / "data" / "omniglot"
+    if size == 28 and data.is_dir():
+        from metalab.builders import build_source, load_dataset
+        from metalab.config import config_from_dict
+
+        c = config_from_dict({"benchmark": "omniglot", "data_dir": str(data), "ways": ways, "shots": shots, "queries": queries, "seed": seed})
+        return build_source(c, "train", load_dataset(c)).sample(tasks)
+    g = torch.Generator().manual_seed(seed)
+    sy = torch.arange(ways).repeat_interleave(shots).expand(tasks, -1).contiguous()
+    qy = torch.arange(ways).repeat_interleave(queries).expand(tasks, -1).contiguous()
+    return TaskBatch(torch.rand(tasks, ways * shots, 1, size, size, generator=g), sy, torch.rand(tasks, ways * queries, 1, size, size, generator=g), qy)
+
+
+def plain_conv4(hidden: int, ways: int | None, size: int, running_stats: bool = False) -> nn.Module:
+    """Conv-4 as a peer's user writes it: stock layers; batch statistics always (as MAML does) unless
+    `running_stats` (as metric-based methods use)."""
+    layers, channels = [], 1
+    for _ in range(4):
+        layers += [nn.Conv2d(channels, hidden, 3, padding=1), nn.BatchNorm2d(hidden, track_running_stats=running_stats), nn.ReLU(), nn.MaxPool2d(2)]
+        channels, size = hidden, size // 2
+    layers.append(nn.Flatten())
+    if ways:
+        layers.append(nn.Linear(hidden * size * size, ways))
+    return nn.Sequential(*layers)
+
+
+def copy_weights(src: nn.Module, dst: nn.Module) -> None:
+    """Same values, parameter by parameter in order (both Conv-4s list conv, bn, ..., head)."""
+    a, b = list(src.parameters()), list(dst.parameters())
+    assert [p.shape for p in a] == [p.shape for p in b]
+    with torch.no_grad():
+        for p, q in zip(a, b):
+            q.copy_(p)
+
+
+# --- the implementations --------------------------------------------------------------------------
+# Each is a class with .params (the meta-parameters, in Conv-4 order) and .step(batch), which
+# zeroes the gradients, computes the meta-gradient of the mean query loss and takes an Adam step
+# (step(batch, update=False) leaves the weights alone, for the gradient check).
+class Impl:
+    threads = 2
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.params = list(model.parameters())
+        self.opt = torch.optim.Adam(self.params, lr=1e-3)
+
+    def step(self, batch: TaskBatch, update: bool = True) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        self.meta_gradient(batch)
+        if update:
+            self.opt.step()
+
+
+class MetalabMAML(Impl):
+    """metalab's MAML: channels-last Conv-4, task-parallel threads with one intra-op thread each."""
+
+    def __init__(self, model, first_order, workers):
+        super().__init__(model)
+        self.learner = MAML(model, "classification", inner_lr=0.4, inner_steps=1, first_order=first_order, strategy="loop")
+        self.engine = TaskThreads(self.learner, workers) if workers > 1 else None
+        self.threads = 1 if workers > 1 else 2
+
+    def meta_gradient(self, batch):
+        if self.engine is None:
+            self.learner.meta_loss(batch)[0].backward()
+        else:
+            self.engine.meta_backward(batch)
+
+
+class L2LMAML(Impl):
+    def __init__(self, model, first_order, threads=2):
+        import learn2learn as l2l
+
+        super().__init__(model)
+        self.maml = l2l.algorithms.MAML(model, lr=0.4, first_order=first_order)
+        self.threads = threads
+
+    def meta_gradient(self, batch):
+        total = 0.0
+        for t in range(batch.num_tasks):
+            learner = self.maml.clone()
+            learner.adapt(F.cross_entropy(learner(batch.support_x[t]), batch.support_y[t]))
+            total = total + F.cross_entropy(learner(batch.query_x[t]), batch.query_y[t])
+        (total / batch.num_tasks).backward()
+
+
+class HigherMAML(Impl):
+    def __init__(self, model, first_order):
+        super().__init__(model)
+        self.inner = torch.optim.SGD(model.parameters(), lr=0.4)
+        self.first_order = first_order  # second order only (see maml_impls)
+
+    def meta_gradient(self, batch):
+        import higher
+
+        for t in range(batch.num_tasks):
+            with higher.innerloop_ctx(self.model, self.inner, copy_initial_weights=False, track_higher_grads=not self.first_order) as (fmodel, diffopt):
+                diffopt.step(F.cross_entropy(fmodel(batch.support_x[t]), batch.support_y[t]))
+                (F.cross_entropy(fmodel(batch.query_x[t]), batch.query_y[t]) / batch.num_tasks).backward()
+
+
+class TorchOptMAML(Impl):
+    def __init__(self, model, first_order):
+        import torchopt
+
+        super().__init__(model)
+        self.inner = torchopt.MetaSGD(model, lr=0.4)
+        self.first_order = first_order
+
+    def meta_gradient(self, batch):
+        import torchopt
+
+        state = torchopt.extract_state_dict(self.model, by="reference")
+        inner_state = torchopt.extract_state_dict(self.inner)
+        for t in range(batch.num_tasks):
+            self.inner.step(F.cross_entropy(self.model(batch.support_x[t]), batch.support_y[t]))
+            if self.first_order:
+                torchopt.stop_gradient(self.model)
+            (F.cross_entropy(self.model(batch.query_x[t]), batch.query_y[t]) / batch.num_tasks).backward()
+            torchopt.recover_state_dict(self.model, state)
+            torchopt.recover_state_dict(self.inner, inner_state)
+
+
+class MetalabProto(Impl):
+    threads = 2
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.learner = ProtoNet(model)
+
+    def meta_gradient(self, batch):
+        self.learner.meta_loss(batch)[0].backward()
+
+
+class EasyFSLProto(Impl):
+    def __init__(self, model):
+        from easyfsl.methods import PrototypicalNetworks
+
+        super().__init__(model)
+        self.net = PrototypicalNetworks(model)
+
+    def meta_gradient(self, batch):
+        for t in range(batch.num_tasks):
+            self.net.process_support_set(batch.support_x[t], batch.support_y[t])
+            (F.cross_entropy(self.net(batch.query_x[t]), batch.query_y[t]) / batch.num_tasks).backward()
+
+
+def maml_impls(hidden, ways, size, first_order, names=None):
+    """name -> factory, for the peers that import here."""
+    torch.manual_seed(0)
+    reference = Conv4(1, hidden, ways, image_size=size)
+    state = {k: v.clone() for k, v in reference.state_dict().items()}
+
+    def ours(workers):
+        def make():
+            m = Conv4(1, hidden, ways, image_size=size)
+            m.load_state_dict(state)
+            return MetalabMAML(m, first_order, workers)
+        return make
+
+    def peer(cls, **kw):
+        def make():
+            m = plain_conv4(hidden, ways, size)
+            copy_weights(reference, m)
+            return cls(m, first_order, **kw)
+        return make
+
+    out = {f"metalab ({available_cores()} task threads)": ours(available_cores()), "metalab (loop, 2 threads)": ours(1)}
+    for name, module, factory in (
+        ("learn2learn", "learn2learn", peer(L2LMAML)),
+        ("learn2learn (1 thread)", "learn2learn", peer(L2LMAML, threads=1)),
+        ("higher", "higher", peer(HigherMAML)),
+        ("torchopt", "torchopt", peer(TorchOptMAML)),
+    ):
+        if first_order and name in ("higher", "torchopt"):
+            continue  # neither has a first-order switch of its own; learn2learn's stands for the peers
+        with contextlib.redirect_stderr(None), contextlib.redirect_stdout(None):
+            try:
+                __import__(module)
+            except Exception as e:  # noqa: BLE001 - any import failure means: not available
+                print(f"  {name}: skipped ({module} does not import: {type(e).__name__})", file=sys.__stdout__)
+                continue
+        out[name] = factory
+    return {k: v for k, v in out.items() if names is None or k in names}
+
+
+def proto_impls(hidden, size, names=None):
+    torch.manual_seed(0)
+    reference = Conv4(1, hidden, None, image_size=size, norm="batch")
+    out = {}
+
+    def ours():
+        m = Conv4(1, hidden, None, image_size=size, norm="batch")
+        m.load_state_dict(reference.state_dict())
+        return MetalabProto(m)
+
+    out["metalab"] = ours
+    try:
+        import easyfsl  # noqa: F401
+
+        def peer():
+            m = plain_conv4(hidden, None, size, running_stats=True)
+            copy_weights(reference, m)
+            return EasyFSLProto(m)
+
+        out["easyfsl"] = peer
+    except Exception as e:  # noqa: BLE001
+        print(f"  easyfsl: skipped (does not import: {type(e).__name__})")
+    return {k: v for k, v in out.items() if names is None or k in names}
+
+
+# --- measuring --------------------------------------------------------------------------------------
+def gradient_check(impls: dict, batch: TaskBatch, tolerance: float) -> dict[str, float]:
+    """Each implementation's meta-gradient on the same weights and batch against the first's (metalab).
+
+    An implementation that differs by more than `tolerance` computes something else: it is reported
+    and dropped from `impls`, never timed.
+    """
+    grads = {}
+    for name, make in impls.items():
+        impl = make()
+        torch.set_num_threads(impl.threads)
+        impl.step(batch, update=False)
+        grads[name] = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in impl.params]
+    first = next(iter(grads))
+    diffs = {}
+    for name, g in grads.items():
+        diffs[name] = max((a - b).abs().max().item() for a, b in zip(grads[first], g))
+        if diffs[name] > tolerance:
+            print(f"  {name}: NOT TIMED, its meta-gradient differs from {first}'s by {diffs[name]:.2e} > {tolerance}")
+            del impls[name]
+    return diffs
+
+
+def timing(impls: dict, batch: TaskBatch, repeats: int, warmup: int) -> dict[str, float]:
+    built = {name: make() for name, make in impls.items()}
+    for impl in built.values():
+        torch.set_num_threads(impl.threads)
+        for _ in range(warmup):
+            impl.step(batch)
+    times = {name: [] for name in built}
+    for _ in range(repeats):  # alternate, so drifts in machine load hit every implementation alike
+        for name, impl in built.items():
+            torch.set_num_threads(impl.threads)
+            t = time.perf_counter()
+            impl.step(batch)
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def peak_memory(workload: str, name: str, smoke: bool) -> float:
+    """Max RSS in MB of a fresh process that builds `name` and takes a few steps of `workload`."""
+    cmd = [sys.executable, __file__, "--memory-of", name, "--workload", workload] + (["--smoke"] if smoke else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()
+    return float(out[-1])
+
+
+WORKLOADS = {
+    # name: (ways, shots, queries, meta-batch, first_order); protonet: one episode per step
+    "maml_5w1s_second_order": (5, 1, 15, 32, False),
+    "maml_5w1s_first_order": (5, 1, 15, 32, True),
+    "protonet_5w1s": (5, 1, 15, 1, None),
+}
+
+
+def setup(workload: str, smoke: bool, names=None):
+    ways, shots, queries, tasks, first_order = WORKLOADS[workload]
+    hidden, size = (8, 16) if smoke else (64, 28)
+    if smoke:
+        tasks = min(tasks, 4)
+    batch = episodes(ways, shots, queries, tasks, size)
+    impls = proto_impls(hidden, size, names) if first_order is None else maml_impls(hidden, ways, size, first_order, names)
+    return batch, impls
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="tiny sizes and repeats (CI)")
+    p.add_argument("--repeats", type=int, help="timed steps per implementation (default 10; smoke 2)")
+    p.add_argument("--workloads", nargs="*", default=list(WORKLOADS), choices=list(WORKLOADS))
+    p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--memory-of", help=argparse.SUPPRESS)
+    p.add_argument("--workload", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.memory_of:
+        batch, impls = setup(args.workload, args.smoke, [args.memory_of])
+        impl = impls[args.memory_of]()
+        torch.set_num_threads(impl.threads)
+        for _ in range(3):
+            impl.step(batch)
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        return 0
+    repeats = args.repeats or (2 if args.smoke else 10)
+    report = {
+        "command": "python benchmarks/perf.py" + (" --smoke" if args.smoke else ""),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {available_cores()} cores, torch {torch.__version__}",
+        "repeats": repeats,
+        "workloads": {},
+    }
+    for workload in args.workloads:
+        print(f"{workload}:", flush=True)
+        batch, impls = setup(workload, args.smoke)
+        if WORKLOADS[workload][4] is None:
+            # easyfsl scores by -Euclidean distance, metalab by -squared Euclidean (Snell et al.):
+            # different gradients by design, so only the speed on identical episodes is compared.
+            diffs = {name: None for name in impls}
+        else:
+            diffs = gradient_check(impls, batch, tolerance=1e-4)
+        seconds = timing(impls, batch, repeats, warmup=1 if args.smoke else 2)
+        rows = {}
+        base = seconds.get("learn2learn") or seconds.get("easyfsl")
+        for name in impls:
+            mem = peak_memory(workload, name, args.smoke)
+            rows[name] = {
+                "seconds_per_step": round(seconds[name], 4),
+                "steps_per_second": round(1 / seconds[name], 3),
+                "peak_rss_mb": round(mem),
+                "max_grad_diff": diffs[name],
+                "speedup_vs_peer": round(base / seconds[name], 2) if base else None,
+            }
+            ratio = f"  {base / seconds[name]:.2f}x the peer" if base else ""
+            diff = "-" if diffs[name] is None else f"{diffs[name]:.1e}"
+            print(f"  {name:32s} {1 / seconds[name]:7.3f} steps/s  {mem:6.0f} MB  grad diff {diff}{ratio}", flush=True)
+        rows.update({name: {"excluded": f"meta-gradient differs by {d:.2e}"} for name, d in diffs.items() if name not in impls})
+        report["workloads"][workload] = rows
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

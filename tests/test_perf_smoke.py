@@ -1,0 +1,20 @@
+"""The performance benchmark's smoke run (CI runs only this; the timed comparison is a benchmark)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_perf_benchmark_smoke_checks_gradients_and_writes_results(tmp_path):
+    out = tmp_path / "perf.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "perf.py"), "--smoke", "--repeats", "1", "--workloads", "maml_5w1s_second_order", "--out", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = json.loads(out.read_text())["workloads"]["maml_5w1s_second_order"]
+    ours = [name for name in rows if name.startswith("metalab")]
+    assert len(ours) == 2  # the task-parallel engine and the plain loop, checked against each other
+    for name, row in rows.items():
+        assert "excluded" not in row, f"{name}: {row}"
+        assert row["max_grad_diff"] <= 1e-4 and row["steps_per_second"] > 0 and row["peak_rss_mb"] > 0
