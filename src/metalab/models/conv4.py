@@ -90,7 +90,15 @@ class Conv4(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # Under torch.func.vmap a tensor cannot be asked for its memory format; the layout is only
         # a speed choice, so vmapped calls keep whatever layout they get.
-        if self.channels_last and x.dim() == 4 and not torch._C._functorch.is_batchedtensor(x):
+        layout = self.channels_last and x.dim() == 4 and not torch._C._functorch.is_batchedtensor(x)
+        if layout:
             x = x.contiguous(memory_format=torch.channels_last)
-        z = self.features(x)
+        z = x
+        for i, layer in enumerate(self.features):
+            z = layer(z)
+            if i == 0 and layout:
+                # With one input channel the first convolution cannot tell the layouts apart and
+                # answers in NCHW; its batch norm, pooling and ReLU then run 2-5x slower. Asking for
+                # channels-last here made a MAML meta-iteration ~1.2x faster.
+                z = z.contiguous(memory_format=torch.channels_last)
         return self.head(z) if self.head is not None else z
