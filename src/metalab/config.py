@@ -37,6 +37,7 @@ _CHOICES = {
     "outer_optimizer": ("adam", "sgd"),
     "lr_schedule": ("constant", "cosine", "step"),
     "split": ("vinyals", "lake"),
+    "precision": ("fp32", "bf16"),
 }
 
 
@@ -106,6 +107,10 @@ class Config:
     # meta-batch with one intra-op thread (metalab.parallel; 1.15x the loop on 2 intra-op threads for
     # Conv-4 MAML here). Default: `threads`, else the cores available / processes. 1: off.
     task_threads: Optional[int] = None
+    # fp32, or bf16: meta-training forward passes under CPU autocast to bfloat16 (opt-in, for CPUs
+    # with AMX / AVX-512-bf16; parameters, optimizer and evaluation stay fp32). docs/performance.md
+    # gives its speed and its effect on Omniglot accuracy.
+    precision: str = "fp32"
     max_minutes: Optional[float] = None  # stop (with a checkpoint) after this much training wall-clock in this process; --resume continues
     dist_timeout: float = 300.0  # seconds a collective may wait for a peer before the run stops with an error
     # --- evaluation ------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ MAML, Meta-SGD, ANIL, MAML++ and Reptile.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +34,12 @@ from torch import Tensor
 from .algorithms.base import MetaLearner
 from .tasks.episode import TaskBatch
 
-__all__ = ["TaskThreads", "available_cores"]
+__all__ = ["TaskThreads", "available_cores", "autocast_context"]
+
+
+def autocast_context(dtype: torch.dtype | None):
+    """CPU autocast to `dtype` (bf16 training), or nothing for fp32."""
+    return torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def available_cores() -> int:
@@ -50,6 +56,7 @@ class TaskThreads:
     Args:
         learner: a `MetaLearner` with `task_parallel = True`.
         workers: number of threads (at most one per task is used).
+        autocast: run the forward passes under CPU autocast to this dtype (torch.bfloat16), or None.
 
     Example:
         >>> engine = TaskThreads(maml, workers=2)
@@ -58,12 +65,12 @@ class TaskThreads:
         >>> optimizer.step()
     """
 
-    def __init__(self, learner: MetaLearner, workers: int) -> None:
+    def __init__(self, learner: MetaLearner, workers: int, autocast: torch.dtype | None = None) -> None:
         if not getattr(learner, "task_parallel", False):
             raise ValueError(f"{type(learner).__name__} does not support task-parallel threads (its meta-loss is not a plain mean over tasks)")
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
-        self.learner, self.workers = learner, workers
+        self.learner, self.workers, self.autocast = learner, workers, autocast
         self._replicas = [copy.deepcopy(learner) for _ in range(workers)]
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="metalab-task")
         self._iteration = 0
@@ -88,7 +95,8 @@ class TaskThreads:
         params = [p for p in replica.parameters() if p.requires_grad]
         grads, loss_sum, metric_sums = [None] * len(params), 0.0, {}
         for t in range(lo, hi):
-            loss, metrics = replica.meta_loss(batch[t : t + 1])
+            with autocast_context(self.autocast):  # autocast state is per thread
+                loss, metrics = replica.meta_loss(batch[t : t + 1])
             # This task's share of the mean over all tasks.
             for j, g in enumerate(torch.autograd.grad(loss / batch.num_tasks, params, allow_unused=True)):
                 if g is not None:

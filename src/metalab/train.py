@@ -24,7 +24,7 @@ from . import distributed
 from .checkpoint import CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
 from .config import Config, ConfigError, config_from_dict
 from .evaluate import EvalResult, evaluate
-from .parallel import TaskThreads, available_cores
+from .parallel import TaskThreads, autocast_context, available_cores
 
 __all__ = ["TrainResult", "train", "learner_from_checkpoint"]
 
@@ -168,10 +168,11 @@ def train(
         )
 
     workers = task_workers(c, learner, world, local_batch)
+    low_precision = torch.bfloat16 if c.precision == "bf16" else None
     engine = None
     if workers > 1:
         torch.set_num_threads(1)  # one intra-op thread per worker (see metalab.parallel)
-        engine = TaskThreads(learner, workers)
+        engine = TaskThreads(learner, workers, autocast=low_precision)
     writer = _tensorboard(run_dir, log) if main else None
     result = TrainResult(learner, c, run_dir, start, 0.0)
     end = c.iterations if stop_after is None else min(stop_after, c.iterations)
@@ -184,7 +185,8 @@ def train(
             learner.set_iteration(it)
             optimizer.zero_grad(set_to_none=True)
             if engine is None:
-                loss, metrics = learner.meta_loss(batch)
+                with autocast_context(low_precision):
+                    loss, metrics = learner.meta_loss(batch)
                 loss.backward()
             else:
                 engine.set_iteration(it)
