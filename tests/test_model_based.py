@@ -108,6 +108,33 @@ def test_mann_labels_arrive_one_step_late_and_queries_do_not_see_each_other():
     assert torch.equal(first, mann._episode_sequence(batch, 5)[1])
 
 
+def test_mann_string_labels_as_in_the_paper():
+    """15 classes named by 5-character strings over 5 symbols (Santoro et al. 2016, section 4.1)."""
+    batch = fake_batch(ways=12, shots=1, queries=1, tasks=2)
+    mann = MANN(12, slots=16, width=8, hidden=32, labels="string")
+    assert mann.controller.input_size == 400 + 25 + 4 * 8 and mann.out.out_features == 25
+    codes = mann._codes(2, seed=3)
+    assert codes.shape == (2, 12, 5) and codes.min() >= 0 and codes.max() <= 4
+    numbers = (codes * torch.tensor([625, 125, 25, 5, 1])).sum(-1)
+    assert all(len(set(n.tolist())) == 12 for n in numbers)  # distinct strings within an episode
+    assert not torch.equal(codes, mann._codes(2, seed=4)) and torch.equal(codes, mann._codes(2, seed=3))
+    # The label input is the characters' one-hots side by side.
+    enc = mann._encode(torch.tensor([[0, 1]]), codes[:1], torch.float32)
+    assert enc.shape == (1, 2, 25) and torch.equal(enc[0, 0].view(5, 5).argmax(-1), codes[0, 0])
+    loss, metrics = mann.meta_loss(batch)
+    loss.backward()
+    assert math.isfinite(metrics["loss"]) and 0.0 <= metrics["accuracy"] <= 1.0
+    # A class's score is its string's log-probability: logits that spell class 7's string pick it.
+    logits = torch.full((1, 1, 25), -10.0)
+    for i, d in enumerate(codes[0, 7]):
+        logits[0, 0, 5 * i + d] = 10.0
+    scores = mann.class_logits(logits, codes[:1])
+    assert scores.shape == (1, 1, 12) and scores.argmax(-1).item() == 7
+    assert mann.predict(batch.support_x, batch.support_y, batch.query_x).shape == (2, 12, 12)
+    with pytest.raises(ValueError, match="cannot name"):
+        MANN(40, labels="string", string_length=2, alphabet=5)
+
+
 def test_mann_downsamples_images_to_20x20():
     mann = MANN(5, slots=8, width=4, hidden=16)
     assert mann.controller.input_size == 400 + 5 + 4 * 4

@@ -179,7 +179,7 @@ def build_learner(c: Config) -> MetaLearner:
         return Baseline(encoder, encoder.feature_dim, _base_classes(c), cosine=c.algorithm == "baseline_pp")
     if c.algorithm == "mann":
         shape = (c.channels, c.image_size, c.image_size) if c.benchmark in IMAGE_BENCHMARKS else (_csv_features(c),)
-        return MANN(c.ways, shape, seed=c.seed)
+        return MANN(c.ways, shape, labels=c.mann_labels, seed=c.seed)
     if c.algorithm == "lstm_meta":
         # Ravi & Larochelle's learner: Conv-4 with 32 filters per layer (4x fewer coordinates for the
         # coordinate-wise LSTM than 64 filters; the LSTM over them dominates the cost).

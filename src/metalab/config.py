@@ -38,6 +38,7 @@ _CHOICES = {
     "lr_schedule": ("constant", "cosine", "step"),
     "split": ("vinyals", "lake"),
     "precision": ("fp32", "bf16"),
+    "mann_labels": ("onehot", "string"),
 }
 
 
@@ -78,6 +79,7 @@ class Config:
     first_order: bool = False  # detach the inner gradients (fomaml sets it)
     strategy: str = "auto"  # meta-batch processing: auto | vmap | loop
     fce: bool = False  # Matching Networks: full-context embeddings
+    mann_labels: str = "onehot"  # MANN: onehot | string (the paper's 5-character labels, for 15 classes)
     # Baseline / Baseline++: classes of the pre-training classifier (default: the data's meta-train
     # classes, filled in from the data; for omniglot known from the split)
     base_classes: Optional[int] = None

@@ -110,7 +110,13 @@ class MANN(MetaLearner):
         slots, width: the memory's shape (128 x 40).
         heads: read heads n (4), each with its own key and write gate.
         gamma: usage decay (0.95).
-        seed: seeds the training permutations.
+        labels: "onehot" (the paper's 5-class setting) or "string": every class of an episode gets
+            a random distinct string of `string_length` characters over an alphabet of
+            `alphabet` symbols (the paper's 15-class setting: 5 characters from 5 symbols, so the
+            output size does not grow with the classes); the label input is the characters'
+            one-hots side by side, the output one softmax per character, the loss their summed
+            cross-entropies, and a step counts as correct when every character is.
+        seed: seeds the training permutations (and the label strings).
 
     Example:
         >>> from metalab.tasks import EpisodeSampler
@@ -137,19 +143,28 @@ class MANN(MetaLearner):
         width: int = 40,
         heads: int = 4,
         gamma: float = 0.95,
+        labels: str = "onehot",
+        string_length: int = 5,
+        alphabet: int = 5,
         seed: int = 0,
     ) -> None:
         super().__init__()
         if heads > slots:
             raise ValueError(f"MANN needs at least as many memory slots as read heads, got {slots} < {heads}")
+        if labels not in ("onehot", "string"):
+            raise ValueError(f"labels must be 'onehot' or 'string', got {labels!r}")
+        if labels == "string" and alphabet**string_length < ways:
+            raise ValueError(f"{alphabet}^{string_length} label strings cannot name {ways} classes")
+        self.labels, self.string_length, self.alphabet = labels, string_length, alphabet
+        label_dim = ways if labels == "onehot" else string_length * alphabet
         self.ways, self.input_shape = ways, tuple(input_shape)
         self.image_size = image_size if len(self.input_shape) == 3 else None
         features = self.input_shape[0] * image_size * image_size if self.image_size else int(torch.tensor(self.input_shape).prod())
         self.slots, self.width, self.heads, self.gamma, self.seed = slots, width, heads, gamma, seed
-        self.controller = nn.LSTMCell(features + ways + heads * width, hidden)
+        self.controller = nn.LSTMCell(features + label_dim + heads * width, hidden)
         self.key = nn.Linear(hidden, heads * width)
         self.alpha = nn.Linear(hidden, heads)
-        self.out = nn.Linear(hidden + heads * width, ways)
+        self.out = nn.Linear(hidden + heads * width, label_dim)
         self._episode = 0  # counts meta_loss calls: a new shuffle every call; set_iteration resets it
 
     def set_iteration(self, iteration: int) -> None:
@@ -176,11 +191,50 @@ class MANN(MetaLearner):
         reads = read.flatten(1)
         return self.out(torch.cat([h, reads], -1)), ((h, c), memory, reads)
 
-    def _sequence(self, x: Tensor, y: Tensor):
-        """Feed (x_t, y_{t-1}) for t = 1..L: x (T, L, features), y (T, L) -> logits (T, L, N), final carry."""
+    # --- labels: one-hot, or the paper's strings --------------------------------------------------
+    def _codes(self, tasks: int, seed: int) -> Tensor | None:
+        """Each task's class -> string, as digits of shape (T, N, string_length); None for one-hot."""
+        if self.labels == "onehot":
+            return None
+        g = torch.Generator().manual_seed(seed)
+        numbers = torch.stack([torch.randperm(self.alphabet**self.string_length, generator=g)[: self.ways] for _ in range(tasks)])
+        powers = self.alphabet ** torch.arange(self.string_length - 1, -1, -1)
+        return numbers[..., None] // powers % self.alphabet
+
+    def _encode(self, y: Tensor, codes: Tensor | None, dtype) -> Tensor:
+        """Label inputs for classes y (T, L): (T, L, N) one-hots or (T, L, length * alphabet)."""
+        if codes is None:
+            return F.one_hot(y, self.ways).to(dtype)
+        digits = codes.gather(1, y[..., None].expand(*y.shape, self.string_length))  # (T, L, length)
+        return F.one_hot(digits, self.alphabet).flatten(-2).to(dtype)
+
+    def _char_logits(self, logits: Tensor) -> Tensor:
+        return logits.unflatten(-1, (self.string_length, self.alphabet))
+
+    def _loss_and_correct(self, logits: Tensor, y: Tensor, codes: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Mean loss over steps and per-step correctness (T, L) of the outputs logits (T, L, D)."""
+        if codes is None:
+            return F.cross_entropy(logits.flatten(0, 1), y.flatten()), logits.argmax(-1) == y
+        digits = codes.gather(1, y[..., None].expand(*y.shape, self.string_length))
+        chars = self._char_logits(logits)
+        loss = F.cross_entropy(chars.flatten(0, 2), digits.flatten()) * self.string_length
+        return loss, (chars.argmax(-1) == digits).all(-1)
+
+    def class_logits(self, logits: Tensor, codes: Tensor | None) -> Tensor:
+        """Scores of the N classes from the outputs (T, n, D): the logits themselves (one-hot), or
+        each class string's log-probability (sum over its characters)."""
+        if codes is None:
+            return logits
+        logp = self._char_logits(logits).log_softmax(-1)  # (T, n, length, alphabet)
+        index = codes[:, None].expand(-1, logp.shape[1], -1, -1)  # (T, n, N, length)
+        picked = logp[:, :, None].expand(-1, -1, self.ways, -1, -1).gather(-1, index[..., None]).squeeze(-1)
+        return picked.sum(-1)
+
+    def _sequence(self, x: Tensor, y: Tensor, codes: Tensor | None = None):
+        """Feed (x_t, y_{t-1}) for t = 1..L: x (T, L, features), y (T, L) -> outputs (T, L, D), final carry."""
         t, length = y.shape
-        labels = F.one_hot(y, self.ways).to(x.dtype)
-        prev = torch.cat([labels.new_zeros(t, 1, self.ways), labels[:, :-1]], 1)
+        labels = self._encode(y, codes, x.dtype)
+        prev = torch.cat([labels.new_zeros(t, 1, labels.shape[-1]), labels[:, :-1]], 1)
         carry, logits = self._init(t, x), []
         for step in range(length):
             out, carry = self._step(x[:, step], prev[:, step], carry)
@@ -201,12 +255,13 @@ class MANN(MetaLearner):
 
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
         """Cross-entropy at every step of the shuffled support + query sequence, averaged over steps and tasks."""
-        x, y = self._episode_sequence(batch, self.seed * 1_000_003 + self._episode)
+        seed = self.seed * 1_000_003 + self._episode
+        x, y = self._episode_sequence(batch, seed)
         self._episode += 1
-        logits, _ = self._sequence(x, y)
-        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
-        accuracy = (logits.argmax(-1) == y).float().mean()
-        return loss, {"loss": loss.item(), "accuracy": accuracy.item()}
+        codes = self._codes(y.shape[0], seed)
+        logits, _ = self._sequence(x, y, codes)
+        loss, correct = self._loss_and_correct(logits, y, codes)
+        return loss, {"loss": loss.item(), "accuracy": correct.float().mean().item()}
 
     def predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
         """Feed the support sequence, then answer each query as its next step.
@@ -222,13 +277,14 @@ class MANN(MetaLearner):
         # A fixed order (not the sampler's class-by-class one, never seen in training), so that
         # predictions are deterministic.
         sx, sy = self._shuffle(self._inputs(support_x), support_y, seed=0)
-        _, carry = self._sequence(sx, sy)
+        codes = self._codes(sy.shape[0], seed=0)
+        _, carry = self._sequence(sx, sy, codes)
         t, q = query_x.shape[:2]
         (h, c), memory, reads = carry
         carry = ((h.repeat_interleave(q, 0), c.repeat_interleave(q, 0)), memory.repeat_interleave(q), reads.repeat_interleave(q, 0))
-        last = F.one_hot(sy[:, -1], self.ways).to(sx.dtype).repeat_interleave(q, 0)
+        last = self._encode(sy[:, -1:], codes, sx.dtype)[:, 0].repeat_interleave(q, 0)
         logits, _ = self._step(self._inputs(query_x).flatten(0, 1), last, carry)
-        return logits.view(t, q, self.ways)
+        return self.class_logits(logits.view(t, q, -1), codes)
 
     @torch.no_grad()
     def accuracy_by_instance(self, batch: TaskBatch, seed: int = 0) -> dict[int, float]:
@@ -242,10 +298,11 @@ class MANN(MetaLearner):
         self.eval()
         try:
             x, y = self._episode_sequence(batch, seed)
-            logits, _ = self._sequence(x, y)
+            codes = self._codes(y.shape[0], seed)
+            logits, _ = self._sequence(x, y, codes)
         finally:
             self.train(was_training)
         onehot = F.one_hot(y, self.ways)
         instance = (onehot.cumsum(1) * onehot).sum(-1)  # (T, L): 1 at a class's first showing, ...
-        correct = (logits.argmax(-1) == y).float()
+        correct = self._loss_and_correct(logits, y, codes)[1].float()
         return {int(k): correct[instance == k].mean().item() for k in instance.unique().tolist()}
