@@ -60,10 +60,11 @@ def cmd_train(args) -> None:
     config = config_from_dict(overrides, config)
     run_dir = OUT / path.stem
     resume = (run_dir / "checkpoint.pt").exists()
+    # Every cell whose config trains this very model (same keys but the test ones), found before
+    # training so that a bad config elsewhere fails now, not after an hour of training.
+    cells = [path] + [p for p in sorted(CONFIGS.glob("*.yaml")) if p != path and _training_part(config_from_dict(overrides, load_config(p))) == _training_part(config)]
     result = train(config, run_dir, resume=resume, progress=sys.stderr.isatty())
     dataset = load_dataset(result.config)
-    # Every cell whose config trains this very model (same keys but the test ones).
-    cells = [path] + [p for p in sorted(CONFIGS.glob("*.yaml")) if p != path and _training_part(config_from_dict(overrides, load_config(p))) == _training_part(config)]
     for cell_path in cells:
         cell = config_from_dict(overrides, load_config(cell_path)).resolved()
         t0 = time.perf_counter()
