@@ -80,7 +80,9 @@ def test_training_with_task_threads_matches_training_without(tmp_path):
     base = {"benchmark": "sine", "algorithm": "maml", "strategy": "loop", "iterations": 15, "meta_batch": 6,
             "shots": 5, "val_every": 0, "checkpoint_every": 0, "inner_lr": 0.01, "threads": 1}
     one = train(config_from_dict({**base, "task_threads": 1}), tmp_path / "one", progress=False)
-    two = train(config_from_dict({**base, "task_threads": 2}), tmp_path / "two", progress=False)
+    torch.set_num_threads(2)
+    two = train(config_from_dict({**base, "task_threads": 2, "threads": None}), tmp_path / "two", progress=False)
+    assert torch.get_num_threads() == 2  # the workers' one intra-op thread is not left behind
     for (k, a), (_, b) in zip(one.learner.state_dict().items(), two.learner.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m: f"{k}: {m}")
 

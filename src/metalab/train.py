@@ -169,7 +169,7 @@ def train(
 
     workers = task_workers(c, learner, world, local_batch)
     low_precision = torch.bfloat16 if c.precision == "bf16" else None
-    engine = None
+    engine, threads_before = None, torch.get_num_threads()
     if workers > 1:
         torch.set_num_threads(1)  # one intra-op thread per worker (see metalab.parallel)
         engine = TaskThreads(learner, workers, autocast=low_precision)
@@ -228,6 +228,7 @@ def train(
     bar.close()
     if engine is not None:
         engine.close()
+        torch.set_num_threads(threads_before)
     if writer is not None:
         writer.close()
     result.seconds = elapsed_before + time.perf_counter() - t0
