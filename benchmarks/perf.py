@@ -41,19 +41,24 @@ RESULTS = ROOT / "benchmarks" / "results" / "perf.json"
 
 
 # --- the workload ---------------------------------------------------------------------------------
-def episodes(ways: int, shots: int, queries: int, tasks: int, size: int, seed: int = 0) -> TaskBatch:
-    """Real Omniglot meta-training episodes when the shared data is there, else random images."""
+def episode_source(ways: int, shots: int, queries: int, size: int, seed: int = 0):
+    """`sample(T) -> TaskBatch`: real Omniglot meta-training episodes from the in-memory index
+    when the shared data is there, else random images."""
     data = ROOT.parent / "shared" / "data" / "omniglot"
     if size == 28 and data.is_dir():
         from metalab.builders import build_source, load_dataset
         from metalab.config import config_from_dict
 
         c = config_from_dict({"benchmark": "omniglot", "data_dir": str(data), "ways": ways, "shots": shots, "queries": queries, "seed": seed})
-        return build_source(c, "train", load_dataset(c)).sample(tasks)
+        return build_source(c, "train", load_dataset(c)).sample
     g = torch.Generator().manual_seed(seed)
-    sy = torch.arange(ways).repeat_interleave(shots).expand(tasks, -1).contiguous()
-    qy = torch.arange(ways).repeat_interleave(queries).expand(tasks, -1).contiguous()
-    return TaskBatch(torch.rand(tasks, ways * shots, 1, size, size, generator=g), sy, torch.rand(tasks, ways * queries, 1, size, size, generator=g), qy)
+
+    def sample(tasks: int) -> TaskBatch:
+        sy = torch.arange(ways).repeat_interleave(shots).expand(tasks, -1).contiguous()
+        qy = torch.arange(ways).repeat_interleave(queries).expand(tasks, -1).contiguous()
+        return TaskBatch(torch.rand(tasks, ways * shots, 1, size, size, generator=g), sy, torch.rand(tasks, ways * queries, 1, size, size, generator=g), qy)
+
+    return sample
 
 
 def plain_conv4(hidden: int, ways: int | None, size: int, running_stats: bool = False) -> nn.Module:
@@ -327,9 +332,10 @@ def setup(workload: str, smoke: bool, names=None):
     hidden, size = (8, 16) if smoke else (64, 28)
     if smoke:
         tasks = min(tasks, 4)
-    batch = episodes(ways, shots, queries, tasks, size)
+    sample = episode_source(ways, shots, queries, size)
+    batch = sample(tasks)
     impls = proto_impls(hidden, size, names) if first_order is None else maml_impls(hidden, ways, size, first_order, names)
-    return batch, impls
+    return batch, impls, (lambda: sample(tasks))
 
 
 def main() -> int:
@@ -342,7 +348,7 @@ def main() -> int:
     p.add_argument("--workload", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.memory_of:
-        batch, impls = setup(args.workload, args.smoke, [args.memory_of])
+        batch, impls, _ = setup(args.workload, args.smoke, [args.memory_of])
         impl = impls[args.memory_of]()
         torch.set_num_threads(impl.threads)
         for _ in range(3):
@@ -359,7 +365,7 @@ def main() -> int:
     }
     for workload in args.workloads:
         print(f"{workload}:", flush=True)
-        batch, impls = setup(workload, args.smoke)
+        batch, impls, draw = setup(workload, args.smoke)
         if WORKLOADS[workload][4] is None:
             # easyfsl scores by -Euclidean distance, metalab by -squared Euclidean (Snell et al.):
             # different gradients by design, so only the speed on identical episodes is compared.
@@ -383,6 +389,14 @@ def main() -> int:
             print(f"  {name:32s} {1 / seconds[name]:7.3f} steps/s  {mem:6.0f} MB  grad diff {diff}{ratio}", flush=True)
         rows.update({name: {"excluded": f"meta-gradient differs by {d:.2e}"} for name, d in diffs.items() if name not in impls})
         report["workloads"][workload] = rows
+        draws = []
+        for _ in range(20):
+            t = time.perf_counter()
+            draw()
+            draws.append(time.perf_counter() - t)
+        ours = min(v for k, v in seconds.items() if k.startswith("metalab") and "bf16" not in k)
+        report.setdefault("sampling", {})[workload] = {"seconds_per_draw": round(statistics.median(draws), 5), "share_of_metalab_step": round(statistics.median(draws) / ours, 4)}
+        print(f"  sampling one step's episodes: {1e3 * statistics.median(draws):.2f} ms, {100 * statistics.median(draws) / ours:.1f}% of metalab's step", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
@@ -411,6 +425,11 @@ def write_doc(report: dict) -> None:
             ratio = f"{r['speedup_vs_peer']:.2f}x" if r["speedup_vs_peer"] else "-"
             diff = "-" if r["max_grad_diff"] is None else f"{r['max_grad_diff']:.1e}"
             lines.append(f"| {name} | {r['steps_per_second']:.3f} | {ratio} | {r['peak_rss_mb']} | {diff} |")
+    if report.get("sampling"):
+        lines += ["", "## Episode sampling", "", "Drawing one training step's episodes from the in-memory index (median of 20 draws), against",
+                  "metalab's fastest step on the same workload:", "", "| workload | ms per draw | share of a step |", "|---|---|---|"]
+        for workload, r in report["sampling"].items():
+            lines.append(f"| {workload} | {1e3 * r['seconds_per_draw']:.2f} | {100 * r['share_of_metalab_step']:.1f}% |")
     notes = ROOT / "benchmarks" / "results" / "perf_notes.md"
     if notes.exists():
         lines += ["", notes.read_text().strip()]
