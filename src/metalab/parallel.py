@@ -7,10 +7,9 @@ a contiguous slice of the tasks, runs the learner's own `meta_loss` on it with o
 and computes that slice's meta-gradient with `torch.autograd.grad`; the main thread sums the
 slices' gradients in a fixed order. Within its slice a worker differentiates one task at a time,
 so it holds one task's graph at a time: memory grows with the number of workers, not with the
-meta-batch (the per-task loop keeps every task's graph until its single backward pass). PyTorch operators release the GIL, so the workers run truly in
-parallel. Measured here (Conv-4 MAML, 5-way 1-shot, 15 queries, meta-batch 32, 2 cores): 0.46
-meta-iterations/s against 0.40 for the loop on two intra-op threads (1.15x); see
-docs/performance.md for the current figures.
+meta-batch (the per-task loop keeps every task's graph until its single backward pass). PyTorch
+operators release the GIL, so the workers run truly in parallel. docs/performance.md gives the
+measured speed against the loop and the peers (`python benchmarks/perf.py`).
 
 Each worker owns a replica of the learner (`copy.deepcopy`), refreshed from the learner's parameters
 and buffers before every step: `torch.func.functional_call` swaps a module's parameters while it
