@@ -94,6 +94,11 @@ def cmd_train(args) -> None:
         print(f"{cell_path.stem}: {r} after {result.iteration} iterations ({result.seconds / 60:.0f} min of training)", flush=True)
 
 
+def _threads(record: dict) -> str:
+    n = record.get("threads", 1)
+    return f"{n} thread" + ("s" if n != 1 else "")
+
+
 def cmd_table(args) -> None:
     rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
     order = ["maml", "fomaml", "metasgd", "mamlpp", "anil", "reptile", "protonet", "matching", "relation", "siamese",
@@ -108,7 +113,7 @@ def cmd_table(args) -> None:
         "with its 95% confidence interval. Training ran on this project's 2-core CPU machine, so most budgets",
         "are a small fraction of the papers'; the columns say what each figure cost.",
         "",
-        "| method | task | ours (95% CI) | paper | iterations (of planned) | training wall-clock | config |",
+        "| method | task | ours (95% CI) | paper | iterations (of planned) | training wall-clock, torch threads | config |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -118,7 +123,7 @@ def cmd_table(args) -> None:
         lines.append(
             f"| {r['algorithm']} | {r['ways']}-way {r['shots']}-shot | {r['accuracy']:.2f} ± {r['ci95']:.2f} "
             f"({r['test_episodes']} episodes) | {paper_text} | {r['iterations']:,} of {r['planned_iterations']:,} | "
-            f"{r['train_seconds'] / 60:.0f} min | `configs/omniglot/{r['cell']}.yaml`{source} |"
+            f"{r['train_seconds'] / 60:.0f} min, {_threads(r)} | `configs/omniglot/{r['cell']}.yaml`{source} |"
         )
     for r in rows:
         if "by_instance" not in r:
