@@ -1,11 +1,12 @@
 """Speed and memory of metalab against the peer libraries, on identical workloads in one run.
 
-    python benchmarks/perf.py                # the full comparison (about 15 minutes on 2 cores)
+    python benchmarks/perf.py                # the full comparison (about 25 minutes on 2 cores)
     python benchmarks/perf.py --smoke        # tiny sizes, a few seconds: what CI runs
 
 Workloads (the performance issue's settings): Conv-4 on 28x28 Omniglot episodes, N-way 1-shot with 15
-queries per class, MAML with one inner SGD step (lr 0.4) and an Adam outer step, second and first
-order, meta-batch 32; Prototypical Networks 5-way 1-shot 15-query episodes against easyfsl.
+queries per class; MAML 5-way with one inner SGD step (lr 0.4) and an Adam outer step, second and
+first order, meta-batch 32; MAML 20-way with five inner steps (lr 0.1), second order, meta-batch 16;
+Prototypical Networks 5-way 1-shot 15-query episodes against easyfsl.
 Peers run where installed (build them with ../shared/tools/peers-venv.sh and `pip install -e .`
 into that venv); each is skipped with a message otherwise.
 
@@ -106,9 +107,9 @@ class Impl:
 class MetalabMAML(Impl):
     """metalab's MAML: channels-last Conv-4, task-parallel threads with one intra-op thread each."""
 
-    def __init__(self, model, first_order, workers, autocast=None):
+    def __init__(self, model, first_order, workers, steps, lr, autocast=None):
         super().__init__(model)
-        self.learner = MAML(model, "classification", inner_lr=0.4, inner_steps=1, first_order=first_order, strategy="loop")
+        self.learner = MAML(model, "classification", inner_lr=lr, inner_steps=steps, first_order=first_order, strategy="loop")
         self.engine = TaskThreads(self.learner, workers, autocast=autocast) if workers > 1 else None
         self.threads = 1 if workers > 1 else 2
 
@@ -120,26 +121,29 @@ class MetalabMAML(Impl):
 
 
 class L2LMAML(Impl):
-    def __init__(self, model, first_order, threads=2):
+    def __init__(self, model, first_order, steps, lr, threads=2):
         import learn2learn as l2l
 
         super().__init__(model)
-        self.maml = l2l.algorithms.MAML(model, lr=0.4, first_order=first_order)
+        self.maml = l2l.algorithms.MAML(model, lr=lr, first_order=first_order)
+        self.steps = steps
         self.threads = threads
 
     def meta_gradient(self, batch):
         total = 0.0
         for t in range(batch.num_tasks):
             learner = self.maml.clone()
-            learner.adapt(F.cross_entropy(learner(batch.support_x[t]), batch.support_y[t]))
+            for _ in range(self.steps):
+                learner.adapt(F.cross_entropy(learner(batch.support_x[t]), batch.support_y[t]))
             total = total + F.cross_entropy(learner(batch.query_x[t]), batch.query_y[t])
         (total / batch.num_tasks).backward()
 
 
 class HigherMAML(Impl):
-    def __init__(self, model, first_order):
+    def __init__(self, model, first_order, steps, lr):
         super().__init__(model)
-        self.inner = torch.optim.SGD(model.parameters(), lr=0.4)
+        self.inner = torch.optim.SGD(model.parameters(), lr=lr)
+        self.steps = steps
         self.first_order = first_order  # second order only (see maml_impls)
 
     def meta_gradient(self, batch):
@@ -147,16 +151,18 @@ class HigherMAML(Impl):
 
         for t in range(batch.num_tasks):
             with higher.innerloop_ctx(self.model, self.inner, copy_initial_weights=False, track_higher_grads=not self.first_order) as (fmodel, diffopt):
-                diffopt.step(F.cross_entropy(fmodel(batch.support_x[t]), batch.support_y[t]))
+                for _ in range(self.steps):
+                    diffopt.step(F.cross_entropy(fmodel(batch.support_x[t]), batch.support_y[t]))
                 (F.cross_entropy(fmodel(batch.query_x[t]), batch.query_y[t]) / batch.num_tasks).backward()
 
 
 class TorchOptMAML(Impl):
-    def __init__(self, model, first_order):
+    def __init__(self, model, first_order, steps, lr):
         import torchopt
 
         super().__init__(model)
-        self.inner = torchopt.MetaSGD(model, lr=0.4)
+        self.inner = torchopt.MetaSGD(model, lr=lr)
+        self.steps = steps
         self.first_order = first_order
 
     def meta_gradient(self, batch):
@@ -165,7 +171,8 @@ class TorchOptMAML(Impl):
         state = torchopt.extract_state_dict(self.model, by="reference")
         inner_state = torchopt.extract_state_dict(self.inner)
         for t in range(batch.num_tasks):
-            self.inner.step(F.cross_entropy(self.model(batch.support_x[t]), batch.support_y[t]))
+            for _ in range(self.steps):
+                self.inner.step(F.cross_entropy(self.model(batch.support_x[t]), batch.support_y[t]))
             if self.first_order:
                 torchopt.stop_gradient(self.model)
             (F.cross_entropy(self.model(batch.query_x[t]), batch.query_y[t]) / batch.num_tasks).backward()
@@ -197,7 +204,7 @@ class EasyFSLProto(Impl):
             (F.cross_entropy(self.net(batch.query_x[t]), batch.query_y[t]) / batch.num_tasks).backward()
 
 
-def maml_impls(hidden, ways, size, first_order, names=None):
+def maml_impls(hidden, ways, size, first_order, steps, lr, names=None):
     """name -> factory, for the peers that import here."""
     torch.manual_seed(0)
     reference = Conv4(1, hidden, ways, image_size=size)
@@ -207,14 +214,14 @@ def maml_impls(hidden, ways, size, first_order, names=None):
         def make():
             m = Conv4(1, hidden, ways, image_size=size)
             m.load_state_dict(state)
-            return MetalabMAML(m, first_order, workers, autocast)
+            return MetalabMAML(m, first_order, workers, steps, lr, autocast)
         return make
 
     def peer(cls, **kw):
         def make():
             m = plain_conv4(hidden, ways, size)
             copy_weights(reference, m)
-            return cls(m, first_order, **kw)
+            return cls(m, first_order, steps, lr, **kw)
         return make
 
     cores = available_cores()
@@ -330,21 +337,23 @@ def peak_memory(workload: str, name: str, smoke: bool) -> float:
 
 
 WORKLOADS = {
-    # name: (ways, shots, queries, meta-batch, first_order); protonet: one episode per step
-    "maml_5w1s_second_order": (5, 1, 15, 32, False),
-    "maml_5w1s_first_order": (5, 1, 15, 32, True),
-    "protonet_5w1s": (5, 1, 15, 1, None),
+    # name: (ways, shots, queries, meta-batch, first_order, inner steps, inner lr); protonet: one episode per step
+    "maml_5w1s_second_order": (5, 1, 15, 32, False, 1, 0.4),
+    "maml_5w1s_first_order": (5, 1, 15, 32, True, 1, 0.4),
+    # the MAML paper's 20-way setting: five inner steps with alpha 0.1, meta-batch 16
+    "maml_20w1s_5steps_second_order": (20, 1, 15, 16, False, 5, 0.1),
+    "protonet_5w1s": (5, 1, 15, 1, None, None, None),
 }
 
 
 def setup(workload: str, smoke: bool, names=None):
-    ways, shots, queries, tasks, first_order = WORKLOADS[workload]
+    ways, shots, queries, tasks, first_order, steps, lr = WORKLOADS[workload]
     hidden, size = (8, 16) if smoke else (64, 28)
     if smoke:
         tasks = min(tasks, 4)
     sample = episode_source(ways, shots, queries, size)
     batch = sample(tasks)
-    impls = proto_impls(hidden, size, names) if first_order is None else maml_impls(hidden, ways, size, first_order, names)
+    impls = proto_impls(hidden, size, names) if first_order is None else maml_impls(hidden, ways, size, first_order, steps, lr, names)
     return batch, impls, (lambda: sample(tasks))
 
 
@@ -367,7 +376,7 @@ def main() -> int:
         return 0
     repeats = args.repeats or (2 if args.smoke else 10)
     report = {
-        "command": "python benchmarks/perf.py" + (" --smoke" if args.smoke else ""),
+        "command": " ".join(["python benchmarks/perf.py"] + sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {available_cores()} cores, torch {torch.__version__}",
         "repeats": repeats,

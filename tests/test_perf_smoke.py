@@ -5,14 +5,20 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# one step and five steps in the inner loop (the 20-way workload)
+WORKLOADS = ["maml_5w1s_second_order", "maml_20w1s_5steps_second_order"]
 
 
 def test_perf_benchmark_smoke_checks_gradients_and_writes_results(tmp_path):
     out = tmp_path / "perf.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "perf.py"), "--smoke", "--repeats", "1", "--workloads", "maml_5w1s_second_order", "--out", str(out)]
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "perf.py"), "--smoke", "--repeats", "1", "--workloads", *WORKLOADS, "--out", str(out)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
-    rows = json.loads(out.read_text())["workloads"]["maml_5w1s_second_order"]
+    for workload in WORKLOADS:
+        check(json.loads(out.read_text())["workloads"][workload])
+
+
+def check(rows: dict) -> None:
     fp32 = [name for name in rows if name.startswith("metalab") and "bf16" not in name]
     assert len(fp32) == 2  # the task-parallel engine and the plain loop, checked against each other
     for name, row in rows.items():
