@@ -198,6 +198,7 @@ def build_learner(c: Config) -> MetaLearner:
         eval_inner_steps=c.eval_inner_steps,
         first_order=c.first_order,
         strategy=c.strategy,
+        inner_checkpoint=c.inner_checkpoint,
         **extra,
     )
 

@@ -30,6 +30,8 @@ FIXED_HEAD = ("maml", "fomaml", "metasgd", "reptile", "anil", "mamlpp", "metanet
 # Algorithms that pre-train a classifier over all meta-train classes on ordinary mini-batches
 # (FewShotDataset.batches; meta_batch is the mini-batch size), then fit a new classifier per task.
 TRANSFER = ("baseline", "baseline_pp")
+# learners with a second-order inner loop that `inner_checkpoint` can recompute
+INNER_CHECKPOINT = ("maml", "metasgd", "anil", "mamlpp")
 _CHOICES = {
     "algorithm": ALGORITHMS,
     "benchmark": BENCHMARKS,
@@ -78,6 +80,10 @@ class Config:
     eval_inner_steps: Optional[int] = None  # inner steps at evaluation (default: inner_steps)
     first_order: bool = False  # detach the inner gradients (fomaml sets it)
     strategy: str = "auto"  # meta-batch processing: auto | vmap | loop
+    # MAML family, second order: recompute each inner step in the outer backward instead of keeping
+    # its graph (torch.utils.checkpoint), so memory stops growing with the inner steps' activations
+    # for about one more inner step of compute (docs/performance.md measures it)
+    inner_checkpoint: bool = False
     fce: bool = False  # Matching Networks: full-context embeddings
     mann_labels: str = "onehot"  # MANN: onehot | string (the paper's 5-character labels, for 15 classes)
     # Baseline / Baseline++: classes of the pre-training classifier (default: the data's meta-train
@@ -228,6 +234,10 @@ def validate(c: Config) -> None:
             f"the step schedule needs 'lr_decay_every' >= 1 and 0 < 'lr_decay_factor' <= 1, "
             f"got {c.lr_decay_every} and {c.lr_decay_factor}"
         )
+    if c.inner_checkpoint and (c.algorithm not in INNER_CHECKPOINT or c.first_order):
+        raise ConfigError(f"config key 'inner_checkpoint' applies to second-order inner loops ({', '.join(INNER_CHECKPOINT)}), not to {c.algorithm!r}" + (" with first_order" if c.first_order else ""))
+    if c.inner_checkpoint and c.strategy == "vmap":
+        raise ConfigError("config key 'inner_checkpoint' works on the per-task loop: set 'strategy' to loop or auto, not vmap")
     kind = task_kind(c)
     if c.algorithm in METRIC_BASED and kind == "regression":
         raise ConfigError(f"algorithm {c.algorithm!r} is a few-shot classifier; it needs a classification benchmark: an image benchmark (omniglot, folder) or csv with csv_label")

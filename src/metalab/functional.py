@@ -34,6 +34,7 @@ __all__ = [
     "sgd_step",
     "inner_loop",
     "inner_gradients",
+    "inner_step",
     "resolve_strategy",
     "map_tasks",
     "detached_params",
@@ -77,6 +78,33 @@ def inner_gradients(loss_of: Callable[[Params], Tensor], params: Params, first_o
     return {k: g.detach() for k, g in grads.items()} if first_order else grads
 
 
+def inner_step(
+    loss_of: Callable[[Params], Tensor], params: Params, lr: LearningRate, *, first_order: bool, mode: str, checkpoint: bool = False
+) -> Params:
+    """One inner SGD step on `loss_of`: theta - lr * grad loss_of(theta).
+
+    `checkpoint` (second order, "autograd" mode only; ignored otherwise) keeps none of the step's
+    forward and gradient graph: `torch.utils.checkpoint` (non-reentrant, which differentiates
+    through the `autograd.grad(create_graph=True)` inside) recomputes it in the outer backward.
+    The meta-gradient is unchanged (tests/test_functional.py); what a second-order task holds then
+    grows by one parameter set per inner step instead of one step's activations and double-backward
+    graph, for about one more inner step of compute.
+    """
+
+    def step(p: Params) -> Params:
+        return sgd_step(p, inner_gradients(loss_of, p, first_order, mode), lr)
+
+    if not checkpoint or first_order or mode != "autograd" or not torch.is_grad_enabled():
+        return step(params)
+    names = list(params)
+
+    def flat(*values: Tensor) -> tuple[Tensor, ...]:
+        new = step(dict(zip(names, values)))
+        return tuple(new[k] for k in names)
+
+    return dict(zip(names, torch.utils.checkpoint.checkpoint(flat, *(params[k] for k in names), use_reentrant=False)))
+
+
 def inner_loop(
     model: nn.Module,
     params: Params,
@@ -88,6 +116,7 @@ def inner_loop(
     lr: LearningRate | Callable[[int], LearningRate],
     first_order: bool,
     mode: str = "autograd",
+    checkpoint: bool = False,
 ) -> Params:
     """Adapt `params` to one task by `steps` SGD steps on the loss of `model` on (x, y).
 
@@ -100,6 +129,8 @@ def inner_loop(
             (MAML++'s per-step rates).
         first_order: detach the inner gradients (first-order MAML, Reptile).
         mode: "autograd" (outside vmap) or "func" (inside vmap).
+        checkpoint: recompute each inner step in the outer backward instead of keeping its graph
+            (see `inner_step`).
 
     Returns:
         the adapted parameters, differentiable w.r.t. `params` unless they were detached.
@@ -109,8 +140,7 @@ def inner_loop(
         return task_loss(kind, forward(model, p, x), y)
 
     for step in range(steps):
-        grads = inner_gradients(loss_of, params, first_order, mode)
-        params = sgd_step(params, grads, lr(step) if callable(lr) else lr)
+        params = inner_step(loss_of, params, lr(step) if callable(lr) else lr, first_order=first_order, mode=mode, checkpoint=checkpoint)
     return params
 
 

@@ -66,7 +66,10 @@ class ANIL(MAML):
         lr = self.inner_rate() if lr is None else lr
         if isinstance(lr, dict):  # per-parameter rates (a Meta-SGD-style subclass): keep the head's
             lr = {k[len(self._head_prefix):]: v for k, v in lr.items() if k.startswith(self._head_prefix)}
-        return inner_loop(getattr(self.model, self.head_name), head, z, y, kind=self.kind, steps=steps, lr=lr, first_order=first_order, mode=mode)
+        return inner_loop(
+            getattr(self.model, self.head_name), head, z, y, kind=self.kind, steps=steps, lr=lr, first_order=first_order, mode=mode,
+            checkpoint=self.inner_checkpoint,
+        )
 
     def _task(self, params, sx, sy, qx, qy, *, mode: str):
         body, head = self.split(params)

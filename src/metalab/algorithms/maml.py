@@ -41,6 +41,9 @@ class MAML(MetaLearner):
         eval_inner_steps: inner steps at test time (default: `inner_steps`).
         first_order: detach the inner gradients (first-order MAML).
         strategy: "vmap", "loop" or "auto" (see `metalab.functional`).
+        inner_checkpoint: recompute each second-order inner step in the outer backward instead of
+            keeping its graph (`metalab.functional.inner_step`): memory no longer grows with the
+            inner steps' activations; the per-task loop only (not under vmap).
 
     Example:
         >>> from metalab.models import MLP
@@ -62,6 +65,7 @@ class MAML(MetaLearner):
         eval_inner_steps: int | None = None,
         first_order: bool = False,
         strategy: str = "auto",
+        inner_checkpoint: bool = False,
     ) -> None:
         super().__init__()
         if inner_steps < 0 or (eval_inner_steps is not None and eval_inner_steps < 0):
@@ -71,6 +75,9 @@ class MAML(MetaLearner):
         self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
         self.first_order = first_order
         self.strategy = resolve_strategy(strategy, model)
+        if inner_checkpoint and self.strategy == "vmap":
+            raise ValueError("inner_checkpoint works on the per-task loop; use strategy 'loop' (vmap was chosen for this model)")
+        self.inner_checkpoint = inner_checkpoint
 
     def inner_rate(self, detach: bool = False) -> LearningRate:
         """The inner learning rate (a float here; per-parameter tensors in Meta-SGD)."""
@@ -79,7 +86,9 @@ class MAML(MetaLearner):
     def adapt(self, params: Params, x: Tensor, y: Tensor, *, steps: int, first_order: bool, mode: str, lr=None) -> Params:
         """Inner loop on one task's support set (x, y)."""
         lr = self.inner_rate() if lr is None else lr
-        return inner_loop(self.model, params, x, y, kind=self.kind, steps=steps, lr=lr, first_order=first_order, mode=mode)
+        return inner_loop(
+            self.model, params, x, y, kind=self.kind, steps=steps, lr=lr, first_order=first_order, mode=mode, checkpoint=self.inner_checkpoint
+        )
 
     def _task(self, params, sx, sy, qx, qy, *, mode: str):
         adapted = self.adapt(params, sx, sy, steps=self.inner_steps, first_order=self.first_order, mode=mode)

@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..functional import Params, inner_gradients, detached_params, forward, map_tasks, named_params, sgd_step
+from ..functional import Params, detached_params, forward, inner_step, map_tasks, named_params
 from ..losses import task_loss, task_metric
 from ..models.conv4 import BatchStatNorm2d
 from .maml import MAML
@@ -166,7 +166,7 @@ class MAMLpp(MAML):
             def loss_of(p: Params, bn=bn) -> Tensor:
                 return task_loss(self.kind, forward(self.model, {**p, **bn}, sx), sy)
 
-            params = sgd_step(params, inner_gradients(loss_of, params, first_order, mode), self.step_rate(s, detach))
+            params = inner_step(loss_of, params, self.step_rate(s, detach), first_order=first_order, mode=mode, checkpoint=self.inner_checkpoint)
             if query_after(s):
                 outs.append((s, forward(self.model, {**params, **bn}, qx)))
         return outs, params
