@@ -107,9 +107,9 @@ class Impl:
 class MetalabMAML(Impl):
     """metalab's MAML: channels-last Conv-4, task-parallel threads with one intra-op thread each."""
 
-    def __init__(self, model, first_order, workers, steps, lr, autocast=None):
+    def __init__(self, model, first_order, workers, steps, lr, autocast=None, checkpoint=False):
         super().__init__(model)
-        self.learner = MAML(model, "classification", inner_lr=lr, inner_steps=steps, first_order=first_order, strategy="loop")
+        self.learner = MAML(model, "classification", inner_lr=lr, inner_steps=steps, first_order=first_order, strategy="loop", inner_checkpoint=checkpoint)
         self.engine = TaskThreads(self.learner, workers, autocast=autocast) if workers > 1 else None
         self.threads = 1 if workers > 1 else 2
 
@@ -204,17 +204,17 @@ class EasyFSLProto(Impl):
             (F.cross_entropy(self.net(batch.query_x[t]), batch.query_y[t]) / batch.num_tasks).backward()
 
 
-def maml_impls(hidden, ways, size, first_order, steps, lr, names=None):
+def maml_impls(hidden, ways, size, first_order, steps, lr, names=None, checkpoint_variant=False):
     """name -> factory, for the peers that import here."""
     torch.manual_seed(0)
     reference = Conv4(1, hidden, ways, image_size=size)
     state = {k: v.clone() for k, v in reference.state_dict().items()}
 
-    def ours(workers, autocast=None):
+    def ours(workers, autocast=None, checkpoint=False):
         def make():
             m = Conv4(1, hidden, ways, image_size=size)
             m.load_state_dict(state)
-            return MetalabMAML(m, first_order, workers, steps, lr, autocast)
+            return MetalabMAML(m, first_order, workers, steps, lr, autocast, checkpoint)
         return make
 
     def peer(cls, **kw):
@@ -228,6 +228,8 @@ def maml_impls(hidden, ways, size, first_order, steps, lr, names=None):
     out = {f"metalab ({cores} task threads)": ours(cores), "metalab (loop, 2 threads)": ours(1)}
     if not first_order and cores > 1:
         out[f"metalab bf16, opt-in ({cores} task threads)"] = ours(cores, torch.bfloat16)
+    if checkpoint_variant and not first_order:
+        out[f"metalab inner_checkpoint ({cores} task threads)"] = ours(cores, checkpoint=True)
     for name, module, factory in (
         ("learn2learn", "learn2learn", peer(L2LMAML)),
         ("learn2learn (1 thread)", "learn2learn", peer(L2LMAML, threads=1)),

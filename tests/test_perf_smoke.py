@@ -1,4 +1,4 @@
-"""The performance benchmark's smoke run (CI runs only this; the timed comparison is a benchmark)."""
+"""The performance benchmarks' smoke runs (CI runs only these; the timed comparisons are benchmarks)."""
 import json
 import subprocess
 import sys
@@ -26,3 +26,17 @@ def check(rows: dict) -> None:
         assert row["steps_per_second"] > 0 and row["peak_rss_mb"] > 0
         if "bf16" not in name:  # bf16 is other arithmetic by choice: no exact check
             assert row["max_grad_diff"] <= 1e-4
+
+
+def test_scaling_benchmark_smoke_writes_every_curve(tmp_path):
+    out = tmp_path / "scaling.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "scaling.py"), "--smoke", "--repeats", "1", "--out", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    curves = json.loads(out.read_text())["curves"]
+    assert set(curves) == {"meta-batch", "inner steps", "ways", "order"}
+    steps = {r["implementation"] for r in curves["inner steps"]["rows"]}
+    assert {"metalab", "metalab inner_checkpoint"} <= steps  # the memory-bounding option beside the plain loop
+    for c in curves.values():
+        for r in c["rows"]:
+            assert r["seconds"] > 0 and r["peak_rss_mb"] > 0
