@@ -6,7 +6,8 @@
 Workloads (the performance issue's settings): Conv-4 on 28x28 Omniglot episodes, N-way 1-shot with 15
 queries per class; MAML 5-way with one inner SGD step (lr 0.4) and an Adam outer step, second and
 first order, meta-batch 32; MAML 20-way with five inner steps (lr 0.1), second order, meta-batch 16;
-Prototypical Networks 5-way 1-shot 15-query episodes against easyfsl.
+Prototypical, Matching (full-context embeddings) and Relation Networks on 5-way 1-shot 15-query
+episodes against easyfsl.
 Peers run where installed (build them with ../shared/tools/peers-venv.sh and `pip install -e .`
 into that venv); each is skipped with a message otherwise.
 
@@ -180,28 +181,34 @@ class TorchOptMAML(Impl):
             torchopt.recover_state_dict(self.inner, inner_state)
 
 
-class MetalabProto(Impl):
+class MetalabMetric(Impl):
+    """A metric-based metalab learner: one `meta_loss` over the episode batch."""
+
     threads = 2
 
-    def __init__(self, model):
-        super().__init__(model)
-        self.learner = ProtoNet(model)
+    def __init__(self, learner):
+        super().__init__(learner)
+        self.learner = learner
 
     def meta_gradient(self, batch):
         self.learner.meta_loss(batch)[0].backward()
 
 
-class EasyFSLProto(Impl):
-    def __init__(self, model):
-        from easyfsl.methods import PrototypicalNetworks
+class EasyFSL(Impl):
+    """An easyfsl few-shot classifier: process_support_set, then forward on the queries, per task."""
 
-        super().__init__(model)
-        self.net = PrototypicalNetworks(model)
+    def __init__(self, net, loss):
+        super().__init__(net)
+        self.net, self.loss = net, loss
 
     def meta_gradient(self, batch):
         for t in range(batch.num_tasks):
             self.net.process_support_set(batch.support_x[t], batch.support_y[t])
-            (F.cross_entropy(self.net(batch.query_x[t]), batch.query_y[t]) / batch.num_tasks).backward()
+            (self.loss(self.net(batch.query_x[t]), batch.query_y[t]) / batch.num_tasks).backward()
+
+
+def _one_hot_mse(scores, y):
+    return F.mse_loss(scores, F.one_hot(y, scores.shape[-1]).to(scores.dtype))
 
 
 def maml_impls(hidden, ways, size, first_order, steps, lr, names=None, checkpoint_variant=False):
@@ -248,24 +255,44 @@ def maml_impls(hidden, ways, size, first_order, steps, lr, names=None, checkpoin
     return {k: v for k, v in out.items() if names is None or k in names}
 
 
-def proto_impls(hidden, size, names=None):
+def metric_impls(method, hidden, size, names=None):
+    """Prototypical (squared Euclidean vs easyfsl's Euclidean), Matching with full-context embeddings
+    (easyfsl's are always on) and Relation Networks (easyfsl given metalab's embedding and relation
+    modules, same weights): the same backbone and episodes; speed only, as the scores differ by
+    design (metric, FCE details, and batch norm over support and query together or apart)."""
+    from metalab import MatchingNet, RelationNet
+    from metalab.algorithms.relation import RelationEmbedding
+
     torch.manual_seed(0)
-    reference = Conv4(1, hidden, None, image_size=size, norm="batch")
-    out = {}
+    if method == "relation":
+        reference = RelationNet(RelationEmbedding(1, hidden), input_shape=(1, size, size))
+    else:
+        reference = Conv4(1, hidden, None, image_size=size, norm="batch")
+    state = {k: v.clone() for k, v in reference.state_dict().items()}
 
     def ours():
-        m = Conv4(1, hidden, None, image_size=size, norm="batch")
-        m.load_state_dict(reference.state_dict())
-        return MetalabProto(m)
+        if method == "relation":
+            learner = RelationNet(RelationEmbedding(1, hidden), input_shape=(1, size, size))
+        else:
+            m = Conv4(1, hidden, None, image_size=size, norm="batch")
+            learner = ProtoNet(m) if method == "protonet" else MatchingNet(m, fce=True, feature_dim=hidden)
+        (learner if method == "relation" else learner.encoder).load_state_dict(state)
+        return MetalabMetric(learner)
 
-    out["metalab"] = ours
+    out = {"metalab": ours}
     try:
-        import easyfsl  # noqa: F401
+        import easyfsl.methods as methods  # noqa: F401
 
         def peer():
+            if method == "relation":
+                net = RelationNet(RelationEmbedding(1, hidden), input_shape=(1, size, size))
+                net.load_state_dict(state)
+                return EasyFSL(methods.RelationNetworks(net.encoder, feature_dimension=hidden, relation_module=net.relation), _one_hot_mse)
             m = plain_conv4(hidden, None, size, running_stats=True)
             copy_weights(reference, m)
-            return EasyFSLProto(m)
+            if method == "protonet":
+                return EasyFSL(methods.PrototypicalNetworks(m), F.cross_entropy)
+            return EasyFSL(methods.MatchingNetworks(m, feature_dimension=hidden), F.nll_loss)
 
         out["easyfsl"] = peer
     except Exception as e:  # noqa: BLE001
@@ -339,12 +366,15 @@ def peak_memory(workload: str, name: str, smoke: bool) -> float:
 
 
 WORKLOADS = {
-    # name: (ways, shots, queries, meta-batch, first_order, inner steps, inner lr); protonet: one episode per step
+    # name: (ways, shots, queries, meta-batch, first_order, inner steps, inner lr); metric-based
+    # (first_order None): one episode per step
     "maml_5w1s_second_order": (5, 1, 15, 32, False, 1, 0.4),
     "maml_5w1s_first_order": (5, 1, 15, 32, True, 1, 0.4),
     # the MAML paper's 20-way setting: five inner steps with alpha 0.1, meta-batch 16
     "maml_20w1s_5steps_second_order": (20, 1, 15, 16, False, 5, 0.1),
     "protonet_5w1s": (5, 1, 15, 1, None, None, None),
+    "matching_fce_5w1s": (5, 1, 15, 1, None, None, None),
+    "relation_5w1s": (5, 1, 15, 1, None, None, None),
 }
 
 
@@ -353,9 +383,15 @@ def setup(workload: str, smoke: bool, names=None):
     hidden, size = (8, 16) if smoke else (64, 28)
     if smoke:
         tasks = min(tasks, 4)
+    method = workload.split("_")[0] if first_order is None else "maml"
+    if method == "relation":
+        size = 28  # its embedding keeps 5x5 maps of a 28x28 image for the relation module's two poolings
     sample = episode_source(ways, shots, queries, size)
     batch = sample(tasks)
-    impls = proto_impls(hidden, size, names) if first_order is None else maml_impls(hidden, ways, size, first_order, steps, lr, names)
+    if method == "maml":
+        impls = maml_impls(hidden, ways, size, first_order, steps, lr, names)
+    else:
+        impls = metric_impls(method, hidden, size, names)
     return batch, impls, (lambda: sample(tasks))
 
 
@@ -437,7 +473,7 @@ def write_doc(report: dict) -> None:
         "metalab's on the same weights and real Omniglot batch, in float64 (checked before timing; in fp32",
         "rounding alone moves entries by up to ~5e-3 on this ill-conditioned batch, between any two of",
         "them). Ratios are against the peer",
-        "(learn2learn on its default 2 threads for MAML, easyfsl for Prototypical Networks) in the same run.",
+        "(learn2learn on its default 2 threads for MAML, easyfsl for the metric-based learners) in the same run.",
     ]
     for workload, rows in report["workloads"].items():
         lines += ["", f"## {workload}", "", "| implementation | steps/s | ratio to the peer | peak RSS (MB) | max grad diff |", "|---|---|---|---|---|"]
