@@ -82,7 +82,7 @@ class Config:
     strategy: str = "auto"  # meta-batch processing: auto | vmap | loop
     # MAML family, second order: recompute each inner step in the outer backward instead of keeping
     # its graph (torch.utils.checkpoint), so memory stops growing with the inner steps' activations
-    # for about one more inner step of compute (docs/performance.md measures it)
+    # for about one more inner step of compute (docs/scaling.md measures it)
     inner_checkpoint: bool = False
     fce: bool = False  # Matching Networks: full-context embeddings
     mann_labels: str = "onehot"  # MANN: onehot | string (the paper's 5-character labels, for 15 classes)

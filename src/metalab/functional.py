@@ -86,7 +86,7 @@ def inner_step(
     `checkpoint` (second order, "autograd" mode only; ignored otherwise) keeps none of the step's
     forward and gradient graph: `torch.utils.checkpoint` (non-reentrant, which differentiates
     through the `autograd.grad(create_graph=True)` inside) recomputes it in the outer backward.
-    The meta-gradient is unchanged (tests/test_functional.py); what a second-order task holds then
+    The meta-gradient is unchanged (tests/test_inner_checkpoint.py); what a second-order task holds then
     grows by one parameter set per inner step instead of one step's activations and double-backward
     graph, for about one more inner step of compute.
     """
