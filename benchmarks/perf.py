@@ -401,9 +401,13 @@ def main() -> int:
     p.add_argument("--repeats", type=int, help="timed steps per implementation (default 10; smoke 2)")
     p.add_argument("--workloads", nargs="*", default=list(WORKLOADS), choices=list(WORKLOADS))
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--doc-only", action="store_true", help="rewrite docs/performance.md from the results file (--out), timing nothing")
     p.add_argument("--memory-of", help=argparse.SUPPRESS)
     p.add_argument("--workload", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.doc_only:
+        write_doc(json.loads(Path(args.out).read_text()))
+        return 0
     if args.memory_of:
         batch, impls, _ = setup(args.workload, args.smoke, [args.memory_of])
         impl = impls[args.memory_of]()
@@ -489,6 +493,16 @@ def write_doc(report: dict) -> None:
                   "metalab's fastest step on the same workload:", "", "| workload | ms per draw | share of a step |", "|---|---|---|"]
         for workload, r in report["sampling"].items():
             lines.append(f"| {workload} | {1e3 * r['seconds_per_draw']:.2f} | {100 * r['share_of_metalab_step']:.1f}% |")
+    precision = ROOT / "benchmarks" / "results" / "precision.json"
+    if precision.exists():
+        r = json.loads(precision.read_text())
+        lines += ["", "## bf16 on Omniglot", "",
+                  f"`python benchmarks/precision.py --iterations {r['iterations']} --test-tasks {r['test_episodes']} --threads {r['task_threads']}`"
+                  f" on {r['date']} ({r['machine']}): the same MAML run ({r['config']}, same seed and tasks) in both precisions,",
+                  f"{r['iterations']} iterations on {r['task_threads']} task thread(s), each meta-tested in fp32 on the same {r['test_episodes']} test episodes.",
+                  "", "| precision | test accuracy (95% CI) | seconds per iteration |", "|---|---|---|"]
+        for name, run in r["runs"].items():
+            lines.append(f"| {name} | {run['accuracy']:.2f} ± {run['ci95']:.2f} | {run['seconds_per_iteration']:.3f} |")
     notes = ROOT / "benchmarks" / "results" / "perf_notes.md"
     if notes.exists():
         lines += ["", notes.read_text().strip()]
