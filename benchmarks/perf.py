@@ -358,6 +358,30 @@ def timing(impls: dict, batch: TaskBatch, repeats: int, warmup: int) -> dict[str
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def reset_peak_rss() -> None:
+    """Restart the process's peak-RSS mark (Linux: VmHWM via clear_refs), so that what follows is
+    measured without loading the data (decoding the Omniglot cache peaks at several GB, which would
+    otherwise be every implementation's "peak")."""
+    import gc
+
+    gc.collect()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:  # not Linux: the mark then includes the loading
+        pass
+
+
+def peak_rss_mb() -> float:
+    """The process's peak RSS in MB since the last `reset_peak_rss` (or since it started)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def peak_memory(workload: str, name: str, smoke: bool) -> float:
     """Max RSS in MB of a fresh process that builds `name` and takes a few steps of `workload`."""
     cmd = [sys.executable, __file__, "--memory-of", name, "--workload", workload] + (["--smoke"] if smoke else [])
@@ -402,19 +426,30 @@ def main() -> int:
     p.add_argument("--workloads", nargs="*", default=list(WORKLOADS), choices=list(WORKLOADS))
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--doc-only", action="store_true", help="rewrite docs/performance.md from the results file (--out), timing nothing")
+    p.add_argument("--memory-only", action="store_true", help="measure again the peak memory of every row of the results file (--out), then rewrite it and the page")
     p.add_argument("--memory-of", help=argparse.SUPPRESS)
     p.add_argument("--workload", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.doc_only:
-        write_doc(json.loads(Path(args.out).read_text()))
+    if args.doc_only or args.memory_only:
+        report = json.loads(Path(args.out).read_text())
+        if args.memory_only:
+            for workload, rows in report["workloads"].items():
+                for name, row in rows.items():
+                    if "peak_rss_mb" in row:
+                        row["peak_rss_mb"] = round(peak_memory(workload, name, "--smoke" in report["command"]))
+                        print(f"{workload:32s} {name:40s} {row['peak_rss_mb']:6d} MB", flush=True)
+            report["memory_command"] = " ".join(["python benchmarks/perf.py"] + sys.argv[1:])
+            Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        write_doc(report)
         return 0
     if args.memory_of:
         batch, impls, _ = setup(args.workload, args.smoke, [args.memory_of])
+        reset_peak_rss()
         impl = impls[args.memory_of]()
         torch.set_num_threads(impl.threads)
         for _ in range(3):
             impl.step(batch)
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        print(peak_rss_mb())
         return 0
     repeats = args.repeats or (2 if args.smoke else 10)
     report = {
@@ -473,7 +508,8 @@ def write_doc(report: dict) -> None:
         "",
         f"Measured by `{report['command']}` on {report['date']} ({report['machine']}); median seconds per",
         f"step over {report['repeats']} alternating timed steps per implementation, peak RSS of a fresh process",
-        "taking three steps, and the largest difference of each implementation's meta-gradient from",
+        "while it builds the implementation and takes three steps (torch and the episodes already in memory;",
+        "the mark is reset after loading the data)" + (f", measured by `{report['memory_command']}`" if "memory_command" in report else "") + ", and the largest difference of each implementation's meta-gradient from",
         "metalab's on the same weights and real Omniglot batch, in float64 (checked before timing; in fp32",
         "rounding alone moves entries by up to ~5e-3 on this ill-conditioned batch, between any two of",
         "them). Ratios are against the peer",

@@ -14,8 +14,8 @@ Adam outer step, second order unless stated. Four curves, each varying one thing
 - ways 5 and 20 (meta-batch 16);
 - first against second order.
 
-Every point runs in a fresh process (its peak RSS is the process's max RSS: torch, the data and the
-step) and reports the median seconds over the timed meta-iterations after one warm-up. metalab runs
+Every point runs in a fresh process (its peak RSS is the process's peak while it builds the model
+and steps, torch and the episodes already in memory) and reports the median seconds over the timed meta-iterations after one warm-up. metalab runs
 its default engine (task threads, one per core); learn2learn its default 2 intra-op threads, the
 fastest peer in benchmarks/perf.py. Results go to benchmarks/results/scaling.json, docs/scaling.md
 and docs/scaling.png.
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -64,6 +63,7 @@ def measure(point: dict, name: str, repeats: int, smoke: bool) -> dict:
     """In this process: one warm-up meta-iteration, then `repeats` timed ones."""
     size = 16 if smoke else 28
     batch = perf.episode_source(point["ways"], 1, 15 if not smoke else 2, size)(point["tasks"])
+    perf.reset_peak_rss()  # the data's loading is not the step's memory
     impl = implementations(point, smoke)[name]()
     torch.set_num_threads(impl.threads)
     impl.step(batch)
@@ -72,7 +72,7 @@ def measure(point: dict, name: str, repeats: int, smoke: bool) -> dict:
         t = time.perf_counter()
         impl.step(batch)
         times.append(time.perf_counter() - t)
-    return {"seconds": round(statistics.median(times), 4), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    return {"seconds": round(statistics.median(times), 4), "peak_rss_mb": round(perf.peak_rss_mb())}
 
 
 def run_point(point: dict, name: str, repeats: int, smoke: bool) -> dict:
@@ -159,7 +159,7 @@ def write_doc(report: dict, docs: Path) -> None:
         "",
         f"Measured by `{report['command']}` on {report['date']} ({report['machine']}); each point is a fresh",
         f"process: median seconds over {report['repeats']} meta-iterations after one warm-up, and the process's",
-        "peak RSS (torch, the data and the step). Conv-4, 28x28 Omniglot, N-way 1-shot, 15 queries per class,",
+        "peak RSS while building and stepping (torch and the episodes already loaded). Conv-4, 28x28 Omniglot, N-way 1-shot, 15 queries per class,",
         "second order unless stated. The benchmark's docstring (`benchmarks/scaling.py`) gives the settings.",
         "",
         "![time and peak memory per meta-iteration](scaling.png)",
