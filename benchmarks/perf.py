@@ -434,6 +434,8 @@ def main() -> int:
         report = json.loads(Path(args.out).read_text())
         if args.memory_only:
             for workload, rows in report["workloads"].items():
+                if workload not in args.workloads:
+                    continue
                 for name, row in rows.items():
                     if "peak_rss_mb" in row:
                         row["peak_rss_mb"] = round(peak_memory(workload, name, "--smoke" in report["command"]))
