@@ -4,26 +4,11 @@ steps' activations."""
 import pytest
 import torch
 
-from metalab import ANIL, MAML, MAMLpp, MetaSGD, TaskBatch
+from metalab import ANIL, MAML, MAMLpp, MetaSGD
 from metalab.config import ConfigError, config_from_dict
 from metalab.models import MLP, Conv4
 from metalab.parallel import TaskThreads
-
-
-@pytest.fixture
-def float64():
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(torch.float32)
-
-
-def image_batch(tasks=3, ways=3, shots=1, queries=2, size=16):
-    g = torch.Generator().manual_seed(0)
-    sx = torch.randn(tasks, ways * shots, 1, size, size, generator=g)
-    qx = torch.randn(tasks, ways * queries, 1, size, size, generator=g)
-    sy = torch.arange(ways).repeat_interleave(shots).expand(tasks, -1)
-    qy = torch.arange(ways).repeat_interleave(queries).expand(tasks, -1)
-    return TaskBatch(sx, sy, qx, qy)
+from test_parallel import image_batch
 
 
 LEARNERS = {
@@ -51,7 +36,7 @@ def meta_gradient(learner, batch, workers=1):
 @pytest.mark.parametrize("name", sorted(LEARNERS))
 def test_checkpointed_inner_loop_gives_the_same_meta_gradient(float64, name, workers):
     torch.manual_seed(0)
-    batch = image_batch()
+    batch = image_batch(tasks=3, shots=1)
     plain = LEARNERS[name](Conv4(1, 6, 3, image_size=16), 3, False)
     checkpointed = LEARNERS[name](Conv4(1, 6, 3, image_size=16), 3, True)
     checkpointed.load_state_dict(plain.state_dict())  # the same weights (and Meta-SGD's random rates)

@@ -10,13 +10,6 @@ from metalab.parallel import TaskThreads
 from metalab.train import task_workers, train
 
 
-@pytest.fixture
-def float64():
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(torch.float32)
-
-
 def image_batch(tasks=5, ways=3, shots=2, queries=2, size=16):
     g = torch.Generator().manual_seed(0)
     sx = torch.randn(tasks, ways * shots, 1, size, size, generator=g)
