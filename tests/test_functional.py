@@ -7,14 +7,8 @@ import torch.nn.functional as F
 from metalab import MAML, MetaSGD, Reptile, SineTasks, TaskBatch
 from metalab.models import MLP, Conv4
 
-
-
-@pytest.fixture(autouse=True)
-def float64():
-    """References are compared in float64 (tight tolerances); restored after each test."""
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(torch.float32)
+# References are compared in float64 (tight tolerances); conftest's fixture restores float32 after.
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def mlp_forward(p, x):
@@ -95,6 +89,32 @@ def test_maml_meta_gradient_matches_reference_conv4_with_batchnorm(strategy, ste
     assert torch.allclose(loss, ref_loss, atol=1e-10)
     for (name, _), g, r in zip(model.named_parameters(), grads, ref_grads):
         assert torch.allclose(g, r, atol=1e-5, rtol=1e-5), name
+
+
+@pytest.mark.parametrize("norm", ["batch_stats", "batch"])
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_conv4_channels_last_computes_what_nchw_computes(norm, in_channels):
+    """The channels-last speed paths (batch norm on the (n*h*w, c) matrix view, the one-channel
+    first convolution as a matrix product) change no value: outputs, gradients and the second-order
+    gradients MAML differentiates through, against the same Conv-4 in NCHW."""
+    torch.manual_seed(0)
+    fast = Conv4(in_channels=in_channels, hidden=6, out_features=4, image_size=16, norm=norm)
+    plain = Conv4(in_channels=in_channels, hidden=6, out_features=4, image_size=16, norm=norm, channels_last=False)
+    plain.load_state_dict(fast.state_dict())
+    x = torch.randn(7, in_channels, 16, 16)
+
+    def derivatives(model):
+        params = list(model.parameters())
+        out = model(x)
+        grads = torch.autograd.grad(out.square().sum(), params, create_graph=True)
+        second = torch.autograd.grad(sum((g * g).sum() for g in grads), params)
+        return [out, *grads, *second]
+
+    for a, b in zip(derivatives(fast), derivatives(plain)):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-10 * (1 + b.abs().max().item()))
+    if norm == "batch":
+        for name, buf in plain.named_buffers():
+            assert torch.allclose(dict(fast.named_buffers())[name].double(), buf.double()), name
 
 
 def test_vmap_and_loop_meta_losses_agree_in_float32():

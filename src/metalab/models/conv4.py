@@ -9,7 +9,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Conv4", "BatchStatNorm2d"]
+__all__ = ["Conv4", "BatchStatNorm2d", "batch_norm_2d"]
+
+
+def batch_norm_2d(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    """Batch norm with the batch's statistics and an affine part (fused `F.batch_norm`) on an
+    (n, c, h, w) tensor, done as an (n*h*w, c) matrix when x is channels-last.
+
+    A channels-last tensor is, in memory, an (n*h*w, c) matrix, and batch norm over (n, h, w) is the
+    same thing as batch norm over that matrix's rows. PyTorch's batch-norm backward and its
+    double backward (which second-order MAML runs through every inner step) reduce over the non-channel
+    dimensions, and on a channels-last 4-d tensor those reductions and the copies around them were
+    slow: a 20-way 5-step second-order MAML task spent half its time in them. On the matrix view they
+    are plain column sums: 1.3x faster per 20-way 5-step task, 1.1x per 5-way 1-step task here
+    (docs/performance.md). Without a double backward (the metric-based learners' plain
+    `nn.BatchNorm2d`) the 4-d form was as fast or slightly faster, so only `BatchStatNorm2d` uses it.
+    Same values and gradients (tests/test_functional.py).
+    """
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        n, c, h, w = x.shape
+        y = F.batch_norm(x.permute(0, 2, 3, 1).reshape(n * h * w, c), None, None, weight, bias, True, 0.0, eps)
+        return y.view(n, h, w, c).permute(0, 3, 1, 2)
+    return F.batch_norm(x, None, None, weight, bias, True, 0.0, eps)
 
 
 class BatchStatNorm2d(nn.Module):
@@ -17,7 +38,8 @@ class BatchStatNorm2d(nn.Module):
 
     Outside torch.func transforms one fused `F.batch_norm` call with the affine weight and bias does it
     all (about 10% faster per Conv-4 meta-iteration here, second-order gradients checked against a
-    hand-written reference in tests/test_functional.py). Under vmap the affine part is applied
+    hand-written reference in tests/test_functional.py), on the (n*h*w, c) matrix view of a
+    channels-last input (`batch_norm_2d`). Under vmap the affine part is applied
     afterwards as `x * weight + bias`: passing weight and bias into `F.batch_norm` there gives wrong
     second-order gradients on torch 2.13 (see DESIGN.md, pitfalls), while this form matches the
     per-task loop to 1e-16. No running statistics are kept, so a model behaves the same in train and
@@ -32,10 +54,9 @@ class BatchStatNorm2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if not torch._C._functorch.is_functorch_wrapped_tensor(x):  # not under vmap / torch.func.grad
-            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+            return batch_norm_2d(x, self.weight, self.bias, self.eps)
         x = F.batch_norm(x, None, None, None, None, True, 0.0, self.eps)
         return x * self.weight[:, None, None] + self.bias[:, None, None]
-
 
 
 class Conv4(nn.Module):
@@ -95,10 +116,25 @@ class Conv4(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         z = x
         for i, layer in enumerate(self.features):
-            z = layer(z)
-            if i == 0 and layout:
-                # With one input channel the first convolution cannot tell the layouts apart and
-                # answers in NCHW; its batch norm, pooling and ReLU then run 2-5x slower. Asking for
-                # channels-last here made a MAML meta-iteration ~1.2x faster.
-                z = z.contiguous(memory_format=torch.channels_last)
+            if i == 0 and layout and x.shape[1] == 1:
+                z = _single_channel_conv3x3(layer, x)
+            else:
+                z = layer(z)
         return self.head(z) if self.head is not None else z
+
+
+def _single_channel_conv3x3(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """`conv(x)` for a one-channel input, 3x3 kernel, padding 1, answered channels-last.
+
+    With one input channel PyTorch cannot tell the layouts apart and the convolution answers in
+    NCHW; converting its output (and, in the backward, its gradient) to channels-last was ~8% of a
+    20-way MAML task. As a matrix product of the nine shifted copies of the image, (n*h*w, 9) x
+    (9, out), the output is channels-last as it is computed: same values (the same nine products
+    per output), 1.1x per 20-way 5-step task here (docs/performance.md).
+    """
+    n, _, h, w = x.shape
+    padded = F.pad(x[:, 0], (1, 1, 1, 1))
+    cols = torch.stack([padded[:, i : i + h, j : j + w] for i in range(3) for j in range(3)], dim=-1)
+    weight = conv.weight.reshape(conv.out_channels, 9).t()
+    out = cols.reshape(n * h * w, 9) @ weight if conv.bias is None else torch.addmm(conv.bias, cols.reshape(n * h * w, 9), weight)
+    return out.view(n, h, w, conv.out_channels).permute(0, 3, 1, 2)
