@@ -127,10 +127,10 @@ def _single_channel_conv3x3(conv: nn.Conv2d, x: Tensor) -> Tensor:
     """`conv(x)` for a one-channel input, 3x3 kernel, padding 1, answered channels-last.
 
     With one input channel PyTorch cannot tell the layouts apart and the convolution answers in
-    NCHW; converting its output (and, in the backward, its gradient) to channels-last was ~8% of a
+    NCHW; converting its output (and, in the backward, its gradient) to channels-last cost ~8% of a
     20-way MAML task. As a matrix product of the nine shifted copies of the image, (n*h*w, 9) x
     (9, out), the output is channels-last as it is computed: same values (the same nine products
-    per output), 1.1x per 20-way 5-step task here (docs/performance.md).
+    per output), 1.16-1.17x per second-order MAML task here (docs/performance.md).
     """
     n, _, h, w = x.shape
     padded = F.pad(x[:, 0], (1, 1, 1, 1))
