@@ -35,8 +35,14 @@ RESULTS = ROOT / "benchmarks" / "results" / "omniglot"
 TEST_ONLY = {"test_ways", "test_shots", "test_queries", "test_tasks", "eval_steps", "eval_inner_steps"}
 
 
+# The transfer baselines train on ordinary mini-batches of the base classes; their ways / shots /
+# queries only shape validation episodes, so one pre-trained model serves every test cell.
+EPISODE_SHAPE = ("ways", "shots", "queries")
+
+
 def _training_part(config) -> dict:
-    return {k: v for k, v in config.resolved().to_dict().items() if k not in TEST_ONLY}
+    ignored = TEST_ONLY | (set(EPISODE_SHAPE) if config.algorithm in ("baseline", "baseline_pp") else set())
+    return {k: v for k, v in config.resolved().to_dict().items() if k not in ignored}
 
 
 def _by_instance(learner, source, episodes: int) -> dict[str, list[float]]:
@@ -94,6 +100,11 @@ def cmd_train(args) -> None:
         print(f"{cell_path.stem}: {r} after {result.iteration} iterations ({result.seconds / 60:.0f} min of training)", flush=True)
 
 
+def _queries(record: dict) -> str:
+    q = record.get("test_queries", 15)
+    return "" if q == 15 else f", {q} queries per class"
+
+
 def _threads(record: dict) -> str:
     n = record.get("threads", 1)
     return f"{n} thread" + ("s" if n != 1 else "")
@@ -109,7 +120,8 @@ def cmd_table(args) -> None:
         "",
         "Produced by `python benchmarks/omniglot.py train CONFIG` (one per trained model) and",
         "`python benchmarks/omniglot.py table`; every figure is the mean accuracy over the stated number of",
-        "meta-test episodes (15 queries per class) on the 423 Vinyals meta-test characters x 4 rotations,",
+        "meta-test episodes (15 queries per class unless the row says otherwise) on the 423 Vinyals meta-test",
+        "characters x 4 rotations,",
         "with its 95% confidence interval. Training ran on this project's 2-core CPU machine, so most budgets",
         "are a small fraction of the papers'; the columns say what each figure cost.",
         "",
@@ -122,7 +134,7 @@ def cmd_table(args) -> None:
         source = "" if r["trained_by"] == r["cell"] else f" (model trained by {r['trained_by']})"
         lines.append(
             f"| {r['algorithm']} | {r['ways']}-way {r['shots']}-shot | {r['accuracy']:.2f} ± {r['ci95']:.2f} "
-            f"({r['test_episodes']} episodes) | {paper_text} | {r['iterations']:,} of {r['planned_iterations']:,} | "
+            f"({r['test_episodes']} episodes{_queries(r)}) | {paper_text} | {r['iterations']:,} of {r['planned_iterations']:,} | "
             f"{r['train_seconds'] / 60:.0f} min, {_threads(r)} | `configs/omniglot/{r['cell']}.yaml`{source} |"
         )
     for r in rows:
