@@ -541,6 +541,14 @@ def write_doc(report: dict) -> None:
                   "", "| precision | test accuracy (95% CI) | seconds per iteration |", "|---|---|---|"]
         for name, run in r["runs"].items():
             lines.append(f"| {name} | {run['accuracy']:.2f} ± {run['ci95']:.2f} | {run['seconds_per_iteration']:.3f} |")
+    scaling = ROOT / "benchmarks" / "results" / "scaling.json"
+    if scaling.exists():
+        r = json.loads(scaling.read_text())
+        lines += ["", "## Scaling curves", "",
+                  f"Time and peak memory per MAML meta-iteration against meta-batch, inner steps (with and without",
+                  f"`inner_checkpoint`), ways and order, metalab against learn2learn, measured by `{r['command']}` on",
+                  f"{r['date']}; the numbers behind the plot are in [scaling.md](scaling.md).", "",
+                  "![time and peak memory per meta-iteration](scaling.png)"]
     notes = ROOT / "benchmarks" / "results" / "perf_notes.md"
     if notes.exists():
         lines += ["", notes.read_text().strip()]

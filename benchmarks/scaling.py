@@ -130,14 +130,17 @@ def plot(report: dict, path: Path) -> None:
     from metalab.plots import plt  # the Agg backend, set up once
 
     curves = report["curves"]
+    # One colour per implementation across all panels.
+    names = list(dict.fromkeys(r["implementation"] for c in curves.values() for r in c["rows"]))
+    colour = {n: f"C{i}" for i, n in enumerate(names)}
     fig, axes = plt.subplots(2, len(curves), figsize=(4 * len(curves), 7), squeeze=False)
     for col, (curve, c) in enumerate(curves.items()):
         key = c["key"]
         for name in dict.fromkeys(r["implementation"] for r in c["rows"]):
             rows = [r for r in c["rows"] if r["implementation"] == name]
             xs = [("first" if r[key] else "second") if key == "first_order" else r[key] for r in rows]
-            axes[0][col].plot(xs, [r["seconds"] for r in rows], marker="o", label=name)
-            axes[1][col].plot(xs, [r["peak_rss_mb"] for r in rows], marker="o", label=name)
+            axes[0][col].plot(xs, [r["seconds"] for r in rows], marker="o", label=name, color=colour[name])
+            axes[1][col].plot(xs, [r["peak_rss_mb"] for r in rows], marker="o", label=name, color=colour[name])
         axes[0][col].set_title(f"{curve} ({', '.join(f'{k}={v}' for k, v in c['base'].items() if k != key)})", fontsize=9)
         axes[1][col].set_xlabel(curve)
         if key == "tasks":
