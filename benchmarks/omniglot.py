@@ -37,11 +37,11 @@ TEST_ONLY = {"test_ways", "test_shots", "test_queries", "test_tasks", "eval_step
 
 # The transfer baselines train on ordinary mini-batches of the base classes; their ways / shots /
 # queries only shape validation episodes, so one pre-trained model serves every test cell.
-EPISODE_SHAPE = ("ways", "shots", "queries")
+EPISODE_SHAPE = {"ways", "shots", "queries"}
 
 
 def _training_part(config) -> dict:
-    ignored = TEST_ONLY | (set(EPISODE_SHAPE) if config.algorithm in ("baseline", "baseline_pp") else set())
+    ignored = TEST_ONLY | EPISODE_SHAPE if config.algorithm in ("baseline", "baseline_pp") else TEST_ONLY
     return {k: v for k, v in config.resolved().to_dict().items() if k not in ignored}
 
 

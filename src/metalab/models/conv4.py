@@ -135,6 +135,5 @@ def _single_channel_conv3x3(conv: nn.Conv2d, x: Tensor) -> Tensor:
     n, _, h, w = x.shape
     padded = F.pad(x[:, 0], (1, 1, 1, 1))
     cols = torch.stack([padded[:, i : i + h, j : j + w] for i in range(3) for j in range(3)], dim=-1)
-    weight = conv.weight.reshape(conv.out_channels, 9).t()
-    out = cols.reshape(n * h * w, 9) @ weight if conv.bias is None else torch.addmm(conv.bias, cols.reshape(n * h * w, 9), weight)
+    out = F.linear(cols.reshape(n * h * w, 9), conv.weight.reshape(conv.out_channels, 9), conv.bias)
     return out.view(n, h, w, conv.out_channels).permute(0, 3, 1, 2)
