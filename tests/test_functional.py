@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metalab import MAML, MetaSGD, Reptile, SineTasks, TaskBatch
+from metalab import MAML, MetaSGD, Reptile, SineTasks
 from metalab.models import MLP, Conv4
+from test_parallel import image_batch
 
 # References are compared in float64 (tight tolerances); conftest's fixture restores float32 after.
 pytestmark = pytest.mark.usefixtures("float64")
@@ -47,15 +48,6 @@ def reference_meta_grad(forward, loss_fn, params, batch, lr, steps, first_order)
     return meta, torch.autograd.grad(meta, theta + ([lr[k] for k in names] if isinstance(lr, dict) else []))
 
 
-def _image_batch(tasks=3, ways=3, shots=2, queries=2, size=16):
-    g = torch.Generator().manual_seed(0)
-    sx = torch.randn(tasks, ways * shots, 1, size, size, generator=g)
-    qx = torch.randn(tasks, ways * queries, 1, size, size, generator=g)
-    sy = torch.arange(ways).repeat_interleave(shots).expand(tasks, -1)
-    qy = torch.arange(ways).repeat_interleave(queries).expand(tasks, -1)
-    return TaskBatch(sx, sy, qx, qy)
-
-
 CASES = [(steps, first_order) for steps in (1, 3) for first_order in (False, True)]
 
 
@@ -82,7 +74,7 @@ def test_maml_meta_gradient_matches_reference_conv4_with_batchnorm(strategy, ste
     torch.manual_seed(0)
     model = Conv4(in_channels=1, hidden=4, out_features=3, image_size=16)
     learner = MAML(model, "classification", inner_lr=0.4, inner_steps=steps, first_order=first_order, strategy=strategy)
-    batch = _image_batch()
+    batch = image_batch(tasks=3)
     loss, _ = learner.meta_loss(batch)
     grads = torch.autograd.grad(loss, list(model.parameters()))
     ref_loss, ref_grads = reference_meta_grad(conv4_forward, F.cross_entropy, dict(model.named_parameters()), batch, 0.4, steps, first_order)
