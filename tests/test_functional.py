@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from metalab import MAML, MetaSGD, Reptile, SineTasks
 from metalab.models import MLP, Conv4
+from metalab.models.conv4 import _single_channel_block, _stats_first_applies
 from test_parallel import image_batch
 
 # References are compared in float64 (tight tolerances); conftest's fixture restores float32 after.
@@ -107,6 +108,77 @@ def test_conv4_channels_last_computes_what_nchw_computes(norm, in_channels):
     if norm == "batch":
         for name, buf in plain.named_buffers():
             assert torch.allclose(dict(fast.named_buffers())[name].double(), buf.double()), name
+
+
+@pytest.mark.parametrize("norm", ["batch_stats", "batch"])
+@pytest.mark.parametrize("scale", ["mixed signs", "one zero"])
+@pytest.mark.parametrize("training", [True, False])
+def test_first_block_statistics_first_matches_the_plain_order(norm, scale, training):
+    """The one-channel first block (batch statistics from the nine image columns, max-pool before
+    the normalisation's affine map, `_single_channel_block`) against the plain conv -> norm ->
+    pool -> ReLU in NCHW: values, gradients, second-order gradients and running statistics, with
+    negative scales (the window's max becomes its min), a zero scale (the plain path answers), on
+    binary images whose windows hold ties, and in eval mode (running statistics)."""
+    torch.manual_seed(1)
+    fast = Conv4(in_channels=1, hidden=6, out_features=4, image_size=16, norm=norm)
+    with torch.no_grad():
+        gamma = fast.features[1].weight
+        gamma.copy_(torch.tensor([1.3, -0.7, 0.4, -2.0, 0.9, -0.1]))
+        if scale == "one zero":
+            gamma[2] = 0.0
+        fast.features[1].bias.copy_(torch.randn(6))
+    plain = Conv4(in_channels=1, hidden=6, out_features=4, image_size=16, norm=norm, channels_last=False)
+    plain.load_state_dict(fast.state_dict())
+    assert _stats_first_applies(fast.features[1]) == (scale == "mixed signs")
+    x = (torch.rand(9, 1, 16, 16) > 0.6).double()  # Omniglot-like: ties inside many windows
+    if norm == "batch" and not training:
+        warm_up = torch.rand(9, 1, 16, 16)
+        for model in (fast, plain):  # running statistics worth using
+            model(warm_up)
+            model.eval()
+
+    def derivatives(model):
+        params = list(model.parameters())
+        out = model(x)
+        grads = torch.autograd.grad(out.square().sum(), params, create_graph=True)
+        second = torch.autograd.grad(sum((g * g).sum() for g in grads), params)
+        return [out, *grads, *second]
+
+    for a, b in zip(derivatives(fast), derivatives(plain)):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-9 * (1 + b.abs().max().item()))
+    for name, buf in plain.named_buffers():
+        assert torch.allclose(dict(fast.named_buffers())[name].double(), buf.double()), name
+
+
+def test_conv4_channels_last_accuracy_in_float32():
+    """fp32 outputs and gradients on Omniglot-like images (ink on a zero background) against
+    float64. The first block's output is as accurate as the plain NCHW model's: the batch norm on
+    the (n*h*w, c) matrix view it used before was 3e-3 off there, its fp32 variance losing digits
+    when a channel is nearly constant, as the first convolution's output over a blank background
+    is. The gradients stay within 1e-3: PyTorch's channels-last batch norm sums its columns over
+    all n*h*w rows in fp32, ~1e-4 on the later blocks' norm biases where NCHW gets ~1e-7
+    (docs/performance.md quotes both)."""
+    torch.manual_seed(0)
+    exact = Conv4(in_channels=1, hidden=64, out_features=20, image_size=28, channels_last=False).double()
+    x = (torch.rand(300, 1, 28, 28) > 0.9).double()
+    errors = {}
+    for name, channels_last in (("channels_last", True), ("nchw", False)):
+        model = Conv4(in_channels=1, hidden=64, out_features=20, image_size=28, channels_last=channels_last).float()
+        model.load_state_dict(exact.state_dict())
+        out = {}
+        for m, inputs in ((model, x.float()), (exact, x)):
+            if m.channels_last:  # what Conv4.forward runs for the first block
+                first = _single_channel_block(m.features[0], m.features[1], inputs.contiguous(memory_format=torch.channels_last))
+            else:
+                first = m.features[:4](inputs)
+            logits = m(inputs)
+            grads = torch.autograd.grad(logits.square().sum(), list(m.parameters()))
+            out[m] = (first.double(), logits.double(), torch.cat([g.double().flatten() for g in grads]))
+        (b, f, g), (tb, tf, tg) = out[model], out[exact]
+        errors[name] = ((b - tb).abs().max().item(), (f - tf).abs().max().item(), ((g - tg).norm() / tg.norm()).item())
+    cl, nchw = errors["channels_last"], errors["nchw"]
+    assert cl[0] < 1e-5 and cl[0] < 5 * nchw[0], errors
+    assert cl[1] < 1e-4 and cl[2] < 1e-3, errors
 
 
 def test_vmap_and_loop_meta_losses_agree_in_float32():

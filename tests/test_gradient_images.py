@@ -189,9 +189,14 @@ def test_mamlpp_meta_gradient_matches_reference(strategy, iteration):
     got = grads_of(loss, meta)
     assert_close(got, grads_of(ref_loss, meta), names)
     got = dict(zip(names, got))
-    rate_grads = [got[n] for n in names if n.startswith("rates.")]
+    rate_grads = {n: got[n] for n in names if n.startswith("rates.")}
     assert len(rate_grads) == 10  # 4 convs and the head, weight and bias: one rate per tensor and step
-    assert all(torch.isfinite(g).all() and (g != 0).all() for g in rate_grads)  # every step's rate is learned
+    assert all(torch.isfinite(g).all() for g in rate_grads.values())
+    # Every step's rate is learned, but a conv bias followed by a batch-statistics norm has a true
+    # inner gradient of 0 (the norm subtracts it again), so its rates' gradients are 0 up to
+    # rounding; the first block computes that 0 exactly (models/conv4.py, _single_channel_block).
+    assert all((g != 0).all() for n, g in rate_grads.items() if not n.endswith("bias") or n.startswith("rates.head"))
+    assert rate_grads["rates.features/0/bias"].abs().max() < 1e-12
     bn_grads = [got[n] for n in names if n.startswith("bn.")]
     if iteration < 1000:  # MSL: every step's query loss reaches that step's BN affine
         assert all((g.abs().sum(dim=tuple(range(1, g.dim()))) > 0).all() for g in bn_grads)
