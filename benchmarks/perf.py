@@ -306,8 +306,8 @@ def gradient_check(impls: dict, batch: TaskBatch, tolerance: float) -> dict[str,
 
     Compared in float64: on real Omniglot a second-order pass through batch norm over five 1-shot
     support images is ill-conditioned enough that fp32 rounding alone moves gradient entries by up
-    to ~5e-3 (metalab's own loop against its task threads, or learn2learn against higher), which
-    would hide a real difference; in float64 the same computations agree to ~1e-12. An
+    to ~1e-4 (benchmarks/fp32_accuracy.py), which would hide a real difference; in float64 the same
+    computations agree to ~1e-12. An
     implementation that differs by more than `tolerance` computes something else: it is reported
     and dropped from `impls`, never timed. bf16 is other arithmetic by choice: reported as the
     cosine of its fp32-run gradient to metalab's fp32 gradient.
@@ -513,8 +513,8 @@ def write_doc(report: dict) -> None:
         "while it builds the implementation and takes three steps (torch and the episodes already in memory;",
         "the mark is reset after loading the data)" + (f", measured by `{report['memory_command']}`" if "memory_command" in report else "") + ", and the largest difference of each implementation's meta-gradient from",
         "metalab's on the same weights and real Omniglot batch, in float64 (checked before timing; in fp32",
-        "rounding alone moves entries by up to ~5e-3 on this ill-conditioned batch, between any two of",
-        "them). Ratios are against the peer",
+        "rounding alone moves entries of this ill-conditioned meta-gradient by up to ~1e-4, see the fp32",
+        "accuracy section below). Ratios are against the peer",
         "(learn2learn on its default 2 threads for MAML, easyfsl for the metric-based learners) in the same run.",
     ]
     for workload, rows in report["workloads"].items():
