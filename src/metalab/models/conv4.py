@@ -177,7 +177,8 @@ def _single_channel_block(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor
       the weight are multiplied by sign(gamma) before the product, the pool takes the max of the
       flipped channel and the affine map flips it back (|gamma| in the scale). The pool picks the
       same element of each window as the plain order does, ties included (equal raw values stay
-      equal after a monotone map; the first one wins in both).
+      equal after a monotone map; the first one wins in both), except where fp32 rounding makes
+      two different values equal in one order and not in the other.
 
     The map at full resolution (the batch's images times 28x28x64 for Omniglot) is then written
     once (the product) and read once (the pool) forward, and written once (the pool's gradient)
