@@ -84,6 +84,21 @@ def test_maml_meta_gradient_matches_reference_conv4_with_batchnorm(strategy, ste
         assert torch.allclose(g, r, atol=1e-5, rtol=1e-5), name
 
 
+def assert_same_derivatives(fast, plain, x, tolerance):
+    """Outputs, gradients and the second-order gradients MAML differentiates through, of two models
+    on the same input, equal to `tolerance` (relative, and absolute scaled by the largest entry)."""
+
+    def derivatives(model):
+        params = list(model.parameters())
+        out = model(x)
+        grads = torch.autograd.grad(out.square().sum(), params, create_graph=True)
+        second = torch.autograd.grad(sum((g * g).sum() for g in grads), params)
+        return [out, *grads, *second]
+
+    for a, b in zip(derivatives(fast), derivatives(plain)):
+        assert torch.allclose(a, b, rtol=tolerance, atol=tolerance * (1 + b.abs().max().item()))
+
+
 @pytest.mark.parametrize("norm", ["batch_stats", "batch"])
 @pytest.mark.parametrize("in_channels", [1, 3])
 def test_conv4_channels_last_computes_what_nchw_computes(norm, in_channels):
@@ -96,15 +111,7 @@ def test_conv4_channels_last_computes_what_nchw_computes(norm, in_channels):
     plain.load_state_dict(fast.state_dict())
     x = torch.randn(7, in_channels, 16, 16)
 
-    def derivatives(model):
-        params = list(model.parameters())
-        out = model(x)
-        grads = torch.autograd.grad(out.square().sum(), params, create_graph=True)
-        second = torch.autograd.grad(sum((g * g).sum() for g in grads), params)
-        return [out, *grads, *second]
-
-    for a, b in zip(derivatives(fast), derivatives(plain)):
-        assert torch.allclose(a, b, rtol=1e-10, atol=1e-10 * (1 + b.abs().max().item()))
+    assert_same_derivatives(fast, plain, x, tolerance=1e-10)
     if norm == "batch":
         for name, buf in plain.named_buffers():
             assert torch.allclose(dict(fast.named_buffers())[name].double(), buf.double()), name
@@ -137,15 +144,7 @@ def test_first_block_statistics_first_matches_the_plain_order(norm, scale, train
             model(warm_up)
             model.eval()
 
-    def derivatives(model):
-        params = list(model.parameters())
-        out = model(x)
-        grads = torch.autograd.grad(out.square().sum(), params, create_graph=True)
-        second = torch.autograd.grad(sum((g * g).sum() for g in grads), params)
-        return [out, *grads, *second]
-
-    for a, b in zip(derivatives(fast), derivatives(plain)):
-        assert torch.allclose(a, b, rtol=1e-9, atol=1e-9 * (1 + b.abs().max().item()))
+    assert_same_derivatives(fast, plain, x, tolerance=1e-9)
     for name, buf in plain.named_buffers():
         assert torch.allclose(dict(fast.named_buffers())[name].double(), buf.double()), name
 

@@ -142,10 +142,16 @@ def _single_channel_conv3x3(conv: nn.Conv2d, x: Tensor) -> Tensor:
     per output), 1.16-1.17x per second-order MAML task here (docs/performance.md).
     """
     n, _, h, w = x.shape
-    padded = F.pad(x[:, 0], (1, 1, 1, 1))
-    cols = torch.stack([padded[:, i : i + h, j : j + w] for i in range(3) for j in range(3)], dim=-1)
-    out = F.linear(cols.reshape(n * h * w, 9), conv.weight.reshape(conv.out_channels, 9), conv.bias)
+    out = F.linear(_image_columns(x), conv.weight.reshape(conv.out_channels, 9), conv.bias)
     return out.view(n, h, w, conv.out_channels).permute(0, 3, 1, 2)
+
+
+def _image_columns(x: Tensor) -> Tensor:
+    """The nine zero-padded 3x3 shifts of a one-channel (n, 1, h, w) batch as an (n*h*w, 9) matrix,
+    rows in channels-last order, columns in the order of a flattened 3x3 kernel."""
+    n, _, h, w = x.shape
+    padded = F.pad(x[:, 0], (1, 1, 1, 1))
+    return torch.stack([padded[:, i : i + h, j : j + w] for i in range(3) for j in range(3)], dim=-1).reshape(n * h * w, 9)
 
 
 def _stats_first_applies(norm: nn.Module) -> bool:
@@ -195,8 +201,7 @@ def _single_channel_block(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor
     """
     n, _, h, w = x.shape
     c = conv.out_channels
-    padded = F.pad(x[:, 0], (1, 1, 1, 1))
-    cols = torch.stack([padded[:, i : i + h, j : j + w] for i in range(3) for j in range(3)], dim=-1).reshape(n * h * w, 9)
+    cols = _image_columns(x)
     weight = conv.weight.reshape(c, 9)
     bias = conv.bias if conv.bias is not None else weight.new_zeros(c)
     gamma, beta = norm.weight, norm.bias
@@ -212,7 +217,7 @@ def _single_channel_block(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor
         if batch_stats:
             mean, var = offset, ((weight @ cov) * weight).sum(1)
             if isinstance(norm, nn.BatchNorm2d) and norm.track_running_stats:
-                _update_running_stats(norm, mean, var, cols.shape[0])
+                _update_running_stats(norm, mean, var, rows)
         else:
             mean, var = norm.running_mean, norm.running_var
         inv_std = torch.rsqrt(var + norm.eps)
