@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from metalab import MAML, MetaSGD, Reptile, SineTasks
 from metalab.models import MLP, Conv4
 from metalab.models.conv4 import _single_channel_block, _stats_first_applies
+from metalab.functional import second_order_forward
 from test_parallel import image_batch
 
 # References are compared in float64 (tight tolerances); conftest's fixture restores float32 after.
@@ -86,17 +87,21 @@ def test_maml_meta_gradient_matches_reference_conv4_with_batchnorm(strategy, ste
 
 def assert_same_derivatives(fast, plain, x, tolerance):
     """Outputs, gradients and the second-order gradients MAML differentiates through, of two models
-    on the same input, equal to `tolerance` (relative, and absolute scaled by the largest entry)."""
+    on the same input, equal to `tolerance` (relative, and absolute scaled by the largest entry of
+    that order: a parameter whose true derivative is 0, like the first conv bias's, gets rounding
+    noise of the size of the others' rounding)."""
 
     def derivatives(model):
         params = list(model.parameters())
         out = model(x)
         grads = torch.autograd.grad(out.square().sum(), params, create_graph=True)
         second = torch.autograd.grad(sum((g * g).sum() for g in grads), params)
-        return [out, *grads, *second]
+        return [[out], list(grads), list(second)]
 
-    for a, b in zip(derivatives(fast), derivatives(plain)):
-        assert torch.allclose(a, b, rtol=tolerance, atol=tolerance * (1 + b.abs().max().item()))
+    for fast_order, plain_order in zip(derivatives(fast), derivatives(plain)):
+        largest = max(b.abs().max().item() for b in plain_order)
+        for a, b in zip(fast_order, plain_order):
+            assert torch.allclose(a, b, rtol=tolerance, atol=tolerance * (1 + largest))
 
 
 @pytest.mark.parametrize("norm", ["batch_stats", "batch"])
@@ -147,6 +152,37 @@ def test_first_block_statistics_first_matches_the_plain_order(norm, scale, train
     assert_same_derivatives(fast, plain, x, tolerance=1e-9)
     for name, buf in plain.named_buffers():
         assert torch.allclose(dict(fast.named_buffers())[name].double(), buf.double()), name
+
+
+def test_first_block_chunked_matches_the_plain_order():
+    """The first block a chunk of images at a time with its own backward (`_PooledProductBlock`):
+    19 images of 28x28 make chunks of 8, 8 and 3. First derivatives come from its fast backward,
+    second-order ones from the graph it rebuilds when differentiated with create_graph, or, under
+    `second_order_forward` (what a second-order inner step declares), from the plain ops directly;
+    all against the plain conv -> norm -> pool -> ReLU in NCHW, with negative scales and ties."""
+    torch.manual_seed(2)
+    fast = Conv4(in_channels=1, hidden=6, out_features=4, image_size=28).double()
+    with torch.no_grad():
+        fast.features[1].weight.copy_(torch.tensor([1.3, -0.7, 0.4, -2.0, 0.9, -0.1]))
+        fast.features[1].bias.copy_(torch.randn(6))
+    plain = Conv4(in_channels=1, hidden=6, out_features=4, image_size=28, channels_last=False).double()
+    plain.load_state_dict(fast.state_dict())
+    x = (torch.rand(19, 1, 28, 28) > 0.6).double()
+    first = _single_channel_block(fast.features[0], fast.features[1], x.contiguous(memory_format=torch.channels_last))
+    assert type(first.grad_fn).__name__ == "_PooledProductBlockBackward"
+    with second_order_forward():
+        first = _single_channel_block(fast.features[0], fast.features[1], x.contiguous(memory_format=torch.channels_last))
+    assert type(first.grad_fn).__name__ == "ReluBackward0"
+
+    def first_order(model):
+        out = model(x)
+        return [out, *torch.autograd.grad(out.square().sum(), list(model.parameters()))]
+
+    for a, b in zip(first_order(fast), first_order(plain)):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-9 * (1 + b.abs().max().item()))
+    assert_same_derivatives(fast, plain, x, tolerance=1e-9)
+    with second_order_forward():
+        assert_same_derivatives(fast, plain, x, tolerance=1e-9)
 
 
 def test_conv4_channels_last_accuracy_in_float32():

@@ -18,7 +18,9 @@ loop's speed with 10x its memory here).
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Union
+import threading
+from contextlib import contextmanager
+from typing import Callable, Iterator, Mapping, Union
 
 import torch
 from torch import Tensor, nn
@@ -63,6 +65,28 @@ def sgd_step(params: Mapping[str, Tensor], grads: Mapping[str, Tensor], lr: Lear
     return {k: p - lr * grads[k] for k, p in params.items()}
 
 
+_hints = threading.local()
+
+
+@contextmanager
+def second_order_forward(enabled: bool = True) -> Iterator[None]:
+    """Marks a forward pass whose gradient will be taken with `create_graph=True` (a second-order
+    inner step), for this thread. Layers whose fast backward is not itself differentiable (Conv-4's
+    fused first block) then build their plain differentiable graph at once, instead of
+    recomputing it inside the backward. A hint only: without it the result is the same."""
+    previous = getattr(_hints, "second_order", False)
+    _hints.second_order = enabled
+    try:
+        yield
+    finally:
+        _hints.second_order = previous
+
+
+def expects_second_order() -> bool:
+    """Whether the current forward runs inside `second_order_forward` on this thread."""
+    return getattr(_hints, "second_order", False)
+
+
 def inner_gradients(loss_of: Callable[[Params], Tensor], params: Params, first_order: bool, mode: str) -> Params:
     """Gradients of `loss_of(params)` w.r.t. each parameter, for one inner step.
 
@@ -73,7 +97,9 @@ def inner_gradients(loss_of: Callable[[Params], Tensor], params: Params, first_o
         grads = torch.func.grad(loss_of)(params)
     else:
         names = list(params)
-        values = torch.autograd.grad(loss_of(params), [params[k] for k in names], create_graph=not first_order)
+        with second_order_forward(not first_order):
+            loss = loss_of(params)
+        values = torch.autograd.grad(loss, [params[k] for k in names], create_graph=not first_order)
         grads = dict(zip(names, values))
     return {k: g.detach() for k, g in grads.items()} if first_order else grads
 

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..functional import expects_second_order
+
 __all__ = ["Conv4", "BatchStatNorm2d", "batch_norm_2d"]
 
 
@@ -191,7 +193,10 @@ def _single_channel_block(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor
     and read once (the weight gradient) backward, instead of going through batch norm's forward,
     backward and, for second-order MAML, double backward: 1.19x per 5-way and 1.38x per 20-way
     5-step second-order MAML task, 1.12x per first-order task, 1.10x per ProtoNet episode on two
-    threads here (docs/performance.md). The columns' statistics are summed in float64 (a 9x9
+    threads here (docs/performance.md). Outside a second-order inner step the product, pool,
+    affine map and ReLU then run a chunk of images at a time (`_PooledProductBlock`): the map is
+    never written to memory at all, another 1.06x per second-order and 1.10x per first-order
+    5-way meta-batch on task threads. The columns' statistics are summed in float64 (a 9x9
     product): in fp32 the block is as accurate as the plain NCHW order, where the batch norm on
     the matrix view (`batch_norm_2d`) it replaces lost digits on nearly constant channels (3e-3
     on real Omniglot, enough to turn a 20-way 5-step meta-gradient to cosine 0.46-0.91 from its
@@ -226,9 +231,110 @@ def _single_channel_block(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor
         # (offset - mean) is exactly 0 with batch statistics; it keeps the conv bias in the graph,
         # with its true gradient, 0 (autograd.grad over all parameters needs every one used).
         shift = beta + (offset - mean) * gamma * inv_std
-    flipped = centred @ (weight * sign[:, None]).t()  # (n*h*w, c): channels-last as it is computed
-    pooled = F.max_pool2d(flipped.view(n, h, w, c).permute(0, 3, 1, 2), 2)
+    flipped_t = (weight * sign[:, None]).t()  # (9, c)
+    if _fused_applies(centred, flipped_t, scale, shift):
+        return _PooledProductBlock.apply(centred, flipped_t, scale, shift, n, h, w)
+    return _pooled_product_block(centred, flipped_t, scale, shift, n, h, w)
+
+
+def _pooled_product_block(cols: Tensor, weight_t: Tensor, scale: Tensor, shift: Tensor, n: int, h: int, w: int) -> Tensor:
+    """relu(maxpool2(cols @ weight_t) * scale + shift), channels-last (n, c, h/2, w/2): the end of
+    `_single_channel_block` as plain differentiable ops."""
+    c = weight_t.shape[1]
+    pooled = F.max_pool2d((cols @ weight_t).view(n, h, w, c).permute(0, 3, 1, 2), 2)
     return F.relu(torch.addcmul(shift[:, None, None], pooled, scale[:, None, None]))
+
+
+# Images per chunk of `_PooledProductBlock`: 8 Omniglot images' 28x28x64 product is 1.6 MB, which
+# stays in this CPU's 2 MB per-core L2 cache between the product, the pool and (backward) the
+# weight gradient.
+_CHUNK_ROWS = 8 * 28 * 28
+
+
+def _fused_applies(cols: Tensor, weight_t: Tensor, scale: Tensor, shift: Tensor) -> bool:
+    tensors = (cols, weight_t, scale, shift)
+    return (
+        not expects_second_order()  # a second-order inner step differentiates the plain graph directly
+        and not torch.is_autocast_enabled("cpu")  # bf16: the plain ops take autocast's casts
+        and cols.device.type == "cpu"
+        and all(t.dtype == cols.dtype for t in tensors)
+        and not any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+    )
+
+
+class _PooledProductBlock(torch.autograd.Function):
+    """`_pooled_product_block`, computed a chunk of images at a time.
+
+    The full-resolution product (n*h*w, c) is never materialised: each chunk's product goes into
+    one L2-sized buffer, is pooled from there, and the affine map and ReLU run on the pooled chunk;
+    the backward pools' gradient of a chunk goes into the same kind of buffer and straight into the
+    weight gradient (`addmm_`). PyTorch's own order wrote and read the 28x28x64 map (15 MB for 75
+    Omniglot queries) from memory several times each way and spent three full passes on the
+    affine map's gradient alone. Same values and gradients as `_pooled_product_block`
+    (tests/test_functional.py).
+
+    Its fast backward is not differentiable; when the backward runs with `create_graph=True` (a
+    second-order inner step that did not say so through `second_order_forward`), it rebuilds
+    `_pooled_product_block`'s graph on the saved inputs and differentiates that, so any order of
+    derivative is still right.
+    """
+
+    @staticmethod
+    def forward(ctx, cols, weight_t, scale, shift, n, h, w):  # noqa: D102
+        c, hw, h2, w2 = weight_t.shape[1], h * w, h // 2, w // 2
+        per = max(1, min(n, _CHUNK_ROWS // hw))
+        out = cols.new_empty((n * h2 * w2, c))
+        pooled = torch.empty_like(out)
+        index = torch.empty(out.shape, dtype=torch.int64)
+        buffer = cols.new_empty((per * hw, c))
+        for i0 in range(0, n, per):
+            k = min(per, n - i0)
+            rows = slice(i0 * h2 * w2, (i0 + k) * h2 * w2)
+            product = torch.mm(cols[i0 * hw : (i0 + k) * hw], weight_t, out=buffer[: k * hw])
+            torch.ops.aten.max_pool2d_with_indices.out(
+                _as_image(product, k, h, w), [2, 2], [2, 2], [0, 0], [1, 1], False,
+                out=_as_image(pooled[rows], k, h2, w2), indices=_as_image(index[rows], k, h2, w2),
+            )
+            torch.addcmul(shift, pooled[rows], scale, out=out[rows]).clamp_(min=0)
+        ctx.save_for_backward(cols, weight_t, scale, shift, pooled, index, out)
+        ctx.size = (n, h, w)
+        return _as_image(out, n, h2, w2)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        cols, weight_t, scale, shift, pooled, index, out = ctx.saved_tensors
+        n, h, w = ctx.size
+        wanted = ctx.needs_input_grad[1:4]
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the plain graph
+            inputs = [t for t, need in zip((weight_t, scale, shift), wanted) if need]
+            with torch.enable_grad():
+                y = _pooled_product_block(cols, weight_t, scale, shift, n, h, w)
+            found = iter(torch.autograd.grad(y, inputs, grad, create_graph=True))
+            return (None, *(next(found) if need else None for need in wanted), None, None, None)
+        c, hw, h2, w2 = weight_t.shape[1], h * w, h // 2, w // 2
+        per = max(1, min(n, _CHUNK_ROWS // hw))
+        grad = grad.permute(0, 2, 3, 1).reshape(n * h2 * w2, c)  # a view when channels-last
+        grad_weight, grad_scale, grad_shift = torch.zeros_like(weight_t), torch.zeros_like(scale), torch.zeros_like(shift)
+        buffer = cols.new_empty((per * hw, c))
+        for i0 in range(0, n, per):
+            k = min(per, n - i0)
+            rows = slice(i0 * h2 * w2, (i0 + k) * h2 * w2)
+            through = torch.ops.aten.threshold_backward(grad[rows], out[rows], 0)  # the ReLU's gradient
+            grad_shift += through.sum(0)
+            grad_scale += (through * pooled[rows]).sum(0)
+            through.mul_(scale)
+            unpooled = _as_image(buffer[: k * hw], k, h, w)
+            torch.ops.aten.max_pool2d_with_indices_backward.grad_input(
+                _as_image(through, k, h2, w2), unpooled, [2, 2], [2, 2], [0, 0], [1, 1], False,
+                _as_image(index[rows], k, h2, w2), grad_input=unpooled,
+            )
+            grad_weight.addmm_(cols[i0 * hw : (i0 + k) * hw].t(), buffer[: k * hw])
+        return None, grad_weight, grad_scale, grad_shift, None, None, None
+
+
+def _as_image(matrix: Tensor, n: int, h: int, w: int) -> Tensor:
+    """An (n*h*w, c) matrix seen as the channels-last (n, c, h, w) image batch it stores."""
+    return matrix.view(n, h, w, matrix.shape[1]).permute(0, 3, 1, 2)
 
 
 def _update_running_stats(norm: nn.BatchNorm2d, mean: Tensor, var: Tensor, count: int) -> None:
