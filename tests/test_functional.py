@@ -86,17 +86,20 @@ def test_maml_meta_gradient_matches_reference_conv4_with_batchnorm(strategy, ste
 
 
 def assert_same_derivatives(fast, plain, x, tolerance):
-    """Outputs, gradients and the second-order gradients MAML differentiates through, of two models
-    on the same input, equal to `tolerance` (relative, and absolute scaled by the largest entry of
+    """Outputs, gradients (from a plain backward and from one with create_graph) and the
+    second-order gradients MAML differentiates through, of two models on the same input, equal to
+    `tolerance` (relative, and absolute scaled by the largest entry of
     that order: a parameter whose true derivative is 0, like the first conv bias's, gets rounding
     noise of the size of the others' rounding)."""
 
     def derivatives(model):
         params = list(model.parameters())
         out = model(x)
+        first = torch.autograd.grad(out.square().sum(), params)  # the fused layers' own backward
+        out = model(x)
         grads = torch.autograd.grad(out.square().sum(), params, create_graph=True)
         second = torch.autograd.grad(sum((g * g).sum() for g in grads), params)
-        return [[out], list(grads), list(second)]
+        return [[out], list(first), list(grads), list(second)]
 
     for fast_order, plain_order in zip(derivatives(fast), derivatives(plain)):
         largest = max(b.abs().max().item() for b in plain_order)
