@@ -227,7 +227,7 @@ def _single_channel_block(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor
             mean, var = norm.running_mean, norm.running_var
         inv_std = torch.rsqrt(var + norm.eps)
         sign = torch.where(gamma >= 0, 1.0, -1.0).to(gamma.dtype)
-        scale = gamma.abs() * inv_std
+        scale = gamma * sign * inv_std  # |gamma| * inv_std, without abs (whose double backward costs ~0.5 ms)
         # (offset - mean) is exactly 0 with batch statistics; it keeps the conv bias in the graph,
         # with its true gradient, 0 (autograd.grad over all parameters needs every one used).
         shift = beta + (offset - mean) * gamma * inv_std
