@@ -159,10 +159,11 @@ def test_first_block_statistics_first_matches_the_plain_order(norm, scale, train
 
 def test_first_block_chunked_matches_the_plain_order():
     """The first block a chunk of images at a time with its own backward (`_PooledProductBlock`):
-    19 images of 28x28 make chunks of 8, 8 and 3. First derivatives come from its fast backward,
-    second-order ones from the graph it rebuilds when differentiated with create_graph, or, under
-    `second_order_forward` (what a second-order inner step declares), from the plain ops directly;
-    all against the plain conv -> norm -> pool -> ReLU in NCHW, with negative scales and ties."""
+    35 images of 28x28 make chunks of 8, 8, 8, 8 and 3. First derivatives come from its fast
+    backward, second-order ones from the graph it rebuilds when differentiated with create_graph,
+    or, under `second_order_forward` (what a second-order inner step declares), from the plain ops
+    directly; all against the plain conv -> norm -> pool -> ReLU in NCHW, with negative scales and
+    ties."""
     torch.manual_seed(2)
     fast = Conv4(in_channels=1, hidden=6, out_features=4, image_size=28).double()
     with torch.no_grad():
@@ -170,7 +171,7 @@ def test_first_block_chunked_matches_the_plain_order():
         fast.features[1].bias.copy_(torch.randn(6))
     plain = Conv4(in_channels=1, hidden=6, out_features=4, image_size=28, channels_last=False).double()
     plain.load_state_dict(fast.state_dict())
-    x = (torch.rand(19, 1, 28, 28) > 0.6).double()
+    x = (torch.rand(35, 1, 28, 28) > 0.6).double()
     first = _single_channel_block(fast.features[0], fast.features[1], x.contiguous(memory_format=torch.channels_last))
     assert type(first.grad_fn).__name__ == "_PooledProductBlockBackward"
     with second_order_forward():

@@ -257,6 +257,7 @@ def _fused_applies(cols: Tensor, weight_t: Tensor, scale: Tensor, shift: Tensor)
         not expects_second_order()  # a second-order inner step differentiates the plain graph directly
         and not torch.is_autocast_enabled("cpu")  # bf16: the plain ops take autocast's casts
         and cols.device.type == "cpu"
+        and cols.shape[0] >= 4 * _CHUNK_ROWS  # below ~32 Omniglot images its Python overhead loses
         and all(t.dtype == cols.dtype for t in tensors)
         and not any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
     )
