@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from metalab import MAML, MetaSGD, Reptile, SineTasks
 from metalab.models import MLP, Conv4
+from metalab.models import conv4
 from metalab.models.conv4 import _single_channel_block, _stats_first_applies
 from metalab.functional import second_order_forward
 from test_parallel import image_batch
@@ -157,13 +158,15 @@ def test_first_block_statistics_first_matches_the_plain_order(norm, scale, train
         assert torch.allclose(dict(fast.named_buffers())[name].double(), buf.double()), name
 
 
-def test_first_block_chunked_matches_the_plain_order():
-    """The first block a chunk of images at a time with its own backward (`_PooledProductBlock`):
+def test_first_block_chunked_matches_the_plain_order(monkeypatch):
+    """The first block a chunk of images at a time with its own backward (`_PooledProductBlock`,
+    what runs where the compiled kernels cannot be built; tests/test_kernels.py tests those):
     35 images of 28x28 make chunks of 8, 8, 8, 8 and 3. First derivatives come from its fast
     backward, second-order ones from the graph it rebuilds when differentiated with create_graph,
     or, under `second_order_forward` (what a second-order inner step declares), from the plain ops
     directly; all against the plain conv -> norm -> pool -> ReLU in NCHW, with negative scales and
     ties."""
+    monkeypatch.setattr(conv4, "kernels", lambda: None)
     torch.manual_seed(2)
     fast = Conv4(in_channels=1, hidden=6, out_features=4, image_size=28).double()
     with torch.no_grad():

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..functional import expects_second_order
+from ._kernels import kernels
 
 __all__ = ["Conv4", "BatchStatNorm2d", "batch_norm_2d"]
 
@@ -129,8 +130,13 @@ class Conv4(nn.Module):
                 z, start = _single_channel_block(conv, norm, x), 4  # conv, norm, pool and ReLU
             else:
                 z, start = _single_channel_conv3x3(conv, x), 1
-        for layer in self.features[start:]:
-            z = layer(z)
+        layers, i = self.features, start
+        fused = layout and _kernels_apply()
+        while i < len(layers):
+            if fused and i % 4 == 1 and _norm_pool_applies(layers[i], z):
+                z, i = _norm_pool_relu(layers[i], z), i + 3  # norm, pool and ReLU in one kernel
+            else:
+                z, i = layers[i](z), i + 1
         return self.head(z) if self.head is not None else z
 
 
@@ -216,7 +222,6 @@ def _single_channel_block(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor
         sums = exact.t().mv(exact.new_ones(rows))
         cov = ((exact.t() @ exact - torch.outer(sums, sums) / rows) / rows).to(weight.dtype)
         mu = (sums / rows).to(cols.dtype)
-    centred = cols - mu  # the product of centred columns has the batch mean 0: no cancellation later
     with torch.autocast("cpu", enabled=False):  # the statistics stay in the weights' precision
         offset = weight @ mu + bias  # the output's mean over the batch
         if batch_stats:
@@ -232,6 +237,9 @@ def _single_channel_block(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor
         # with its true gradient, 0 (autograd.grad over all parameters needs every one used).
         shift = beta + (offset - mean) * gamma * inv_std
     flipped_t = (weight * sign[:, None]).t()  # (9, c)
+    if _kernels_apply() and _same_dtype(x, flipped_t, mu, scale, shift):
+        return _FirstBlockKernel.apply(x.reshape(n, h, w), flipped_t, mu, scale, shift)
+    centred = cols - mu  # the product of centred columns has the batch mean 0: no cancellation later
     if _fused_applies(centred, flipped_t, scale, shift):
         return _PooledProductBlock.apply(centred, flipped_t, scale, shift, n, h, w)
     return _pooled_product_block(centred, flipped_t, scale, shift, n, h, w)
@@ -345,3 +353,115 @@ def _update_running_stats(norm: nn.BatchNorm2d, mean: Tensor, var: Tensor, count
         momentum = 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
         norm.running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
         norm.running_var.mul_(1 - momentum).add_(var.detach() * (count / max(count - 1, 1)), alpha=momentum)
+
+
+# ---- the compiled kernels (_conv4_kernels.cpp via ._kernels), with the plain ops as fallback ----
+
+
+def _kernels_apply() -> bool:
+    """Whether this forward can use the compiled kernels: they are built, and no second-order
+    derivative (a second-order inner step builds the plain graph) or autocast is wanted."""
+    return not expects_second_order() and not torch.is_autocast_enabled("cpu") and kernels() is not None
+
+
+def _same_dtype(*tensors: Tensor) -> bool:
+    """All on the CPU, one floating dtype the kernels take, none a torch.func wrapper."""
+    dtype = tensors[0].dtype
+    return (
+        dtype in (torch.float32, torch.float64)
+        and all(t.dtype == dtype and t.device.type == "cpu" for t in tensors)
+        and not any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+    )
+
+
+class _FirstBlockKernel(torch.autograd.Function):
+    """The end of `_single_channel_block` (product of the centred columns, pool, affine map, ReLU)
+    as one compiled pass over the images: the 3x3 products of each pooling window are formed in
+    registers from the image itself, so neither the column matrix nor the 28x28x64 map is written;
+    the backward forms them again and adds each window's gradient into the weight gradient.
+    Same values and derivatives as `_pooled_product_block` (tests/test_kernels.py); a backward with
+    create_graph differentiates the plain ops instead."""
+
+    @staticmethod
+    def forward(ctx, image, weight_t, mu, scale, shift):  # noqa: D102
+        out, pooled = kernels().first_block_forward(image, weight_t.contiguous(), mu, scale, shift)
+        ctx.save_for_backward(image, weight_t, mu, scale, shift, out, pooled)
+        return out.permute(0, 3, 1, 2)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        image, weight_t, mu, scale, shift, out, pooled = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the plain ops
+            n, h, w = image.shape
+            wanted = ctx.needs_input_grad
+            inputs = [t for t, need in zip((weight_t, scale, shift), (wanted[1], wanted[3], wanted[4])) if need]
+            with torch.enable_grad():
+                y = _pooled_product_block(_image_columns(image[:, None]) - mu, weight_t, scale, shift, n, h, w)
+            found = iter(torch.autograd.grad(y, inputs, grad, create_graph=True))
+            return None, next(found) if wanted[1] else None, None, next(found) if wanted[3] else None, next(found) if wanted[4] else None
+        rows = grad.permute(0, 2, 3, 1).contiguous()
+        grad_weight, grad_scale, grad_shift = kernels().first_block_backward(rows, image, weight_t.contiguous(), mu, scale, out, pooled)
+        return None, grad_weight, None, grad_scale, grad_shift
+
+
+def _norm_pool_applies(norm: nn.Module, z: Tensor) -> bool:
+    """Whether `_norm_pool_relu` can stand in for [`norm`, 2x2 max-pool, ReLU] on `z`."""
+    return (
+        _stats_first_applies(norm)  # batch statistics or running ones, no zero scale
+        and z.dim() == 4
+        and z.is_contiguous(memory_format=torch.channels_last)
+        and _same_dtype(z, norm.weight, norm.bias)
+    )
+
+
+def _norm_pool_relu(norm: nn.Module, y: Tensor) -> Tensor:
+    """relu(maxpool2(norm(y))) in two compiled passes over y forward (statistics; pool with the
+    affine map and ReLU on the pooled values) and two backward (the sums on the pooled
+    gradient; y's gradient, the statistics' dense part a + b * y plus each window's pooled
+    gradient, written once). PyTorch's batch norm, pool and ReLU took about seven passes over the
+    map. Statistics are accumulated in float64 (batch norm's channels-last kernel sums in fp32)."""
+    batch_stats = isinstance(norm, BatchStatNorm2d) or norm.training
+    if batch_stats:
+        mean64, var64 = kernels().channel_stats(y.permute(0, 2, 3, 1))
+        mean, var = mean64.to(y.dtype), var64
+        if isinstance(norm, nn.BatchNorm2d) and norm.track_running_stats:
+            _update_running_stats(norm, mean, var.to(y.dtype), y.numel() // y.shape[1])
+    else:
+        mean, var = norm.running_mean, norm.running_var
+    return _NormPoolReLUKernel.apply(y, norm.weight, norm.bias, mean, var, norm.eps, batch_stats)
+
+
+class _NormPoolReLUKernel(torch.autograd.Function):
+    """`_norm_pool_relu`'s compiled forward and first-order backward; `mean` and `var` are y's batch
+    statistics when `batch_stats` (their dependence on y is in the backward), else constants. A
+    backward with create_graph differentiates the plain batch norm -> pool -> ReLU."""
+
+    @staticmethod
+    def forward(ctx, y, gamma, beta, mean, var, eps, batch_stats):  # noqa: D102
+        invstd = torch.rsqrt(var.double() + eps).to(y.dtype)
+        sign = torch.where(gamma >= 0, 1.0, -1.0).to(y.dtype)
+        out, chosen = kernels().norm_pool_relu_forward(y.permute(0, 2, 3, 1), mean, gamma * invstd, beta, sign)
+        ctx.save_for_backward(y, gamma, beta, mean, var, invstd, sign, out, chosen)
+        ctx.eps, ctx.batch_stats = eps, batch_stats
+        return out.permute(0, 3, 1, 2)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        y, gamma, beta, mean, var, invstd, sign, out, chosen = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the plain ops
+            wanted = ctx.needs_input_grad[:3]
+            inputs = [t for t, need in zip((y, gamma, beta), wanted) if need]
+            with torch.enable_grad():
+                if ctx.batch_stats:
+                    normed = batch_norm_2d(y, gamma, beta, ctx.eps)
+                else:
+                    normed = F.batch_norm(y, mean, var.to(y.dtype), gamma, beta, False, 0.0, ctx.eps)
+                plain = F.relu(F.max_pool2d(normed, 2))
+            found = iter(torch.autograd.grad(plain, inputs, grad, create_graph=True))
+            return (*(next(found) if need else None for need in wanted), None, None, None, None)
+        rows = grad.permute(0, 2, 3, 1).contiguous()
+        grad_y, grad_gamma, grad_beta = kernels().norm_pool_relu_backward(
+            rows, y.permute(0, 2, 3, 1), out, chosen, mean, invstd, gamma, sign, ctx.batch_stats
+        )
+        return grad_y.permute(0, 3, 1, 2), grad_gamma, grad_beta, None, None, None, None
+

@@ -1,0 +1,65 @@
+"""Conv-4's fused CPU kernels (`_conv4_kernels.cpp`), compiled on first use.
+
+`kernels()` returns the compiled module, or None where it cannot be had: no C++ compiler, a build
+error, a non-CPU build of this file's callers, or `METALAB_KERNELS=0` in the environment. Callers
+then run the same computation as plain PyTorch ops (same values and derivatives, slower), so a
+machine without a compiler loses speed, never results.
+
+The first call on a machine compiles the file with `torch.utils.cpp_extension.load` (about 30 s,
+once: the library is cached under `TORCH_EXTENSIONS_DIR`, default ~/.cache/torch_extensions, and
+shared by later processes). It is built for the CPU it runs on (`-march=native`), so the cache
+name carries a digest of the CPU's feature flags: a cache directory shared between different
+machines cannot hand one a binary built for another.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+import threading
+from pathlib import Path
+from types import ModuleType
+
+_SOURCE = Path(__file__).with_name("_conv4_kernels.cpp")
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+def _cpu_digest() -> str:
+    flags = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), flags)
+    except OSError:
+        pass
+    return hashlib.sha1(flags.encode()).hexdigest()[:10]
+
+
+def kernels() -> ModuleType | None:
+    """The compiled kernels, building them on the first call; None if they cannot be built."""
+    if os.environ.get("METALAB_KERNELS", "1") == "0":
+        return None
+    if "module" in _state:
+        return _state["module"]  # type: ignore[return-value]
+    with _lock:  # task threads may ask at the same moment
+        if "module" not in _state:
+            _state["module"] = _build()
+    return _state["module"]  # type: ignore[return-value]
+
+
+def _build() -> ModuleType | None:
+    try:
+        from torch.utils.cpp_extension import _get_build_directory, load
+
+        name = f"metalab_conv4_{_cpu_digest()}"
+        if not (Path(_get_build_directory(name, verbose=False)) / f"{name}.so").exists():
+            print("metalab: compiling the Conv-4 CPU kernels (first use on this machine, ~30 s) ...", file=sys.stderr, flush=True)
+        flags = ["-O3", "-fopenmp-simd"]
+        if platform.machine().lower() in ("x86_64", "amd64"):
+            flags += ["-march=native", "-mprefer-vector-width=512"]  # AVX-512 where the CPU has it
+        return load(name=name, sources=[str(_SOURCE)], extra_cflags=flags, verbose=False)
+    except Exception as error:  # no compiler, headers or ninja: the PyTorch ops answer instead
+        print(f"metalab: Conv-4 CPU kernels unavailable ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+              "using the plain PyTorch ops (same results, slower)", file=sys.stderr, flush=True)
+        return None

@@ -1,0 +1,102 @@
+"""Conv-4's compiled CPU kernels (metalab/models/_conv4_kernels.cpp): they build where a compiler
+is, and compute what the plain PyTorch ops compute, values and derivatives."""
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+from metalab.functional import second_order_forward
+from metalab.models import Conv4, conv4
+from metalab.models._kernels import kernels
+from test_functional import assert_same_derivatives
+
+
+def _compiler() -> str | None:
+    return shutil.which("c++") or shutil.which("g++")
+
+
+needs_kernels = pytest.mark.skipif(_compiler() is None, reason="no C++ compiler on this machine: Conv-4 runs the plain PyTorch ops")
+
+
+@needs_kernels
+def test_kernels_build_where_a_compiler_is():
+    assert kernels() is not None, f"a compiler ({_compiler()}) is here but metalab/models/_conv4_kernels.cpp did not build (see stderr)"
+
+
+def test_kernels_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv("METALAB_KERNELS", "0")
+    assert kernels() is None
+
+
+def _spy(monkeypatch, name):
+    calls = []
+    function = getattr(conv4, name)
+
+    class Spy(function):
+        @classmethod
+        def apply(cls, *args):
+            calls.append(name)
+            return function.apply(*args)
+
+    monkeypatch.setattr(conv4, name, Spy)
+    return calls
+
+
+@needs_kernels
+@pytest.mark.parametrize("norm", ["batch_stats", "batch"])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("size", [28, 20])
+def test_kernel_paths_match_the_plain_nchw_model(monkeypatch, norm, training, size):
+    """The whole channels-last Conv-4 on the kernels (first block, then batch norm -> pool -> ReLU
+    of blocks 2-4) against the NCHW model on plain ops, in float64: outputs, gradients from the
+    kernels' own backward, the second-order gradients (the kernels' backward rebuilding the plain
+    graph under create_graph, and, under `second_order_forward`, the plain ops directly),
+    running statistics. Scales of both signs in every block; binary images (ties in the pooling
+    windows); 28x28 pools 14 -> 7 -> 3 (an odd map), 20x20 pools 10 -> 5 -> 2."""
+    torch.manual_seed(3)
+    fast = Conv4(in_channels=1, hidden=6, out_features=4, image_size=size, norm=norm).double()
+    with torch.no_grad():
+        for layer in fast.features:
+            if isinstance(layer, (nn.BatchNorm2d, conv4.BatchStatNorm2d)):
+                layer.weight.copy_(torch.tensor([1.3, -0.7, 0.4, -2.0, 0.9, -0.1]))
+                layer.bias.copy_(torch.randn(6))
+    plain = Conv4(in_channels=1, hidden=6, out_features=4, image_size=size, norm=norm, channels_last=False).double()
+    plain.load_state_dict(fast.state_dict())
+    x = (torch.rand(9, 1, size, size) > 0.6).double()
+    if norm == "batch" and not training:
+        warm_up = torch.rand(9, 1, size, size).double()
+        for model in (fast, plain):
+            model(warm_up)
+            model.eval()
+    first, blocks = _spy(monkeypatch, "_FirstBlockKernel"), _spy(monkeypatch, "_NormPoolReLUKernel")
+
+    assert_same_derivatives(fast, plain, x, tolerance=1e-9)
+    assert first and len(blocks) == 3 * len(first)  # the kernels ran, once per block per forward
+    with second_order_forward():
+        assert_same_derivatives(fast, plain, x, tolerance=1e-9)
+    for name, buf in plain.named_buffers():
+        assert torch.allclose(dict(fast.named_buffers())[name], buf), name
+
+
+@needs_kernels
+def test_kernels_in_float32_are_as_accurate_as_the_plain_ops():
+    """fp32 outputs and gradients of the kernel model against float64, no worse than the NCHW
+    model on plain ops on Omniglot-like images (ink on a zero background)."""
+    torch.manual_seed(0)
+    exact = Conv4(in_channels=1, hidden=64, out_features=20, image_size=28, channels_last=False).double()
+    x = (torch.rand(150, 1, 28, 28) > 0.9).double()
+    logits = exact(x)
+    truth = torch.autograd.grad(logits.square().sum(), list(exact.parameters()))
+    errors = {}
+    for channels_last in (True, False):
+        model = Conv4(in_channels=1, hidden=64, out_features=20, image_size=28, channels_last=channels_last)
+        model.load_state_dict(exact.state_dict())
+        out = model(x.float())
+        grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
+        flat, true_flat = torch.cat([g.double().flatten() for g in grads]), torch.cat([t.flatten() for t in truth])
+        relative = ((flat - true_flat).norm() / true_flat.norm()).item()
+        errors[channels_last] = ((out.double() - logits).abs().max().item(), relative)
+    (kernel_out, kernel_grad), (plain_out, plain_grad) = errors[True], errors[False]
+    assert kernel_out < 1e-4 and kernel_grad < 1e-3, errors
+    assert kernel_grad < 10 * plain_grad + 1e-6, errors
