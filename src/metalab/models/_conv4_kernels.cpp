@@ -214,12 +214,64 @@ static inline void window_taps(const T* x, int64_t h, int64_t w, int64_t oh, int
   }
 }
 
-// x: (n, h, w); weight_t: (9, c); returns out (n, h2, w2, c) = relu(max4 * scale + shift), pooled (max4).
+// Sums (9) and Gram matrix (9, 9) of the nine zero-padded 3x3 shifts of images x (n, h, w) over
+// all n*h*w positions, in double: the first block's batch statistics (the image columns' mean and
+// covariance) without forming the columns.
+std::vector<torch::Tensor> first_block_stats(torch::Tensor x) {
+  auto n = x.size(0), h = x.size(1), w = x.size(2);
+  auto opts64 = x.options().dtype(torch::kFloat64);
+  auto sums = torch::zeros({9}, opts64), gram = torch::zeros({9, 9}, opts64);
+  std::mutex lock;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "first_block_stats", [&] {
+    const scalar_t* X = x.data_ptr<scalar_t>();
+    at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+      int64_t pw = w + 2;
+      std::vector<double> pad((h + 2) * pw, 0.0), acc(45 * w, 0.0), sacc(9 * w, 0.0);
+      for (int64_t i = begin; i < end; ++i) {
+        for (int64_t r = 0; r < h; ++r)
+          for (int64_t col = 0; col < w; ++col) pad[(r + 1) * pw + col + 1] = (double)X[(i * h + r) * w + col];
+        for (int64_t r = 0; r < h; ++r) {
+          int pair = 0;
+          for (int j = 0; j < 9; ++j) {
+            const double* __restrict__ a = pad.data() + (r + j / 3) * pw + j % 3;
+            double* __restrict__ sa = sacc.data() + j * w;
+            _Pragma("omp simd")
+            for (int64_t col = 0; col < w; ++col) sa[col] += a[col];
+            for (int l = j; l < 9; ++l, ++pair) {
+              const double* __restrict__ b = pad.data() + (r + l / 3) * pw + l % 3;
+              double* __restrict__ out = acc.data() + pair * w;
+              _Pragma("omp simd")
+              for (int64_t col = 0; col < w; ++col) out[col] += a[col] * b[col];
+            }
+          }
+        }
+      }
+      std::lock_guard<std::mutex> guard(lock);
+      double* S = sums.data_ptr<double>();
+      double* G = gram.data_ptr<double>();
+      int pair = 0;
+      for (int j = 0; j < 9; ++j) {
+        for (int64_t col = 0; col < w; ++col) S[j] += sacc[j * w + col];
+        for (int l = j; l < 9; ++l, ++pair) {
+          double total = 0;
+          for (int64_t col = 0; col < w; ++col) total += acc[pair * w + col];
+          G[j * 9 + l] += total;
+          if (l != j) G[l * 9 + j] += total;
+        }
+      }
+    });
+  });
+  return {sums, gram};
+}
+
+// x: (n, h, w); weight_t: (9, c); returns out (n, h2, w2, c) = relu(max4 * scale + shift), pooled (max4)
+// and which (uint8: the window position of the first maximum).
 std::vector<torch::Tensor> first_block_forward(torch::Tensor x, torch::Tensor weight_t, torch::Tensor mu, torch::Tensor scale, torch::Tensor shift) {
   auto n = x.size(0), h = x.size(1), w = x.size(2), c = weight_t.size(1);
   auto h2 = h / 2, w2 = w / 2;
   auto out = torch::empty({n, h2, w2, c}, x.options());
   auto pooled = torch::empty({n, h2, w2, c}, x.options());
+  auto which = torch::empty({n, h2, w2, c}, x.options().dtype(torch::kUInt8));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "first_block_forward", [&] {
     const scalar_t* X = x.data_ptr<scalar_t>();
     const scalar_t* W = weight_t.data_ptr<scalar_t>();
@@ -228,6 +280,7 @@ std::vector<torch::Tensor> first_block_forward(torch::Tensor x, torch::Tensor we
     const scalar_t* SH = shift.data_ptr<scalar_t>();
     scalar_t* O = out.data_ptr<scalar_t>();
     scalar_t* P = pooled.data_ptr<scalar_t>();
+    uint8_t* WH = which.data_ptr<uint8_t>();
     at::parallel_for(0, n * h2, 1, [&](int64_t begin, int64_t end) {
       scalar_t taps[4][9];
       for (int64_t io = begin; io < end; ++io) {
@@ -238,6 +291,7 @@ std::vector<torch::Tensor> first_block_forward(torch::Tensor x, torch::Tensor we
           int64_t q = ((i * h2 + oh) * w2 + ow) * c;
           scalar_t* __restrict__ o = O + q;
           scalar_t* __restrict__ p = P + q;
+          uint8_t* __restrict__ wh = WH + q;
           _Pragma("omp simd")
           for (int64_t k = 0; k < c; ++k) {
             scalar_t v[4];
@@ -247,6 +301,10 @@ std::vector<torch::Tensor> first_block_forward(torch::Tensor x, torch::Tensor we
               v[a] = acc;
             }
             scalar_t best = std::max(std::max(v[0], v[1]), std::max(v[2], v[3]));
+            scalar_t at = v[2] == best ? scalar_t(2) : scalar_t(3);  // the first maximum, as max-pooling picks
+            at = v[1] == best ? scalar_t(1) : at;
+            at = v[0] == best ? scalar_t(0) : at;
+            wh[k] = (uint8_t)at;
             p[k] = best;
             scalar_t z = best * SC[k] + SH[k];
             o[k] = z > 0 ? z : scalar_t(0);
@@ -255,12 +313,12 @@ std::vector<torch::Tensor> first_block_forward(torch::Tensor x, torch::Tensor we
       }
     });
   });
-  return {out, pooled};
+  return {out, pooled, which};
 }
 
 // grad: (n, h2, w2, c). Returns grad_weight_t (9, c), grad_scale (c), grad_shift (c).
 std::vector<torch::Tensor> first_block_backward(torch::Tensor grad, torch::Tensor x, torch::Tensor weight_t, torch::Tensor mu,
-                                                torch::Tensor scale, torch::Tensor out, torch::Tensor pooled) {
+                                                torch::Tensor scale, torch::Tensor out, torch::Tensor pooled, torch::Tensor which) {
   auto n = x.size(0), h = x.size(1), w = x.size(2), c = weight_t.size(1);
   auto h2 = h / 2, w2 = w / 2;
   auto opts64 = x.options().dtype(torch::kFloat64);
@@ -274,6 +332,7 @@ std::vector<torch::Tensor> first_block_backward(torch::Tensor grad, torch::Tenso
     const scalar_t* SC = scale.data_ptr<scalar_t>();
     const scalar_t* O = out.data_ptr<scalar_t>();
     const scalar_t* P = pooled.data_ptr<scalar_t>();
+    const uint8_t* WH = which.data_ptr<uint8_t>();
     at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
       std::vector<double> gw(9 * c, 0.0), gs(c, 0.0), gb(c, 0.0);
       std::vector<scalar_t> lw(9 * c), ls(c), lb(c);
@@ -293,24 +352,19 @@ std::vector<torch::Tensor> first_block_backward(torch::Tensor grad, torch::Tenso
             const scalar_t* __restrict__ g = G + q;
             const scalar_t* __restrict__ o = O + q;
             const scalar_t* __restrict__ p = P + q;
+            const uint8_t* __restrict__ wh = WH + q;
             _Pragma("omp simd")
             for (int64_t k = 0; k < c; ++k) {
               scalar_t gz = o[k] > 0 ? g[k] : scalar_t(0);
               LB[k] += gz;
               LS[k] += gz * p[k];
-              scalar_t left = gz * SC[k];
-              scalar_t v[4];
-              for (int a = 0; a < 4; ++a) {
-                scalar_t acc = 0;
-                for (int j = 0; j < 9; ++j) acc += taps[a][j] * W[j * c + k];
-                v[a] = acc;
-              }
-              scalar_t best = std::max(std::max(v[0], v[1]), std::max(v[2], v[3]));
+              scalar_t gp = gz * SC[k];
+              scalar_t at = (scalar_t)wh[k];  // the window position the forward's pool took
               scalar_t m[4];
-              m[0] = v[0] == best ? left : scalar_t(0); left -= m[0];
-              m[1] = v[1] == best ? left : scalar_t(0); left -= m[1];
-              m[2] = v[2] == best ? left : scalar_t(0); left -= m[2];
-              m[3] = left;
+              m[0] = at == scalar_t(0) ? gp : scalar_t(0);
+              m[1] = at == scalar_t(1) ? gp : scalar_t(0);
+              m[2] = at == scalar_t(2) ? gp : scalar_t(0);
+              m[3] = at == scalar_t(3) ? gp : scalar_t(0);
               for (int j = 0; j < 9; ++j)
                 LW[j * c + k] += m[0] * taps[0][j] + m[1] * taps[1][j] + m[2] * taps[2][j] + m[3] * taps[3][j];
             }
@@ -332,6 +386,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("channel_stats", &channel_stats);
   m.def("norm_pool_relu_forward", &norm_pool_relu_forward);
   m.def("norm_pool_relu_backward", &norm_pool_relu_backward);
+  m.def("first_block_stats", &first_block_stats);
   m.def("first_block_forward", &first_block_forward);
   m.def("first_block_backward", &first_block_backward);
 }

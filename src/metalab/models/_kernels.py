@@ -8,8 +8,7 @@ machine without a compiler loses speed, never results.
 The first call on a machine compiles the file with `torch.utils.cpp_extension.load` (about 30 s,
 once: the library is cached under `TORCH_EXTENSIONS_DIR`, default ~/.cache/torch_extensions, and
 shared by later processes). It is built for the CPU it runs on (`-march=native`), so the cache
-name carries a digest of the CPU's feature flags: a cache directory shared between different
-machines cannot hand one a binary built for another.
+name carries a digest of the CPU's feature flags and the torch version.
 """
 from __future__ import annotations
 
@@ -26,14 +25,18 @@ _lock = threading.Lock()
 _state: dict[str, object] = {}
 
 
-def _cpu_digest() -> str:
+def _build_digest() -> str:
+    """Names the build after the CPU's feature flags and the torch version: a cache shared between
+    machines, or kept across a torch upgrade, never hands over a binary built for another."""
+    import torch
+
     flags = platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line for line in f if line.startswith("flags")), flags)
     except OSError:
         pass
-    return hashlib.sha1(flags.encode()).hexdigest()[:10]
+    return hashlib.sha1(f"{flags} {torch.__version__}".encode()).hexdigest()[:10]
 
 
 def kernels() -> ModuleType | None:
@@ -52,7 +55,7 @@ def _build() -> ModuleType | None:
     try:
         from torch.utils.cpp_extension import _get_build_directory, load
 
-        name = f"metalab_conv4_{_cpu_digest()}"
+        name = f"metalab_conv4_{_build_digest()}"
         if not (Path(_get_build_directory(name, verbose=False)) / f"{name}.so").exists():
             print("metalab: compiling the Conv-4 CPU kernels (first use on this machine, ~30 s) ...", file=sys.stderr, flush=True)
         flags = ["-O3", "-fopenmp-simd"]

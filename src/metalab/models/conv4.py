@@ -81,7 +81,9 @@ class Conv4(nn.Module):
             results are the same (to float tolerance) and a Conv-4 forward+backward ran 1.4-1.5x
             faster on this project's 2-core CPU (docs/performance.md). On a one-channel input
             the first block then runs as `_single_channel_block` (statistics from the image
-            columns, pooling before the normalisation's affine map).
+            columns, pooling before the normalisation's affine map), and outside second-order
+            inner steps the blocks run as compiled kernels where a C++ compiler is
+            (`_FirstBlockKernel`, `_NormPoolReLUKernel`; `metalab.models._kernels`).
 
     Input of shape (n, in_channels, image_size, image_size) -> (n, out_features) or (n, feature_dim).
     """
@@ -200,9 +202,11 @@ def _single_channel_block(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor
     backward and, for second-order MAML, double backward: 1.19x per 5-way and 1.38x per 20-way
     5-step second-order MAML task, 1.12x per first-order task, 1.10x per ProtoNet episode on two
     threads here (docs/performance.md). Outside a second-order inner step the product, pool,
-    affine map and ReLU then run a chunk of images at a time (`_PooledProductBlock`): the map is
-    never written to memory at all, another 1.06x per second-order and 1.10x per first-order
-    5-way meta-batch on task threads. The columns' statistics are summed in float64 (a 9x9
+    affine map and ReLU then run as one compiled pass over the images (`_FirstBlockKernel`), or,
+    where the kernels cannot be compiled, a chunk of images at a time (`_PooledProductBlock`):
+    either way the map is never written to memory at all (the chunks: 1.06x per second-order and
+    1.10x per first-order 5-way meta-batch on task threads; the kernels with blocks 2-4's
+    `_NormPoolReLUKernel`: another 1.21x and 1.15x). The columns' statistics are summed in float64 (a 9x9
     product): in fp32 the block is as accurate as the plain NCHW order, where the batch norm on
     the matrix view (`batch_norm_2d`) it replaces lost digits on nearly constant channels (3e-3
     on real Omniglot, enough to turn a 20-way 5-step meta-gradient to cosine 0.46-0.91 from its
@@ -212,16 +216,21 @@ def _single_channel_block(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor
     """
     n, _, h, w = x.shape
     c = conv.out_channels
-    cols = _image_columns(x)
     weight = conv.weight.reshape(c, 9)
     bias = conv.bias if conv.bias is not None else weight.new_zeros(c)
     gamma, beta = norm.weight, norm.bias
     batch_stats = isinstance(norm, BatchStatNorm2d) or norm.training
+    compiled = kernels() is not None and _same_dtype(x, weight, gamma, beta)
+    cols, rows = None, n * h * w
     with torch.no_grad():  # the columns' statistics depend on the data alone; summed in float64
-        exact, rows = cols.double(), cols.shape[0]
-        sums = exact.t().mv(exact.new_ones(rows))
-        cov = ((exact.t() @ exact - torch.outer(sums, sums) / rows) / rows).to(weight.dtype)
-        mu = (sums / rows).to(cols.dtype)
+        if compiled:  # the same sums, from the image itself
+            sums, gram = kernels().first_block_stats(x.reshape(n, h, w))
+        else:
+            cols = _image_columns(x)
+            exact = cols.double()
+            sums, gram = exact.t().mv(exact.new_ones(rows)), exact.t() @ exact
+        cov = ((gram - torch.outer(sums, sums) / rows) / rows).to(weight.dtype)
+        mu = (sums / rows).to(x.dtype)
     with torch.autocast("cpu", enabled=False):  # the statistics stay in the weights' precision
         offset = weight @ mu + bias  # the output's mean over the batch
         if batch_stats:
@@ -237,8 +246,9 @@ def _single_channel_block(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor
         # with its true gradient, 0 (autograd.grad over all parameters needs every one used).
         shift = beta + (offset - mean) * gamma * inv_std
     flipped_t = (weight * sign[:, None]).t()  # (9, c)
-    if _kernels_apply() and _same_dtype(x, flipped_t, mu, scale, shift):
+    if compiled and _kernels_apply():
         return _FirstBlockKernel.apply(x.reshape(n, h, w), flipped_t, mu, scale, shift)
+    cols = _image_columns(x) if cols is None else cols
     centred = cols - mu  # the product of centred columns has the batch mean 0: no cancellation later
     if _fused_applies(centred, flipped_t, scale, shift):
         return _PooledProductBlock.apply(centred, flipped_t, scale, shift, n, h, w)
@@ -384,13 +394,13 @@ class _FirstBlockKernel(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, image, weight_t, mu, scale, shift):  # noqa: D102
-        out, pooled = kernels().first_block_forward(image, weight_t.contiguous(), mu, scale, shift)
-        ctx.save_for_backward(image, weight_t, mu, scale, shift, out, pooled)
+        out, pooled, which = kernels().first_block_forward(image, weight_t.contiguous(), mu, scale, shift)
+        ctx.save_for_backward(image, weight_t, mu, scale, shift, out, pooled, which)
         return out.permute(0, 3, 1, 2)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
-        image, weight_t, mu, scale, shift, out, pooled = ctx.saved_tensors
+        image, weight_t, mu, scale, shift, out, pooled, which = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: differentiate the plain ops
             n, h, w = image.shape
             wanted = ctx.needs_input_grad
@@ -400,7 +410,7 @@ class _FirstBlockKernel(torch.autograd.Function):
             found = iter(torch.autograd.grad(y, inputs, grad, create_graph=True))
             return None, next(found) if wanted[1] else None, None, next(found) if wanted[3] else None, next(found) if wanted[4] else None
         rows = grad.permute(0, 2, 3, 1).contiguous()
-        grad_weight, grad_scale, grad_shift = kernels().first_block_backward(rows, image, weight_t.contiguous(), mu, scale, out, pooled)
+        grad_weight, grad_scale, grad_shift = kernels().first_block_backward(rows, image, weight_t.contiguous(), mu, scale, out, pooled, which)
         return None, grad_weight, None, grad_scale, grad_shift
 
 
