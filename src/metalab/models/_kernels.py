@@ -56,7 +56,8 @@ def _build() -> ModuleType | None:
         from torch.utils.cpp_extension import _get_build_directory, load
 
         name = f"metalab_conv4_{_build_digest()}"
-        if not (Path(_get_build_directory(name, verbose=False)) / f"{name}.so").exists():
+        built = Path(_get_build_directory(name, verbose=False)) / f"{name}.so"
+        if not built.exists() or built.stat().st_mtime < _SOURCE.stat().st_mtime:
             print("metalab: compiling the Conv-4 CPU kernels (first use on this machine, ~30 s) ...", file=sys.stderr, flush=True)
         flags = ["-O3", "-fopenmp-simd"]
         if platform.machine().lower() in ("x86_64", "amd64"):
