@@ -11,6 +11,12 @@
 #include <mutex>
 #include <vector>
 
+// The Python side (conv4.py) passes contiguous tensors of one floating dtype; say so if not.
+static void check(const torch::Tensor& t, const torch::Tensor& like, const char* name) {
+  TORCH_CHECK(t.is_contiguous(), "metalab Conv-4 kernel: ", name, " must be contiguous");
+  TORCH_CHECK(t.scalar_type() == like.scalar_type(), "metalab Conv-4 kernel: ", name, " has another dtype than the input");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Batch norm -> 2x2 max-pool -> ReLU (Conv-4 blocks 2-4), the pool taken before the norm's
 // per-channel affine map (monotone; decreasing where the scale is negative: sign flips those).
@@ -19,6 +25,7 @@
 // Mean and biased variance per channel of y (n, h, w, c), accumulated in double about the first
 // row's values (no cancellation for a channel far from 0).
 std::vector<torch::Tensor> channel_stats(torch::Tensor y) {
+  check(y, y, "y");
   auto n = y.size(0), h = y.size(1), w = y.size(2), c = y.size(3);
   int64_t rows = n * h * w;
   auto opts = y.options().dtype(torch::kFloat64);
@@ -48,6 +55,7 @@ std::vector<torch::Tensor> channel_stats(torch::Tensor y) {
 // Forward: out (n, h2, w2, c) = relu((sel - mean) * scale + beta), sel = sign * max(sign * window).
 // Returns out and sel.
 std::vector<torch::Tensor> norm_pool_relu_forward(torch::Tensor y, torch::Tensor mean, torch::Tensor scale, torch::Tensor beta, torch::Tensor sign) {
+  check(y, y, "y"); check(mean, y, "mean"); check(scale, y, "scale"); check(beta, y, "beta"); check(sign, y, "sign");
   auto n = y.size(0), h = y.size(1), w = y.size(2), c = y.size(3);
   auto h2 = h / 2, w2 = w / 2;
   auto out = torch::empty({n, h2, w2, c}, y.options());
@@ -91,6 +99,8 @@ std::vector<torch::Tensor> norm_pool_relu_forward(torch::Tensor y, torch::Tensor
 // Backward (first order). grad, out, sel: (n, h2, w2, c). Returns grad_y (n, h, w, c), grad_gamma, grad_beta.
 std::vector<torch::Tensor> norm_pool_relu_backward(torch::Tensor grad, torch::Tensor y, torch::Tensor out, torch::Tensor sel,
                                     torch::Tensor mean, torch::Tensor invstd, torch::Tensor gamma, torch::Tensor sign, bool batch_stats) {
+  check(grad, y, "grad"); check(y, y, "y"); check(out, y, "out"); check(sel, y, "sel");
+  check(mean, y, "mean"); check(invstd, y, "invstd"); check(gamma, y, "gamma"); check(sign, y, "sign");
   auto n = y.size(0), h = y.size(1), w = y.size(2), c = y.size(3);
   auto h2 = h / 2, w2 = w / 2;
   auto gy = torch::empty_like(y);
@@ -218,6 +228,7 @@ static inline void window_taps(const T* x, int64_t h, int64_t w, int64_t oh, int
 // all n*h*w positions, in double: the first block's batch statistics (the image columns' mean and
 // covariance) without forming the columns.
 std::vector<torch::Tensor> first_block_stats(torch::Tensor x) {
+  check(x, x, "x");
   auto n = x.size(0), h = x.size(1), w = x.size(2);
   auto opts64 = x.options().dtype(torch::kFloat64);
   auto sums = torch::zeros({9}, opts64), gram = torch::zeros({9, 9}, opts64);
@@ -267,6 +278,7 @@ std::vector<torch::Tensor> first_block_stats(torch::Tensor x) {
 // x: (n, h, w); weight_t: (9, c); returns out (n, h2, w2, c) = relu(max4 * scale + shift), pooled (max4)
 // and which (uint8: the window position of the first maximum).
 std::vector<torch::Tensor> first_block_forward(torch::Tensor x, torch::Tensor weight_t, torch::Tensor mu, torch::Tensor scale, torch::Tensor shift) {
+  check(x, x, "x"); check(weight_t, x, "weight_t"); check(mu, x, "mu"); check(scale, x, "scale"); check(shift, x, "shift");
   auto n = x.size(0), h = x.size(1), w = x.size(2), c = weight_t.size(1);
   auto h2 = h / 2, w2 = w / 2;
   auto out = torch::empty({n, h2, w2, c}, x.options());
@@ -319,6 +331,9 @@ std::vector<torch::Tensor> first_block_forward(torch::Tensor x, torch::Tensor we
 // grad: (n, h2, w2, c). Returns grad_weight_t (9, c), grad_scale (c), grad_shift (c).
 std::vector<torch::Tensor> first_block_backward(torch::Tensor grad, torch::Tensor x, torch::Tensor weight_t, torch::Tensor mu,
                                                 torch::Tensor scale, torch::Tensor out, torch::Tensor pooled, torch::Tensor which) {
+  check(grad, x, "grad"); check(x, x, "x"); check(weight_t, x, "weight_t"); check(mu, x, "mu");
+  check(scale, x, "scale"); check(out, x, "out"); check(pooled, x, "pooled");
+  TORCH_CHECK(which.is_contiguous(), "metalab Conv-4 kernel: which must be contiguous");
   auto n = x.size(0), h = x.size(1), w = x.size(2), c = weight_t.size(1);
   auto h2 = h / 2, w2 = w / 2;
   auto opts64 = x.options().dtype(torch::kFloat64);

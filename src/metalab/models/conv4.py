@@ -206,8 +206,8 @@ def _single_channel_block(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor
     where the kernels cannot be compiled, a chunk of images at a time (`_PooledProductBlock`):
     either way the map is never written to memory at all (the chunks: 1.06x per second-order and
     1.10x per first-order 5-way meta-batch on task threads; the kernels with blocks 2-4's
-    `_NormPoolReLUKernel`: another 1.21x and 1.15x). The columns' statistics are summed in float64 (a 9x9
-    product): in fp32 the block is as accurate as the plain NCHW order, where the batch norm on
+    `_NormPoolReLUKernel`: 1.19x and 1.26x over the chunks). The columns' statistics are summed
+    in float64 (a 9x9 product; the kernels form the same sums from the image): in fp32 the block is as accurate as the plain NCHW order, where the batch norm on
     the matrix view (`batch_norm_2d`) it replaces lost digits on nearly constant channels (3e-3
     on real Omniglot, enough to turn a 20-way 5-step meta-gradient to cosine 0.46-0.91 from its
     float64 value). Same values and first and second derivatives in float64
@@ -224,7 +224,7 @@ def _single_channel_block(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor
     cols, rows = None, n * h * w
     with torch.no_grad():  # the columns' statistics depend on the data alone; summed in float64
         if compiled:  # the same sums, from the image itself
-            sums, gram = kernels().first_block_stats(x.reshape(n, h, w))
+            sums, gram = kernels().first_block_stats(x.reshape(n, h, w).contiguous())
         else:
             cols = _image_columns(x)
             exact = cols.double()
@@ -247,7 +247,7 @@ def _single_channel_block(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor
         shift = beta + (offset - mean) * gamma * inv_std
     flipped_t = (weight * sign[:, None]).t()  # (9, c)
     if compiled and _kernels_apply():
-        return _FirstBlockKernel.apply(x.reshape(n, h, w), flipped_t, mu, scale, shift)
+        return _FirstBlockKernel.apply(x.reshape(n, h, w).contiguous(), flipped_t, mu, scale, shift)
     cols = _image_columns(x) if cols is None else cols
     centred = cols - mu  # the product of centred columns has the batch mean 0: no cancellation later
     if _fused_applies(centred, flipped_t, scale, shift):
