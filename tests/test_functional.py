@@ -86,6 +86,14 @@ def test_maml_meta_gradient_matches_reference_conv4_with_batchnorm(strategy, ste
         assert torch.allclose(g, r, atol=1e-5, rtol=1e-5), name
 
 
+def set_mixed_scales(norm):
+    """Scales of both signs (pooling first must take the window's min where one is negative) and
+    random shifts, for a 6-channel batch norm."""
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([1.3, -0.7, 0.4, -2.0, 0.9, -0.1]))
+        norm.bias.copy_(torch.randn(6))
+
+
 def assert_same_derivatives(fast, plain, x, tolerance):
     """Outputs, gradients (from a plain backward and from one with create_graph) and the
     second-order gradients MAML differentiates through, of two models on the same input, equal to
@@ -137,12 +145,10 @@ def test_first_block_statistics_first_matches_the_plain_order(norm, scale, train
     binary images whose windows hold ties, and in eval mode (running statistics)."""
     torch.manual_seed(1)
     fast = Conv4(in_channels=1, hidden=6, out_features=4, image_size=16, norm=norm)
-    with torch.no_grad():
-        gamma = fast.features[1].weight
-        gamma.copy_(torch.tensor([1.3, -0.7, 0.4, -2.0, 0.9, -0.1]))
-        if scale == "one zero":
-            gamma[2] = 0.0
-        fast.features[1].bias.copy_(torch.randn(6))
+    set_mixed_scales(fast.features[1])
+    if scale == "one zero":
+        with torch.no_grad():
+            fast.features[1].weight[2] = 0.0
     plain = Conv4(in_channels=1, hidden=6, out_features=4, image_size=16, norm=norm, channels_last=False)
     plain.load_state_dict(fast.state_dict())
     assert _stats_first_applies(fast.features[1]) == (scale == "mixed signs")
@@ -169,9 +175,7 @@ def test_first_block_chunked_matches_the_plain_order(monkeypatch):
     monkeypatch.setattr(conv4, "kernels", lambda: None)
     torch.manual_seed(2)
     fast = Conv4(in_channels=1, hidden=6, out_features=4, image_size=28).double()
-    with torch.no_grad():
-        fast.features[1].weight.copy_(torch.tensor([1.3, -0.7, 0.4, -2.0, 0.9, -0.1]))
-        fast.features[1].bias.copy_(torch.randn(6))
+    set_mixed_scales(fast.features[1])
     plain = Conv4(in_channels=1, hidden=6, out_features=4, image_size=28, channels_last=False).double()
     plain.load_state_dict(fast.state_dict())
     x = (torch.rand(35, 1, 28, 28) > 0.6).double()

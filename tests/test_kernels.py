@@ -9,7 +9,7 @@ from torch import nn
 from metalab.functional import second_order_forward
 from metalab.models import Conv4, conv4
 from metalab.models._kernels import kernels
-from test_functional import assert_same_derivatives
+from test_functional import assert_same_derivatives, set_mixed_scales
 
 
 def _compiler() -> str | None:
@@ -56,11 +56,9 @@ def test_kernel_paths_match_the_plain_nchw_model(monkeypatch, norm, training, si
     windows); 28x28 pools 14 -> 7 -> 3 (an odd map), 20x20 pools 10 -> 5 -> 2."""
     torch.manual_seed(3)
     fast = Conv4(in_channels=1, hidden=6, out_features=4, image_size=size, norm=norm).double()
-    with torch.no_grad():
-        for layer in fast.features:
-            if isinstance(layer, (nn.BatchNorm2d, conv4.BatchStatNorm2d)):
-                layer.weight.copy_(torch.tensor([1.3, -0.7, 0.4, -2.0, 0.9, -0.1]))
-                layer.bias.copy_(torch.randn(6))
+    for layer in fast.features:
+        if isinstance(layer, (nn.BatchNorm2d, conv4.BatchStatNorm2d)):
+            set_mixed_scales(layer)
     plain = Conv4(in_channels=1, hidden=6, out_features=4, image_size=size, norm=norm, channels_last=False).double()
     plain.load_state_dict(fast.state_dict())
     x = (torch.rand(9, 1, size, size) > 0.6).double()

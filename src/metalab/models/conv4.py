@@ -270,15 +270,22 @@ _CHUNK_ROWS = 8 * 28 * 28
 
 
 def _fused_applies(cols: Tensor, weight_t: Tensor, scale: Tensor, shift: Tensor) -> bool:
-    tensors = (cols, weight_t, scale, shift)
     return (
-        not expects_second_order()  # a second-order inner step differentiates the plain graph directly
-        and not torch.is_autocast_enabled("cpu")  # bf16: the plain ops take autocast's casts
-        and cols.device.type == "cpu"
+        _fused_paths_allowed()
         and cols.shape[0] >= 4 * _CHUNK_ROWS  # below ~32 Omniglot images its Python overhead loses
-        and all(t.dtype == cols.dtype for t in tensors)
-        and not any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+        and _same_dtype(cols, weight_t, scale, shift, dtypes=None)
     )
+
+
+def _plain_gradients(build, inputs: tuple[Tensor, ...], wanted, grad: Tensor) -> list[Tensor | None]:
+    """The backward of a fused Function run with create_graph=True: differentiate `build(*inputs)`,
+    the same computation as plain differentiable ops, w.r.t. the inputs that need a gradient (None
+    for the others), so any order of derivative is still right."""
+    needed = [t for t, need in zip(inputs, wanted) if need]
+    with torch.enable_grad():
+        y = build(*inputs)
+    found = iter(torch.autograd.grad(y, needed, grad, create_graph=True))
+    return [next(found) if need else None for need in wanted]
 
 
 class _PooledProductBlock(torch.autograd.Function):
@@ -323,13 +330,11 @@ class _PooledProductBlock(torch.autograd.Function):
     def backward(ctx, grad):  # noqa: D102
         cols, weight_t, scale, shift, pooled, index, out = ctx.saved_tensors
         n, h, w = ctx.size
-        wanted = ctx.needs_input_grad[1:4]
         if torch.is_grad_enabled():  # create_graph=True: differentiate the plain graph
-            inputs = [t for t, need in zip((weight_t, scale, shift), wanted) if need]
-            with torch.enable_grad():
-                y = _pooled_product_block(cols, weight_t, scale, shift, n, h, w)
-            found = iter(torch.autograd.grad(y, inputs, grad, create_graph=True))
-            return (None, *(next(found) if need else None for need in wanted), None, None, None)
+            grads = _plain_gradients(
+                lambda *p: _pooled_product_block(cols, *p, n, h, w), (weight_t, scale, shift), ctx.needs_input_grad[1:4], grad
+            )
+            return (None, *grads, None, None, None)
         c, hw, h2, w2 = weight_t.shape[1], h * w, h // 2, w // 2
         per = max(1, min(n, _CHUNK_ROWS // hw))
         grad = grad.permute(0, 2, 3, 1).reshape(n * h2 * w2, c)  # a view when channels-last
@@ -368,17 +373,24 @@ def _update_running_stats(norm: nn.BatchNorm2d, mean: Tensor, var: Tensor, count
 # ---- the compiled kernels (_conv4_kernels.cpp via ._kernels), with the plain ops as fallback ----
 
 
+def _fused_paths_allowed() -> bool:
+    """Whether this forward may take a fused path (chunks or kernels), whose own backward is first
+    order: not inside a second-order inner step (which differentiates the plain graph directly),
+    and not under autocast (bf16: the plain ops take autocast's casts)."""
+    return not expects_second_order() and not torch.is_autocast_enabled("cpu")
+
+
 def _kernels_apply() -> bool:
-    """Whether this forward can use the compiled kernels: they are built, and no second-order
-    derivative (a second-order inner step builds the plain graph) or autocast is wanted."""
-    return not expects_second_order() and not torch.is_autocast_enabled("cpu") and kernels() is not None
+    """Whether this forward can use the compiled kernels: a fused path is allowed and they are built."""
+    return _fused_paths_allowed() and kernels() is not None
 
 
-def _same_dtype(*tensors: Tensor) -> bool:
-    """All on the CPU, one floating dtype the kernels take, none a torch.func wrapper."""
+def _same_dtype(*tensors: Tensor, dtypes: tuple[torch.dtype, ...] | None = (torch.float32, torch.float64)) -> bool:
+    """All on the CPU, of one dtype (one of `dtypes`, those the kernels take, unless None), none a
+    torch.func wrapper."""
     dtype = tensors[0].dtype
     return (
-        dtype in (torch.float32, torch.float64)
+        (dtypes is None or dtype in dtypes)
         and all(t.dtype == dtype and t.device.type == "cpu" for t in tensors)
         and not any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
     )
@@ -404,11 +416,11 @@ class _FirstBlockKernel(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: differentiate the plain ops
             n, h, w = image.shape
             wanted = ctx.needs_input_grad
-            inputs = [t for t, need in zip((weight_t, scale, shift), (wanted[1], wanted[3], wanted[4])) if need]
-            with torch.enable_grad():
-                y = _pooled_product_block(_image_columns(image[:, None]) - mu, weight_t, scale, shift, n, h, w)
-            found = iter(torch.autograd.grad(y, inputs, grad, create_graph=True))
-            return None, next(found) if wanted[1] else None, None, next(found) if wanted[3] else None, next(found) if wanted[4] else None
+            centred = _image_columns(image[:, None]) - mu
+            grad_weight, grad_scale, grad_shift = _plain_gradients(
+                lambda *p: _pooled_product_block(centred, *p, n, h, w), (weight_t, scale, shift), (wanted[1], wanted[3], wanted[4]), grad
+            )
+            return None, grad_weight, None, grad_scale, grad_shift
         rows = grad.permute(0, 2, 3, 1).contiguous()
         grad_weight, grad_scale, grad_shift = kernels().first_block_backward(rows, image, weight_t.contiguous(), mu, scale, out, pooled, which)
         return None, grad_weight, None, grad_scale, grad_shift
@@ -459,16 +471,14 @@ class _NormPoolReLUKernel(torch.autograd.Function):
     def backward(ctx, grad):  # noqa: D102
         y, gamma, beta, mean, var, invstd, sign, out, chosen = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: differentiate the plain ops
-            wanted = ctx.needs_input_grad[:3]
-            inputs = [t for t, need in zip((y, gamma, beta), wanted) if need]
-            with torch.enable_grad():
+            def plain(y, gamma, beta):
                 if ctx.batch_stats:
                     normed = batch_norm_2d(y, gamma, beta, ctx.eps)
                 else:
                     normed = F.batch_norm(y, mean, var.to(y.dtype), gamma, beta, False, 0.0, ctx.eps)
-                plain = F.relu(F.max_pool2d(normed, 2))
-            found = iter(torch.autograd.grad(plain, inputs, grad, create_graph=True))
-            return (*(next(found) if need else None for need in wanted), None, None, None, None)
+                return F.relu(F.max_pool2d(normed, 2))
+
+            return (*_plain_gradients(plain, (y, gamma, beta), ctx.needs_input_grad[:3], grad), None, None, None, None)
         rows = grad.permute(0, 2, 3, 1).contiguous()
         grad_y, grad_gamma, grad_beta = kernels().norm_pool_relu_backward(
             rows, y.permute(0, 2, 3, 1), out, chosen, mean, invstd, gamma, sign, ctx.batch_stats
