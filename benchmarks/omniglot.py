@@ -41,8 +41,10 @@ EPISODE_SHAPE = {"ways", "shots", "queries"}
 
 
 def _training_part(config) -> dict:
-    ignored = TEST_ONLY | EPISODE_SHAPE if config.algorithm in ("baseline", "baseline_pp") else TEST_ONLY
-    return {k: v for k, v in config.resolved().to_dict().items() if k not in ignored}
+    # Learners that pre-train on plain mini-batches see the episode shape at validation only.
+    c = config.resolved()
+    ignored = TEST_ONLY | EPISODE_SHAPE if c.spec().learner.training_source == "batches" else TEST_ONLY
+    return {k: v for k, v in c.to_dict().items() if k not in ignored}
 
 
 def _by_instance(learner, source, episodes: int) -> dict[str, list[float]]:
@@ -74,7 +76,7 @@ def cmd_train(args) -> None:
     for cell_path in cells:
         cell = config_from_dict(overrides, load_config(cell_path)).resolved()
         t0 = time.perf_counter()
-        r = evaluate(result.learner, build_source(cell, "test", dataset), cell.test_tasks, steps=cell.eval_inner_steps if hasattr(result.learner, "eval_inner_steps") else None)
+        r = evaluate(result.learner, build_source(cell, "test", dataset), cell.test_tasks, steps=(cell.eval_steps or [None])[0])
         record = {
             "cell": cell_path.stem,
             "algorithm": cell.algorithm,

@@ -46,10 +46,10 @@ def test_resume_and_config_file(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["train", "--algorithm", "mamI"], "config key 'algorithm' must be one of maml, fomaml"),
+        (["train", "--algorithm", "mamI"], "config key 'algorithm' must be one of anil, fomaml, lstm_meta, maml,"),
         (["train", "--shots", "-3"], "config key 'shots' must be >= 1, got -3"),
         (["train", "--shots", "two"], "config key 'shots' must be an integer, got 'two'"),
-        (["train", "--set", "inner_lrr=0.1"], "unknown config key 'inner_lrr' (did you mean 'inner_lr'?); allowed keys: benchmark,"),
+        (["train", "--set", "inner_lrr=0.1"], "unknown config key 'inner_lrr' (did you mean 'inner_lr'?); generic keys: benchmark,"),
         (["train", "--benchmark", "omniglot"], "needs data_dir"),
         (["eval", "missing.pt"], "checkpoint not found: missing.pt"),
         (["train", "--resume"], "--resume needs --run-dir"),

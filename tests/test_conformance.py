@@ -2,15 +2,18 @@
 evaluation, and a checkpoint round trip that gives the same predictions. Image algorithms run on a
 small synthetic Omniglot-shaped data set (offline and fast); learning on real data is tested in
 test_metric.py and test_gradient_images.py."""
+import dataclasses
+
 import pytest
 import torch
 
 from metalab import builders
-from metalab.config import ALGORITHMS, Config
+from metalab.algorithms import algorithm_names, get_spec
+from metalab.config import Config
 from metalab.data import FewShotDataset
 from metalab.experiment import meta_test
 from metalab.tasks import split_classes
-from metalab import train as train_module
+from metalab import run as train_module
 from metalab.train import learner_from_checkpoint, train
 
 SINE_ONLY = {"pretrain"}
@@ -26,6 +29,12 @@ def fake_omniglot(num_classes=24, per_class=20):
     return FewShotDataset(x, y, [f"class{c}" for c in range(num_classes)], split_classes(num_classes, 6, 6, seed=0), (1, 28, 28))
 
 
+def _own_keys(algorithm, **values):
+    """The keys among `values` that the algorithm takes (a key set for another algorithm is refused)."""
+    own = {f.name for f in dataclasses.fields(get_spec(algorithm).options)}
+    return {k: v for k, v in values.items() if k in own}
+
+
 @pytest.fixture
 def fake_data(monkeypatch):
     data = fake_omniglot()
@@ -35,7 +44,7 @@ def fake_data(monkeypatch):
     return data
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("algorithm", algorithm_names())
 def test_algorithm_conforms(algorithm, fake_data, tmp_path):
     sine = algorithm in SINE_ONLY
     c = Config(
@@ -48,8 +57,7 @@ def test_algorithm_conforms(algorithm, fake_data, tmp_path):
         test_queries=3,
         iterations=2,
         meta_batch=2,
-        inner_steps=1,
-        inner_lr=0.1,
+        **_own_keys(algorithm, inner_steps=1, inner_lr=0.1),
         val_every=1,
         val_tasks=2,
         test_tasks=4,

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metalab import Baseline
-from metalab.algorithms.finetune import CosineClassifier, cosine_scale
+from metalab.algorithms.transfer.baseline import CosineClassifier, cosine_scale
 from metalab.builders import bind_dataset, build_learner, build_source
 from metalab.config import Config
 from metalab.data import FewShotDataset
@@ -54,7 +54,7 @@ def test_batches_carry_global_labels_of_the_split_remapped_in_split_order():
 def test_build_source_gives_batches_for_training_and_episodes_for_evaluation():
     data = small_dataset()
     c = bind_dataset(Config(benchmark="omniglot", data_dir="unused", algorithm="baseline", ways=3, shots=1, queries=1).resolved(), data)
-    assert c.base_classes == 6
+    assert c.options.base_classes == 6
     assert isinstance(build_source(c, "train", data), ClassBatchSampler)
     assert isinstance(build_source(c, "val", data), EpisodeSampler) and isinstance(build_source(c, "test", data), EpisodeSampler)
     learner = build_learner(c)
@@ -171,6 +171,6 @@ def test_pretraining_learns_omniglot(name, omniglot, one_thread):
     with torch.no_grad():
         after = net.meta_loss(probe)[0].item()
     result = evaluate(net, omniglot.sampler("test", ways=5, shots=1, queries=5, seed=20_000), 50)
-    print(f"{name}: global loss {before:.3f} -> {after:.3f} (ln C = {math.log(c.base_classes):.3f}); {result}")
+    print(f"{name}: global loss {before:.3f} -> {after:.3f} (ln C = {math.log(c.options.base_classes):.3f}); {result}")
     assert after < before - 0.1, f"{name}: pre-training did not lower the loss ({before:.3f} -> {after:.3f})"
     assert result.mean >= LEAST, f"{name} after {STEPS} pre-training steps: {result}"

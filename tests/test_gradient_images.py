@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from metalab import ANIL, MAML, MAMLpp, TaskBatch
-from metalab.algorithms.mamlpp import msl_weights
+from metalab.algorithms.optimization.mamlpp import msl_weights
 from metalab.builders import build_learner
 from metalab.config import Config
 from metalab.evaluate import evaluate

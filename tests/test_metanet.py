@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from metalab import MetaNet
-from metalab.algorithms.metanet import attention_read, preprocess_gradient
+from metalab.algorithms.model.metanet import attention_read, preprocess_gradient
 from metalab.builders import build_learner
 from metalab.config import Config, ConfigError
 from metalab.evaluate import evaluate

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metalab import MatchingNet, ProtoNet, RelationNet, SiameseNet
-from metalab.algorithms import relation as relation_module
+from metalab.algorithms.metric import relation as relation_module
 from metalab.builders import build_learner, build_optimizer, build_schedule
 from metalab.config import Config, ConfigError
 from metalab.evaluate import evaluate

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metalab.algorithms.lstm_meta import LSTMMetaLearner, preprocess
-from metalab.algorithms.mann import MANN, LRUAState, least_used_weights, lrua_init, lrua_step
+from metalab.algorithms.optimization.lstm_meta import LSTMMetaLearner, preprocess
+from metalab.algorithms.model.mann import MANN, LRUAState, least_used_weights, lrua_init, lrua_step
 from metalab.functional import forward, named_params
 from metalab.models import MLP, Conv4
 from metalab.tasks import EpisodeSampler

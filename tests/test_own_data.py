@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 import metalab
-from metalab import train as train_module
+from metalab import run as train_module
 from metalab.cli import main
 from metalab.config import Config
 from metalab.data import DataIntegrityError, DataNotFoundError, load_csv, load_image_folder, read_image

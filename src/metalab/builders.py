@@ -1,22 +1,36 @@
-"""From a resolved `Config` to the objects a run needs: task sources, backbone, learner, optimizer.
+"""From a resolved `Config` to the objects a run needs: data, task sources, learner, optimizer.
 
-This is the one place that maps names in configs to classes, so a new algorithm or benchmark is
-registered here and nowhere else.
+Learners come from their algorithm's spec (`metalab.algorithms.spec`): this module hands the spec a
+`BuildContext` holding the resolved config, the algorithm's options and the backbones the data
+calls for, and knows no algorithm by name.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .algorithms import ANIL, MAML, MANN, Baseline, LSTMMetaLearner, MAMLpp, MatchingNet, MetaLearner, MetaNet, MetaSGD, Pretrained, ProtoNet, RelationNet, Reptile, SiameseNet
-from .config import IMAGE_BENCHMARKS, OMNIGLOT_SPLIT_CLASSES, TRANSFER, Config, ConfigError, task_kind
+from .algorithms import MetaLearner
+from .algorithms.spec import AlgorithmSpec, OptionError
+from .config import IMAGE_BENCHMARKS, OMNIGLOT_SPLIT_CLASSES, Config, ConfigError, task_kind
 from .models import MLP, Conv4
 from .tasks import SineTasks
 
-__all__ = ["load_dataset", "bind_dataset", "rank_seed", "build_source", "build_model", "build_learner", "build_optimizer", "build_schedule", "SPLIT_SEEDS"]
+__all__ = [
+    "load_dataset",
+    "bind_dataset",
+    "rank_seed",
+    "build_source",
+    "build_model",
+    "build_learner",
+    "build_optimizer",
+    "build_schedule",
+    "Context",
+    "SPLIT_SEEDS",
+]
 
 # Validation and test tasks are drawn from fixed seeds, whatever the run's seed, so that every run
 # and every algorithm is scored on the same tasks.
@@ -86,13 +100,14 @@ def _check_splits(c: Config, dataset) -> None:
 
 def bind_dataset(c: Config, dataset) -> Config:
     """Fill the config keys that come from the data, so that a checkpoint's config rebuilds the
-    model without the data: the CSV's feature columns (their number is the MLP's input size)."""
-    if c.benchmark == "csv" and dataset is not None and list(c.csv_features) != list(dataset.feature_names):
-        return dataclasses.replace(c, csv_features=list(dataset.feature_names))
-    # Baseline / Baseline++: the pre-training classifier has one output per meta-train class.
-    if c.algorithm in TRANSFER and dataset is not None and c.base_classes is None:
-        return dataclasses.replace(c, base_classes=len(dataset.splits.train))
-    return c
+    model without the data: the CSV's feature columns (their number is the MLP's input size), and
+    the algorithm's own (e.g. the classes of a pre-training classifier)."""
+    if dataset is None:
+        return c
+    if c.benchmark == "csv" and list(c.csv_features) != list(dataset.feature_names):
+        c = dataclasses.replace(c, csv_features=list(dataset.feature_names))
+    bound = c.options.bind(dataset)
+    return c if bound is c.options else dataclasses.replace(c, options=bound)
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -103,104 +118,97 @@ def rank_seed(seed: int, rank: int) -> int:
 
 def build_source(c: Config, split: str, dataset=None, *, rank: int = 0):
     """The task source of one split ("train", "val" or "test"); training draws from `c.seed`
-    (shifted per process rank under torch.distributed)."""
+    (shifted per process rank under torch.distributed), in the form the learner asks for."""
     ways, shots, queries = (c.ways, c.shots, c.queries) if split == "train" else (c.test_ways, c.test_shots, c.test_queries)
     seed = rank_seed(c.seed, rank) if split == "train" else SPLIT_SEEDS[split]
     if c.benchmark == "sine":
         return SineTasks(shots, queries, seed=seed)
     dataset = dataset if dataset is not None else load_dataset(c)
-    if c.algorithm in TRANSFER and split == "train":
-        # Baseline / Baseline++ pre-train on ordinary mini-batches with global labels: meta_batch
-        # rows of one example each, so meta_batch is the mini-batch size (split across processes).
+    if split == "train" and c.spec().learner.training_source == "batches":
+        # Plain mini-batches with global labels: meta_batch rows of one example each, so meta_batch
+        # is the mini-batch size (split across processes).
         return dataset.batches(split, batch_size=1, seed=seed)
     return dataset.sampler(split, ways=ways, shots=shots, queries=queries, seed=seed)
 
 
+def conv4(fast: bool, **kwargs) -> nn.Module:
+    return Conv4(**kwargs)
+
+
 def _csv_features(c: Config) -> int:
     if not c.csv_features:
-        raise ConfigError("the csv benchmark's input size comes from the data: fill csv_features with builders.bind_dataset (train does)")
+        raise ConfigError(
+            "the csv benchmark's input size comes from the data: fill csv_features with builders.bind_dataset (train does)"
+        )
     return len(c.csv_features)
 
 
+@dataclass
+class Context:
+    """The `BuildContext` a spec's `build` receives: the config and the backbones its data calls for."""
+
+    config: Config
+    spec: AlgorithmSpec
+
+    @property
+    def options(self):
+        return self.config.options
+
+    @property
+    def kind(self) -> str:
+        return task_kind(self.config)
+
+    @property
+    def ways(self) -> int:
+        return self.config.ways
+
+    @property
+    def images(self) -> bool:
+        return self.config.benchmark in IMAGE_BENCHMARKS
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        c = self.config
+        if self.images:
+            return (c.channels, c.image_size, c.image_size)
+        return (1,) if c.benchmark == "sine" else (_csv_features(c),)
+
+    def backbone(self, *, out_features: int | None = None, hidden: int | None = None, norm: str = "batch_stats") -> nn.Module:
+        c = self.config
+        if out_features is None:
+            out_features = c.ways if self.kind == "classification" else 1
+        if self.images:
+            width = {} if hidden is None else {"hidden": hidden}
+            return conv4(
+                c.kernels == "auto", in_channels=c.channels, out_features=out_features, image_size=c.image_size,
+                norm=norm, **width,
+            )
+        return MLP(self.input_shape[0], c.hidden, out_features)
+
+    def embedding(self) -> tuple[nn.Module, int]:
+        c = self.config
+        if self.images:
+            encoder = conv4(c.kernels == "auto", in_channels=c.channels, image_size=c.image_size, norm="batch")
+            return encoder, encoder.feature_dim
+        return MLP(self.input_shape[0], c.hidden[:-1], c.hidden[-1]), c.hidden[-1]
+
+    def train_classes(self) -> int | None:
+        c = self.config
+        return OMNIGLOT_SPLIT_CLASSES[c.split]["train"] if c.benchmark == "omniglot" else None
+
+
 def build_model(c: Config) -> nn.Module:
-    if c.benchmark == "sine":
-        return MLP(1, c.hidden, 1)
-    if c.benchmark == "csv":
-        return MLP(_csv_features(c), c.hidden, c.ways if task_kind(c) == "classification" else 1)
-    return Conv4(in_channels=c.channels, out_features=c.ways, image_size=c.image_size, norm="batch_stats")
-
-
-_GRADIENT_BASED: dict[str, Callable[..., MetaLearner]] = {
-    "maml": MAML,
-    "fomaml": MAML,
-    "metasgd": MetaSGD,
-    "reptile": Reptile,
-    "pretrain": Pretrained,
-    "anil": ANIL,
-    "mamlpp": MAMLpp,
-}
-
-
-_METRIC_BASED = ("protonet", "matching", "relation", "siamese")
-
-
-def build_metric_learner(c: Config) -> MetaLearner:
-    """A metric-based learner: an embedding with standard BatchNorm (running statistics, used in eval
-    mode) and no classifier head, so the number of ways may differ between training and test."""
-    if c.algorithm == "relation":  # its own embedding module, keeping 64x5x5 feature maps (28x28 input)
-        return RelationNet(input_shape=(c.channels, c.image_size, c.image_size))
-    if c.benchmark == "csv":  # an MLP embedding: the last hidden width is the embedding size
-        encoder, feature_dim = MLP(_csv_features(c), c.hidden[:-1], c.hidden[-1]), c.hidden[-1]
-    else:
-        encoder = Conv4(in_channels=c.channels, image_size=c.image_size, norm="batch")
-        feature_dim = encoder.feature_dim
-    if c.algorithm == "protonet":
-        return ProtoNet(encoder)
-    if c.algorithm == "matching":
-        return MatchingNet(encoder, fce=c.fce, feature_dim=feature_dim)
-    return SiameseNet(encoder, feature_dim=feature_dim)
-
-
-def _base_classes(c: Config) -> int:
-    if c.base_classes is not None:
-        return c.base_classes
-    if c.benchmark == "omniglot":
-        return OMNIGLOT_SPLIT_CLASSES[c.split]["train"]
-    raise ConfigError(f"{c.algorithm} needs base_classes, the meta-train classes of the data (builders.bind_dataset fills it in; train does)")
+    """The task's default model (a Conv-4 or MLP with an N-way or scalar head)."""
+    return Context(c, c.spec()).backbone()
 
 
 def build_learner(c: Config) -> MetaLearner:
-    if c.algorithm in _METRIC_BASED:
-        return build_metric_learner(c)
-    if c.algorithm == "metanet":
-        return MetaNet(ways=c.ways, in_channels=c.channels, image_size=c.image_size)
-    if c.algorithm in TRANSFER:
-        encoder = Conv4(in_channels=c.channels, image_size=c.image_size, norm="batch")
-        return Baseline(encoder, encoder.feature_dim, _base_classes(c), cosine=c.algorithm == "baseline_pp")
-    if c.algorithm == "mann":
-        shape = (c.channels, c.image_size, c.image_size) if c.benchmark in IMAGE_BENCHMARKS else (_csv_features(c),)
-        return MANN(c.ways, shape, labels=c.mann_labels, seed=c.seed)
-    if c.algorithm == "lstm_meta":
-        # Ravi & Larochelle's learner: Conv-4 with 32 filters per layer (4x fewer coordinates for the
-        # coordinate-wise LSTM than 64 filters; the LSTM over them dominates the cost).
-        images = c.benchmark in IMAGE_BENCHMARKS
-        model = Conv4(in_channels=c.channels, hidden=32, out_features=c.ways, image_size=c.image_size, norm="batch_stats") if images else build_model(c)
-        return LSTMMetaLearner(model, task_kind(c), inner_steps=c.inner_steps, eval_inner_steps=c.eval_inner_steps, inner_lr=c.inner_lr)
-    kind = task_kind(c)
-    cls = _GRADIENT_BASED[c.algorithm]
-    # MAML++'s schedules (its LSLR and per-step batch-norm affine are always on).
-    extra = {"msl_iterations": c.msl_iterations, "first_order_iterations": c.first_order_iterations} if c.algorithm == "mamlpp" else {}
-    return cls(
-        build_model(c),
-        kind,
-        inner_lr=c.inner_lr,
-        inner_steps=c.inner_steps,
-        eval_inner_steps=c.eval_inner_steps,
-        first_order=c.first_order,
-        strategy=c.strategy,
-        inner_checkpoint=c.inner_checkpoint,
-        **extra,
-    )
+    """The learner of a resolved config, made by its algorithm's spec."""
+    spec = c.spec()
+    try:
+        return spec.build(Context(c, spec))
+    except OptionError as e:
+        raise ConfigError(str(e)) from None
 
 
 def build_optimizer(c: Config, learner: MetaLearner) -> torch.optim.Optimizer:

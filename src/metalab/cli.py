@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from .checkpoint import CheckpointError
-from .config import Config, ConfigError, config_from_dict, load_config, parse_override
+from .algorithms.spec import OptionError, algorithm_names, load_plugins, option_keys, specs
+from .config import GROUPS, Config, ConfigError, config_from_dict, load_config, parse_override
 from .distributed import DistributedError
 from .experiment import default_run_dir, list_runs, meta_test, runs_table, sweep
 
@@ -36,14 +37,69 @@ _EXAMPLES = """examples:
 """
 
 
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("config keys (each overrides the config file; see configs/ for examples)")
+def _allowed(meta: dict, default) -> str:
+    if isinstance(default, bool):
+        return "true | false"
+    if meta.get("choices") is not None:
+        return " | ".join(map(str, meta["choices"]))
+    if meta.get("allowed"):
+        return meta["allowed"]
+    if meta.get("minimum") is not None:
+        return f">= {meta['minimum']}"
+    return ""
+
+
+def _flag_help(help_text: str, meta: dict, default) -> str:
+    allowed = _allowed(meta, default)
+    shown = "none" if default is None else default
+    return f"{help_text} [{allowed + '; ' if allowed else ''}default: {shown}]"
+
+
+def config_flags() -> list[tuple[str, str, list[tuple[str, str, object, bool]]]]:
+    """The config keys as `--help` shows them: (group title, description, [(key, help, default, is_list)])."""
     defaults = Config()
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        g.add_argument(flag, dest=f"cfg_{f.name}", metavar=f.name.upper(), nargs="+" if isinstance(default, list) else None,
-                       help=f"default: {default}")
+    generic = {f.name: f for f in dataclasses.fields(Config) if f.name != "options"}
+    groups = []
+    titles = {
+        "tasks": "the tasks", "data": "the data", "model": "the model",
+        "training": "meta-training", "evaluation": "evaluation",
+    }
+    for group in GROUPS:
+        rows = []
+        for name, f in generic.items():
+            if f.metadata["group"] == group:
+                default, meta = getattr(defaults, name), dict(f.metadata)
+                if name == "algorithm":
+                    meta["choices"] = algorithm_names()
+                rows.append((name, _flag_help(meta["help"], meta, default), default, isinstance(default, list)))
+        groups.append((f"config keys: {titles[group]}", "", rows))
+    rows = []
+    for name, owners in option_keys().items():
+        parts = []
+        for spec in owners:
+            f = next(g for g in dataclasses.fields(spec.options) if g.name == name)
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            parts.append((_flag_help(f.metadata["help"], f.metadata, default), spec.name, isinstance(default, list)))
+        texts: dict[str, list[str]] = {}
+        for text, algorithm, _ in parts:
+            texts.setdefault(text, []).append(algorithm)
+        help_text = "; ".join(f"{', '.join(algorithms)}: {text}" for text, algorithms in texts.items())
+        rows.append((name, help_text, None, parts[0][2]))
+    algorithms = "; ".join(f"{s.name} ({s.family})" for s in specs())
+    groups.append(("config keys of the algorithms (each applies to the algorithms named)", f"algorithms: {algorithms}", rows))
+    return groups
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    for title, description, rows in config_flags():
+        g = p.add_argument_group(title, description or None)
+        for name, help_text, _, is_list in rows:
+            g.add_argument("--" + name.replace("_", "-"), dest=f"cfg_{name}", metavar=name.upper(),
+                           nargs="+" if is_list else None, help=help_text.replace("%", "%%"))
+
+
+def _config_keys() -> list[str]:
+    return [f.name for f in dataclasses.fields(Config) if f.name != "options"] + list(option_keys())
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -123,10 +179,10 @@ def _yaml(text: str):
 def _train_config(args) -> Config:
     config = load_config(args.config) if args.config else Config()
     values = {}
-    for f in dataclasses.fields(Config):
-        raw = getattr(args, f"cfg_{f.name}")
+    for name in _config_keys():
+        raw = getattr(args, f"cfg_{name}")
         if raw is not None:
-            values[f.name] = [_yaml(v) for v in raw] if isinstance(raw, list) else _yaml(raw)
+            values[name] = [_yaml(v) for v in raw] if isinstance(raw, list) else _yaml(raw)
     for text in args.set:
         key, value = parse_override(text)
         values[key] = value
@@ -139,9 +195,9 @@ def cmd_train(args, argv=None) -> int:
 
     if args.resume and not args.run_dir:
         raise ConfigError("--resume needs --run-dir, the folder of the run to continue")
-    if args.resume and not args.config and not any(getattr(args, f"cfg_{f.name}") is not None for f in dataclasses.fields(Config)) and not args.set:
+    if args.resume and not args.config and not any(getattr(args, f"cfg_{k}") is not None for k in _config_keys()) and not args.set:
         # Resuming with no config given means: the run's own config.
-        config = load_config(Path(args.run_dir) / "config.yaml")
+        config = load_config(Path(args.run_dir) / "config.yaml").resolved(saved=True)
     else:
         config = _train_config(args)
     if args.nproc and args.nproc > 1 and not distributed.launched_by_torchrun():
@@ -205,10 +261,9 @@ def cmd_eval(args) -> int:
     tasks = args.tasks if args.tasks is not None else c.test_tasks
     if tasks < 1:
         raise ConfigError(f"--tasks must be >= 1, got {tasks}")
-    adapts_by_steps = hasattr(learner, "eval_inner_steps")
-    if args.steps and not adapts_by_steps:
-        raise ConfigError(f"--steps applies to gradient-based learners; {c.algorithm} has no inner loop")
-    steps_list = (args.steps or c.eval_steps) if adapts_by_steps else [None]
+    if args.steps and not learner.inner_loop:
+        raise ConfigError(f"--steps applies to learners with an inner loop; {c.algorithm} has none")
+    steps_list = (args.steps or c.eval_steps) if learner.inner_loop else [None]
     if any(s is not None and s < 0 for s in steps_list):
         raise ConfigError(f"--steps must be >= 0, got {steps_list}")
     dataset = load_dataset(c)
@@ -261,9 +316,30 @@ def cmd_data(args) -> int:
     return 0
 
 
+def _preload_plugins(argv: list[str]) -> None:
+    """Import the plugins named by `--plugins` or by the `--config` file first, so that their
+    algorithms' keys are flags of `metalab train` and their names are known."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--plugins", nargs="+", default=[])
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    plugins = list(known.plugins)
+    if known.config:
+        try:
+            plugins += load_config(known.config).plugins
+        except ConfigError:
+            pass  # reported with the right message when the config is read for real
+    load_plugins(plugins)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        _preload_plugins(argv)
+    except (OptionError, ValueError) as e:
+        print(f"metalab: error: {e}", file=sys.stderr)
+        return 2
+    parser = _parser()
     # No command at all means the built-in default job: `metalab train`.
     args = parser.parse_args(argv or ["train"])
     command = args.command

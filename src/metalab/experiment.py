@@ -37,7 +37,7 @@ def meta_test(result, log: Callable[[str], None] = print) -> dict:
     c = result.config
     dataset = load_dataset(c)
     tests = []
-    for steps in c.eval_steps if hasattr(result.learner, "eval_inner_steps") else [None]:
+    for steps in c.eval_steps or [None]:
         r = evaluate(result.learner, build_source(c, "test", dataset), c.test_tasks, steps=steps)
         log("test " + str(r))
         tests.append(r.to_dict())

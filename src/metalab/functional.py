@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from typing import Callable, Iterator, Mapping, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping, Protocol, Union
 
 import torch
 from torch import Tensor, nn
@@ -37,9 +38,14 @@ __all__ = [
     "inner_loop",
     "inner_gradients",
     "inner_step",
+    "UpdateRule",
+    "SGD",
+    "LearnedRates",
+    "PerStepRates",
     "resolve_strategy",
     "map_tasks",
     "detached_params",
+    "adapted_predictions",
 ]
 
 Params = dict[str, Tensor]
@@ -109,31 +115,106 @@ def inner_gradients(loss_of: Callable[[Params], Tensor], params: Params, first_o
     return {k: g.detach() for k, g in grads.items()} if first_order else grads
 
 
+# --- inner-loop update rules ---------------------------------------------------------------------
+# An update rule is a pair of pure functions in the spirit of optax: `init(params) -> state` and
+# `update(params, grads, state, step) -> (new params, new state)`, out of place, so a second-order
+# inner loop differentiates through it. What gets meta-learned (Meta-SGD's rates, MAML++'s per-step
+# rates) is held by the learner and handed to the rule, never kept in a closure.
+
+
+class UpdateRule(Protocol):
+    def init(self, params: Params) -> Any: ...
+
+    def update(self, params: Params, grads: Params, state: Any, step: int) -> tuple[Params, Any]: ...
+
+
+@dataclass(frozen=True)
+class SGD:
+    """theta' = theta - lr * grad, one learning rate for every parameter (MAML, eq. 1)."""
+
+    lr: float
+
+    def init(self, params: Params) -> None:
+        return None
+
+    def update(self, params: Params, grads: Params, state: None, step: int) -> tuple[Params, None]:
+        return sgd_step(params, grads, self.lr), state
+
+
+@dataclass(frozen=True)
+class LearnedRates:
+    """theta' = theta - alpha o grad with a rate per parameter coordinate (Meta-SGD, eq. 3).
+
+    Attributes:
+        rates: parameter name -> alpha, broadcastable against the parameter.
+    """
+
+    rates: Mapping[str, Tensor]
+
+    def init(self, params: Params) -> None:
+        return None
+
+    def update(self, params: Params, grads: Params, state: None, step: int) -> tuple[Params, None]:
+        return sgd_step(params, grads, self.rates), state
+
+
+@dataclass(frozen=True)
+class PerStepRates:
+    """theta' = theta - alpha[k][s] * grad at inner step s, a rate per parameter tensor and step
+    (MAML++'s LSLR); steps past the last rate reuse it.
+
+    Attributes:
+        rates: parameter name -> rates of shape (steps,).
+    """
+
+    rates: Mapping[str, Tensor]
+
+    def init(self, params: Params) -> None:
+        return None
+
+    def rate(self, step: int) -> dict[str, Tensor]:
+        return {k: r[min(step, r.shape[0] - 1)] for k, r in self.rates.items()}
+
+    def update(self, params: Params, grads: Params, state: None, step: int) -> tuple[Params, None]:
+        return sgd_step(params, grads, self.rate(step)), state
+
+
 def inner_step(
-    loss_of: Callable[[Params], Tensor], params: Params, lr: LearningRate, *, first_order: bool, mode: str, checkpoint: bool = False
-) -> Params:
-    """One inner SGD step on `loss_of`: theta - lr * grad loss_of(theta).
+    loss_of: Callable[[Params], Tensor],
+    params: Params,
+    rule: UpdateRule,
+    state: Any = None,
+    step: int = 0,
+    *,
+    first_order: bool,
+    mode: str,
+    checkpoint: bool = False,
+) -> tuple[Params, Any]:
+    """One inner step of `rule` on the gradient of `loss_of` at `params`; the new params and state.
 
     `checkpoint` (second order, "autograd" mode only; ignored otherwise) keeps none of the step's
     forward and gradient graph: `torch.utils.checkpoint` (non-reentrant, which differentiates
     through the `autograd.grad(create_graph=True)` inside) recomputes it in the outer backward.
     The meta-gradient is unchanged (tests/test_inner_checkpoint.py); what a second-order task holds then
     grows by one parameter set per inner step instead of one step's activations and double-backward
-    graph, for about one more inner step of compute.
+    graph, for about one more inner step of compute. Only for rules without state (the SGD family).
     """
 
-    def step(p: Params) -> Params:
-        return sgd_step(p, inner_gradients(loss_of, p, first_order, mode), lr)
+    def apply(p: Params) -> tuple[Params, Any]:
+        return rule.update(p, inner_gradients(loss_of, p, first_order, mode), state, step)
 
     if not checkpoint or first_order or mode != "autograd" or not torch.is_grad_enabled():
-        return step(params)
+        return apply(params)
+    if state is not None:
+        raise ValueError("inner_checkpoint needs an update rule without state")
     names = list(params)
 
     def flat(*values: Tensor) -> tuple[Tensor, ...]:
-        new = step(dict(zip(names, values)))
+        new, _ = apply(dict(zip(names, values)))
         return tuple(new[k] for k in names)
 
-    return dict(zip(names, torch.utils.checkpoint.checkpoint(flat, *(params[k] for k in names), use_reentrant=False)))
+    values = torch.utils.checkpoint.checkpoint(flat, *(params[k] for k in names), use_reentrant=False)
+    return dict(zip(names, values)), state
 
 
 def inner_loop(
@@ -144,20 +225,19 @@ def inner_loop(
     *,
     kind: str,
     steps: int,
-    lr: LearningRate | Callable[[int], LearningRate],
+    rule: UpdateRule,
     first_order: bool,
     mode: str = "autograd",
     checkpoint: bool = False,
 ) -> Params:
-    """Adapt `params` to one task by `steps` SGD steps on the loss of `model` on (x, y).
+    """Adapt `params` to one task by `steps` steps of `rule` on the loss of `model` on (x, y).
 
-    Implements the inner update of Finn et al. 2017, eq. 1: theta' = theta - alpha * grad L(theta).
+    With `SGD(alpha)` this is the inner update of Finn et al. 2017, eq. 1: theta' = theta - alpha * grad L(theta).
 
     Args:
         x: of shape (n, *input_shape) (one task; under `vmap` the task dim is hidden).
         y: of shape (n,) class ids or (n, *target_shape) values.
-        lr: a learning rate, one per parameter, or a function of the step index returning either
-            (MAML++'s per-step rates).
+        rule: the update rule (`SGD`, `LearnedRates`, `PerStepRates`, ...).
         first_order: detach the inner gradients (first-order MAML, Reptile).
         mode: "autograd" (outside vmap) or "func" (inside vmap).
         checkpoint: recompute each inner step in the outer backward instead of keeping its graph
@@ -170,9 +250,35 @@ def inner_loop(
     def loss_of(p: Params) -> Tensor:
         return task_loss(kind, forward(model, p, x), y)
 
+    state = rule.init(params)
     for step in range(steps):
-        params = inner_step(loss_of, params, lr(step) if callable(lr) else lr, first_order=first_order, mode=mode, checkpoint=checkpoint)
+        params, state = inner_step(
+            loss_of, params, rule, state, step, first_order=first_order, mode=mode, checkpoint=checkpoint
+        )
     return params
+
+
+def adapted_predictions(
+    model: nn.Module,
+    rule: UpdateRule,
+    support_x: Tensor,
+    support_y: Tensor,
+    query_x: Tensor,
+    *,
+    kind: str,
+    steps: int,
+    strategy: str,
+) -> Tensor:
+    """Fine-tune `model`'s parameters on each task's support set with `steps` steps of `rule`
+    (no meta-gradient), then answer the task's queries; of shape (T, n_query, ...)."""
+
+    def task(p, sx, sy, qx, *, mode):
+        adapted = inner_loop(model, p, sx, sy, kind=kind, steps=steps, rule=rule, first_order=True, mode=mode)
+        return forward(model, adapted, qx).detach()
+
+    with torch.enable_grad():
+        params = detached_params(named_params(model), strategy)
+        return map_tasks(task, params, (support_x, support_y, query_x), strategy)
 
 
 def resolve_strategy(strategy: str, model: nn.Module) -> str:

@@ -27,7 +27,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 
-from .config import FIXED_HEAD, IMAGE_BENCHMARKS, Config, ConfigError
+from .config import IMAGE_BENCHMARKS, Config, ConfigError
 from .data.folder import IMAGE_EXTENSIONS, read_class_folders, read_image
 from .data.omniglot import DataNotFoundError, to_float
 
@@ -79,18 +79,18 @@ def load_queries(queries: PathLike | Sequence[PathLike], image_size: int, channe
 
 
 def _check_support(checkpoint: PathLike, c: Config, support: PathLike, names: list[str], counts: list[int]) -> None:
-    listed = ", ".join(names)
-    if c.algorithm in FIXED_HEAD and len(names) != c.ways:
+    listed, needs = ", ".join(names), c.spec().needs
+    if needs.fixed_head and len(names) != c.ways:
         raise ConfigError(
             f"{checkpoint} is a {c.ways}-way {c.algorithm} model: its classifier head has exactly {c.ways} outputs, "
             f"so the support folder needs exactly {c.ways} class folders; {support} has {len(names)} ({listed})"
         )
     if len(names) < 2:
         raise ConfigError(f"the support folder {support} needs at least 2 class folders to choose between; it has {len(names)} ({listed})")
-    if c.algorithm == "relation" and len(set(counts)) > 1:
+    if needs.equal_shots and len(set(counts)) > 1:
         raise ConfigError(
-            f"relation networks sum each class's feature maps, so every class needs the same number of support "
-            f"images; {support} has " + ", ".join(f"{n}: {k}" for n, k in zip(names, counts))
+            f"{c.algorithm} needs the same number of support images in every class (relation networks sum each "
+            f"class's feature maps); {support} has " + ", ".join(f"{n}: {k}" for n, k in zip(names, counts))
         )
 
 
@@ -124,7 +124,7 @@ def predict(
     learner, c, _ = learner_from_checkpoint(checkpoint)
     if c.benchmark not in IMAGE_BENCHMARKS:
         raise ConfigError(f"{checkpoint} was trained on {c.benchmark}; predict labels images and needs a checkpoint trained on omniglot or folder")
-    if steps is not None and not hasattr(learner, "eval_inner_steps"):
+    if steps is not None and not learner.inner_loop:
         raise ConfigError(f"steps applies to gradient-based learners; {c.algorithm} has no inner loop")
     if steps is not None and steps < 0:
         raise ConfigError(f"steps must be >= 0, got {steps}")

@@ -1,18 +1,45 @@
-"""Meta-learning algorithms, one file each, all exposing `meta_loss` and `predict`."""
-from .anil import ANIL
-from .base import MetaLearner
-from .finetune import Baseline
-from .lstm_meta import LSTMMetaLearner
-from .maml import MAML
-from .mann import MANN
-from .mamlpp import MAMLpp
-from .matching import MatchingNet
-from .metanet import MetaNet
-from .metasgd import MetaSGD
-from .pretrain import Pretrained
-from .protonet import ProtoNet
-from .relation import RelationNet
-from .reptile import Reptile
-from .siamese import SiameseNet
+"""Meta-learning algorithms: one file each, grouped by family, each declaring its spec.
 
-__all__ = ["MetaLearner", "MAML", "MetaSGD", "Reptile", "ANIL", "MAMLpp", "Pretrained", "ProtoNet", "MatchingNet", "RelationNet", "SiameseNet", "MetaNet", "Baseline", "MANN", "LSTMMetaLearner"]
+Importing this package registers the built-in algorithms (`spec.register`); `specs()` lists them,
+with any registered by user plugins.
+
+    optimization/  maml (and fomaml), metasgd, reptile, anil, mamlpp, lstm_meta
+    metric/        protonet, matching, relation, siamese
+    model/         mann, metanet
+    transfer/      pretrain, baseline (and baseline_pp)
+"""
+
+from .base import MetaLearner
+from .metric import MatchingNet, ProtoNet, RelationNet, SiameseNet
+from .model import MANN, MetaNet
+from .optimization import ANIL, MAML, LSTMMetaLearner, MAMLpp, MetaSGD, Reptile
+from .spec import AlgorithmSpec, BuildContext, Needs, NoOptions, Options, algorithm_names, get_spec, option, register, specs
+from .transfer import Baseline, Pretrained
+
+__all__ = [
+    "MetaLearner",
+    "MAML",
+    "MetaSGD",
+    "Reptile",
+    "ANIL",
+    "MAMLpp",
+    "LSTMMetaLearner",
+    "ProtoNet",
+    "MatchingNet",
+    "RelationNet",
+    "SiameseNet",
+    "MANN",
+    "MetaNet",
+    "Pretrained",
+    "Baseline",
+    "AlgorithmSpec",
+    "BuildContext",
+    "Needs",
+    "NoOptions",
+    "Options",
+    "algorithm_names",
+    "get_spec",
+    "option",
+    "register",
+    "specs",
+]

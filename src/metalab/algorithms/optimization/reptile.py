@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..functional import detached_params, forward, map_tasks, named_params
-from ..tasks.episode import TaskBatch
-from ..losses import task_loss, task_metric
+from ...functional import detached_params, forward, map_tasks, named_params
+from ...losses import task_loss, task_metric
+from ...tasks.episode import TaskBatch
+from ..spec import AlgorithmSpec, BuildContext, Needs, register
 from .maml import MAML
+from .options import SGDInnerLoop
 
 __all__ = ["Reptile"]
 
@@ -43,3 +45,28 @@ class Reptile(MAML):
         )
         surrogate = sum((p * (p - adapted[k].mean(0)).detach()).sum() for k, p in params.items())
         return surrogate, {"loss": losses.mean().item(), self.metric_name(): metric.mean().item()}
+
+
+def _build(ctx: BuildContext) -> Reptile:
+    o = ctx.options
+    return Reptile(
+        ctx.backbone(),
+        ctx.kind,
+        inner_lr=o.inner_lr,
+        inner_steps=o.inner_steps,
+        eval_inner_steps=o.eval_inner_steps,
+        strategy=o.strategy,
+    )
+
+
+register(
+    AlgorithmSpec(
+        name="reptile",
+        family="optimization",
+        summary="Reptile (Nichol et al. 2018): move the initialisation toward each task's adapted weights",
+        learner=Reptile,
+        options=SGDInnerLoop,
+        needs=Needs(fixed_head=True),
+        build=_build,
+    )
+)

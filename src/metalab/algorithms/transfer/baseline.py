@@ -14,22 +14,38 @@ References:
     a class-wise learnable norm on w_j (weight normalisation) and a fixed scale of 2 for <= 200
     classes, 10 above ("in Omniglot a larger scale factor is required to handle > 1000 classes").
 
-In this library the training stage runs through the one training loop: `meta_loss` reads a
-`TaskBatch` from `ClassBatchSampler` (`FewShotDataset.batches`), whose support labels are global
-class ids remapped to 0..C-1 and whose query part is empty; `builders.build_source` gives these
-learners that source for the train split, and episodes for val/test.
+In this library the training stage runs through the one training loop: the learner asks for plain
+mini-batches (`training_source = "batches"`), so `meta_loss` reads a `TaskBatch` from
+`ClassBatchSampler` (`FewShotDataset.batches`), whose support labels are global class ids remapped
+to 0..C-1 and whose query part is empty; validation and test use episodes.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..tasks.episode import TaskBatch
-from .base import MetaLearner
-from .protonet import EVAL_CHUNK, embed_tasks, num_ways
+from ...tasks.episode import TaskBatch
+from ..base import MetaLearner
+from ..metric.common import EVAL_CHUNK, embed_tasks, num_ways
+from ..spec import AlgorithmSpec, BuildContext, Needs, OptionError, Options, option, register
 
-__all__ = ["Baseline", "CosineClassifier", "cosine_scale"]
+__all__ = ["Baseline", "BaselineOptions", "CosineClassifier", "cosine_scale"]
+
+
+@dataclass
+class BaselineOptions(Options):
+    base_classes: Optional[int] = option(
+        None, "classes of the pre-training classifier (default: the data's meta-train classes)", minimum=1
+    )
+
+    def bind(self, dataset) -> BaselineOptions:
+        if self.base_classes is None and dataset is not None:
+            return replace(self, base_classes=len(dataset.splits.train))
+        return self
 
 
 def cosine_scale(num_classes: int) -> float:
@@ -87,6 +103,7 @@ class Baseline(MetaLearner):
     """
 
     kind = "classification"
+    training_source = "batches"
 
     def __init__(
         self,
@@ -181,3 +198,31 @@ class Baseline(MetaLearner):
                             p.sub_(self.finetune_lr * velocity[i])
         with torch.no_grad():
             return self._logits(params[0], params[1], query_z)
+
+
+def _build(ctx: BuildContext, *, cosine: bool) -> Baseline:
+    classes = ctx.options.base_classes or ctx.train_classes()
+    if classes is None:
+        raise OptionError(
+            f"{ctx.config.algorithm} needs base_classes, the meta-train classes of the data "
+            "(bound from the data set by metalab.builders.bind_dataset; train does it)"
+        )
+    encoder, feature_dim = ctx.embedding()
+    return Baseline(encoder, feature_dim, classes, cosine=cosine)
+
+
+for _name, _cosine, _summary in (
+    ("baseline", False, "Baseline (Chen et al. 2019): pre-train a classifier, fit a linear one per task"),
+    ("baseline_pp", True, "Baseline++ (Chen et al. 2019): as Baseline with cosine-similarity classifiers"),
+):
+    register(
+        AlgorithmSpec(
+            name=_name,
+            family="transfer",
+            summary=_summary,
+            learner=Baseline,
+            options=BaselineOptions,
+            needs=Needs(kinds=("classification",), images=True),
+            build=lambda ctx, cosine=_cosine: _build(ctx, cosine=cosine),
+        )
+    )

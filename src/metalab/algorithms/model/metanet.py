@@ -38,9 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models import Conv4
-from ..tasks.episode import TaskBatch
-from .base import MetaLearner
+from ...models import Conv4
+from ...tasks.episode import TaskBatch
+from ..base import MetaLearner
+from ..spec import AlgorithmSpec, BuildContext, Needs, register
 
 __all__ = ["MetaNet", "preprocess_gradient", "attention_read"]
 
@@ -190,3 +191,20 @@ class MetaNet(MetaLearner):
         loss = F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten())
         accuracy = (logits.argmax(-1) == batch.query_y).float().mean()
         return loss, {"loss": loss.item(), "accuracy": accuracy.item()}
+
+
+def _build(ctx: BuildContext) -> MetaNet:
+    channels, size, _ = ctx.input_shape
+    return MetaNet(ways=ctx.ways, in_channels=channels, image_size=size)
+
+
+register(
+    AlgorithmSpec(
+        name="metanet",
+        family="model",
+        summary="Meta Networks (Munkhdalai & Yu 2017): fast weights generated from gradients, read by attention",
+        learner=MetaNet,
+        needs=Needs(kinds=("classification",), images=True, fixed_head=True),
+        build=_build,
+    )
+)

@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..tasks.episode import TaskBatch
-from .base import MetaLearner
-from .protonet import EVAL_CHUNK, embed_tasks, num_ways, one_hot_support
+from ...tasks.episode import TaskBatch
+from ..base import MetaLearner
+from ..spec import AlgorithmSpec, Needs, register
+from .common import EVAL_CHUNK, embed_tasks, num_ways, one_hot_support
 
 __all__ = ["RelationNet", "RelationEmbedding", "RelationModule"]
 
@@ -167,3 +168,16 @@ class RelationNet(MetaLearner):
         loss = F.mse_loss(scores, target)
         accuracy = (scores.argmax(-1) == batch.query_y).float().mean()
         return loss, {"loss": loss.item(), "accuracy": accuracy.item()}
+
+
+register(
+    AlgorithmSpec(
+        name="relation",
+        family="metric",
+        summary="Relation Networks (Sung et al. 2018): a learned comparison of feature maps, regressed with MSE",
+        learner=RelationNet,
+        # Its own embedding keeps feature maps, and the relation module pools them twice more.
+        needs=Needs(kinds=("classification",), images=True, equal_shots=True, min_image_size=22),
+        build=lambda ctx: RelationNet(input_shape=ctx.input_shape),
+    )
+)

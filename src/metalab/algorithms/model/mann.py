@@ -27,10 +27,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..tasks.episode import TaskBatch
-from .base import MetaLearner
+from ...tasks.episode import TaskBatch
+from ..base import MetaLearner
+from ..spec import AlgorithmSpec, BuildContext, Needs, Options, option, register
 
-__all__ = ["MANN", "LRUAState", "lrua_init", "lrua_step", "least_used_weights"]
+__all__ = ["MANN", "MANNOptions", "LRUAState", "lrua_init", "lrua_step", "least_used_weights"]
+
+
+@dataclass
+class MANNOptions(Options):
+    mann_labels: str = option(
+        "onehot", "how labels are fed back: one-hot, or the paper's 5-character strings (for 15 classes)",
+        choices=("onehot", "string"),
+    )
 
 
 @dataclass
@@ -306,3 +315,20 @@ class MANN(MetaLearner):
         instance = (onehot.cumsum(1) * onehot).sum(-1)  # (T, L): 1 at a class's first showing, ...
         correct = self._loss_and_correct(logits, y, codes)[1].float()
         return {int(k): correct[instance == k].mean().item() for k in instance.unique().tolist()}
+
+
+def _build(ctx: BuildContext) -> MANN:
+    return MANN(ctx.ways, ctx.input_shape, labels=ctx.options.mann_labels, seed=ctx.config.seed)
+
+
+register(
+    AlgorithmSpec(
+        name="mann",
+        family="model",
+        summary="memory-augmented network (Santoro et al. 2016): an LSTM with an LRUA memory, labels fed back late",
+        learner=MANN,
+        options=MANNOptions,
+        needs=Needs(kinds=("classification",), fixed_head=True),
+        build=_build,
+    )
+)

@@ -6,9 +6,6 @@ References:
     example of class k; eq. 2, p(y = k | x) = softmax_k(-d(f_phi(x), c_k)) with d the squared
     Euclidean distance. The loss is the negative log-probability of the true class of each query,
     averaged over the queries of the episode.
-
-The helpers `num_ways`, `one_hot_support` and `embed_tasks` are shared with the other metric-based
-learners (Matching, Relation and Siamese networks).
 """
 from __future__ import annotations
 
@@ -16,54 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..tasks.episode import TaskBatch
-from .base import MetaLearner
+from ...tasks.episode import TaskBatch
+from ..base import MetaLearner
+from ..spec import AlgorithmSpec, BuildContext, Needs, register
+from .common import EVAL_CHUNK, check_embedding, embed_tasks, num_ways, one_hot_support
 
-__all__ = ["ProtoNet", "class_prototypes", "squared_distances", "embed_tasks", "num_ways", "one_hot_support"]
-
-# In eval mode BatchNorm uses its running statistics, so every image is embedded on its own and the
-# images can go through the encoder in chunks: a Conv-4 forward costs more per image once the batch
-# outgrows the cache (DESIGN.md, pitfalls), and 25 tasks of 20-way 15-query are 8,000 images.
-EVAL_CHUNK = 256
-
-
-def num_ways(support_y: Tensor) -> int:
-    """N, the number of classes in the tasks: labels are relabelled 0..N-1 in every task."""
-    return int(support_y.max()) + 1
-
-
-def one_hot_support(support_y: Tensor, ways: int) -> Tensor:
-    """One-hot support labels as floats, of shape (T, n_support, N), from labels of shape (T, n_support)."""
-    return F.one_hot(support_y, ways).to(torch.get_default_dtype())
-
-
-def embed_tasks(encoder: nn.Module, *xs: Tensor, chunk: int | None = None) -> list[Tensor]:
-    """Embed the examples of every task with one shared encoder.
-
-    All inputs go through the encoder together (one batch, so that a training-mode BatchNorm
-    normalises the support and the queries of the episode with the same statistics); with `chunk`,
-    in pieces of at most `chunk` images, which is exact only when the encoder treats every image on
-    its own (BatchNorm in eval mode).
-
-    Args:
-        xs: tensors of shape (T, n_i, *input_shape).
-
-    Returns:
-        one embedding tensor per input, of shape (T, n_i, *feature_shape).
-    """
-    t = xs[0].shape[0]
-    sizes = [x.shape[1] for x in xs]
-    flat = torch.cat([x.reshape(t * x.shape[1], *x.shape[2:]) for x in xs]) if len(xs) > 1 else xs[0].flatten(0, 1)
-    if chunk is None or flat.shape[0] <= chunk:
-        z = encoder(flat)
-    else:
-        z = torch.cat([encoder(part) for part in flat.split(chunk)])
-    out, start = [], 0
-    for n in sizes:
-        out.append(z[start : start + t * n].reshape(t, n, *z.shape[1:]))
-        start += t * n
-    return out
-
+__all__ = ["ProtoNet", "class_prototypes", "squared_distances"]
 
 def class_prototypes(support_z: Tensor, support_y: Tensor, ways: int) -> Tensor:
     """Eq. 1: the mean embedding of each class's support examples.
@@ -145,3 +100,15 @@ class ProtoNet(MetaLearner):
         loss = F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten())
         accuracy = (logits.argmax(-1) == batch.query_y).float().mean()
         return loss, {"loss": loss.item(), "accuracy": accuracy.item()}
+
+
+register(
+    AlgorithmSpec(
+        name="protonet",
+        family="metric",
+        summary="Prototypical Networks (Snell et al. 2017): nearest class mean in a learned embedding",
+        learner=ProtoNet,
+        needs=Needs(kinds=("classification",)),
+        build=lambda ctx: ProtoNet(check_embedding(ctx)[0]),
+    )
+)

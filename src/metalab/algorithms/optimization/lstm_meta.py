@@ -21,16 +21,37 @@ batch sizes 5 and 25); the initial input-gate bias is set so that i_0 = `inner_l
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from ..functional import Params, forward, named_params
-from ..losses import task_loss, task_metric
-from ..tasks.episode import TaskBatch
-from .base import MetaLearner
+from ...functional import Params, forward, named_params
+from ...losses import task_loss, task_metric
+from ...tasks.episode import TaskBatch
+from ..base import MetaLearner
+from ..spec import AlgorithmSpec, BuildContext, Needs, OptionError, option, register
+from .options import InnerLoop
 
-__all__ = ["LSTMMetaLearner", "preprocess"]
+__all__ = ["LSTMMetaLearner", "LSTMMetaOptions", "preprocess"]
+
+
+@dataclass
+class LSTMMetaOptions(InnerLoop):
+    """The LSTM meta-learner's keys: its updates, and the learned rate's starting value."""
+
+    inner_lr: float = option(
+        0.01, "the input gate's initial value i_0, the learned rate at the start (its bias is logit(inner_lr))",
+        allowed="0 < inner_lr < 1",
+    )
+
+    def check(self, config) -> None:
+        super().check(config)
+        if not 0.0 < self.inner_lr < 1.0:
+            raise OptionError(
+                f"for lstm_meta, 'inner_lr' is the input gate's initial value (a learned learning rate, a sigmoid): "
+                f"it must be in (0, 1), got {self.inner_lr}"
+            )
 
 
 def preprocess(x: Tensor, p: float = 10.0) -> Tensor:
@@ -45,6 +66,10 @@ def preprocess(x: Tensor, p: float = 10.0) -> Tensor:
 
 class LSTMMetaLearner(MetaLearner):
     """The meta-learner LSTM training a learner (e.g. Conv-4 with an N-way head) on each support set.
+
+    The update rule is the pair `init_state` / `update` (eq. 2-4): where MAML's inner loop steps by
+    SGD, this one steps by the LSTM's learned input and forget gates, with the learner's gradients
+    and losses as constants.
 
     Args:
         model: the learner; its parameters are theta_0 = c_0, meta-learned.
@@ -68,6 +93,8 @@ class LSTMMetaLearner(MetaLearner):
 
     References: Ravi & Larochelle 2017, eqs. 2-4, section 3.3.
     """
+
+    inner_loop = True
 
     def __init__(
         self,
@@ -186,3 +213,26 @@ class LSTMMetaLearner(MetaLearner):
         steps = self.eval_inner_steps if steps is None else steps
         with torch.no_grad():
             return self._answer(self.adapt(support_x, support_y, steps), query_x)
+
+
+def _build(ctx: BuildContext) -> LSTMMetaLearner:
+    # Ravi & Larochelle's learner: Conv-4 with 32 filters per layer (4x fewer coordinates for the
+    # coordinate-wise LSTM than 64 filters; the LSTM over them dominates the cost).
+    o = ctx.options
+    model = ctx.backbone(hidden=32) if ctx.images else ctx.backbone()
+    return LSTMMetaLearner(
+        model, ctx.kind, inner_steps=o.inner_steps, eval_inner_steps=o.eval_inner_steps, inner_lr=o.inner_lr
+    )
+
+
+register(
+    AlgorithmSpec(
+        name="lstm_meta",
+        family="optimization",
+        summary="the LSTM meta-learner (Ravi & Larochelle 2017): a learned update rule for the learner's weights",
+        learner=LSTMMetaLearner,
+        options=LSTMMetaOptions,
+        needs=Needs(fixed_head=True),
+        build=_build,
+    )
+)

@@ -13,21 +13,24 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..functional import (
-    LearningRate,
+from ...functional import (
+    SGD,
     Params,
-    detached_params,
+    UpdateRule,
+    adapted_predictions,
     forward,
     inner_loop,
     map_tasks,
     named_params,
     resolve_strategy,
 )
-from ..tasks.episode import TaskBatch
-from ..losses import task_loss, task_metric
-from .base import MetaLearner
+from ...losses import task_loss, task_metric
+from ...tasks.episode import TaskBatch
+from ..base import MetaLearner
+from ..spec import AlgorithmSpec, BuildContext, Needs, register
+from .options import MAMLOptions, SGDInnerLoop
 
-__all__ = ["MAML"]
+__all__ = ["MAML", "MAMLOptions"]
 
 
 class MAML(MetaLearner):
@@ -53,7 +56,7 @@ class MAML(MetaLearner):
         >>> loss.backward()
     """
 
-    task_parallel = True
+    inner_loop = True
 
     def __init__(
         self,
@@ -79,15 +82,23 @@ class MAML(MetaLearner):
             raise ValueError("inner_checkpoint works on the per-task loop; use strategy 'loop' (vmap was chosen for this model)")
         self.inner_checkpoint = inner_checkpoint
 
-    def inner_rate(self, detach: bool = False) -> LearningRate:
-        """The inner learning rate (a float here; per-parameter tensors in Meta-SGD)."""
-        return self.inner_lr
+    @property
+    def task_parallel(self) -> bool:
+        # A mean over tasks with no state written: on the per-task loop, slices may run on threads.
+        return self.strategy == "loop"
 
-    def adapt(self, params: Params, x: Tensor, y: Tensor, *, steps: int, first_order: bool, mode: str, lr=None) -> Params:
+    def update_rule(self, detach: bool = False) -> UpdateRule:
+        """The inner update: SGD with alpha here; Meta-SGD and MAML++ learn their rates."""
+        return SGD(self.inner_lr)
+
+    def adapt(
+        self, params: Params, x: Tensor, y: Tensor, *, steps: int, first_order: bool, mode: str, rule: UpdateRule | None = None
+    ) -> Params:
         """Inner loop on one task's support set (x, y)."""
-        lr = self.inner_rate() if lr is None else lr
+        rule = self.update_rule() if rule is None else rule
         return inner_loop(
-            self.model, params, x, y, kind=self.kind, steps=steps, lr=lr, first_order=first_order, mode=mode, checkpoint=self.inner_checkpoint
+            self.model, params, x, y, kind=self.kind, steps=steps, rule=rule, first_order=first_order, mode=mode,
+            checkpoint=self.inner_checkpoint,
         )
 
     def _task(self, params, sx, sy, qx, qy, *, mode: str):
@@ -105,11 +116,45 @@ class MAML(MetaLearner):
     def predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, *, steps: int | None = None) -> Tensor:
         """Adapt on each support set with `steps` inner steps (default `eval_inner_steps`), answer the queries."""
         steps = self.eval_inner_steps if steps is None else steps
-        lr = self.inner_rate(detach=True)
+        return adapted_predictions(
+            self.model, self.update_rule(detach=True), support_x, support_y, query_x, kind=self.kind, steps=steps,
+            strategy=self.strategy,
+        )
 
-        def task(p, sx, sy, qx, *, mode):
-            return forward(self.model, self.adapt(p, sx, sy, steps=steps, first_order=True, mode=mode, lr=lr), qx).detach()
 
-        with torch.enable_grad():
-            params = detached_params(named_params(self.model), self.strategy)
-            return map_tasks(task, params, (support_x, support_y, query_x), self.strategy)
+def _build(ctx: BuildContext, *, first_order: bool | None = None) -> MAML:
+    o = ctx.options
+    return MAML(
+        ctx.backbone(),
+        ctx.kind,
+        inner_lr=o.inner_lr,
+        inner_steps=o.inner_steps,
+        eval_inner_steps=o.eval_inner_steps,
+        first_order=o.first_order if first_order is None else first_order,
+        strategy=o.strategy,
+        inner_checkpoint=getattr(o, "inner_checkpoint", False),
+    )
+
+
+register(
+    AlgorithmSpec(
+        name="maml",
+        family="optimization",
+        summary="MAML (Finn et al. 2017): an initialisation adapted by SGD, differentiated through the inner steps",
+        learner=MAML,
+        options=MAMLOptions,
+        needs=Needs(fixed_head=True),
+        build=_build,
+    )
+)
+register(
+    AlgorithmSpec(
+        name="fomaml",
+        family="optimization",
+        summary="first-order MAML (Finn et al. 2017, section 5.2): the inner gradients treated as constants",
+        learner=MAML,
+        options=SGDInnerLoop,
+        needs=Needs(fixed_head=True),
+        build=lambda ctx: _build(ctx, first_order=True),
+    )
+)

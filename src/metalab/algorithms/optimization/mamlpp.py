@@ -32,15 +32,38 @@ every `meta_loss`; without it the iteration stays 0 (uniform MSL weights, first 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
-from ..functional import Params, detached_params, forward, inner_step, map_tasks, named_params
-from ..losses import task_loss, task_metric
-from ..models.conv4 import BatchStatNorm2d
+from ...functional import PerStepRates, Params, UpdateRule, detached_params, forward, inner_step, map_tasks, named_params
+from ...losses import task_loss, task_metric
+from ...models.conv4 import BatchStatNorm2d
+from ..spec import AlgorithmSpec, BuildContext, Needs, OptionError, option, register
 from .maml import MAML
+from .options import InnerRate, SecondOrder, TaskMapping, InnerLoop
 
-__all__ = ["MAMLpp", "msl_weights"]
+__all__ = ["MAMLpp", "MAMLppOptions", "msl_weights"]
+
+
+@dataclass
+class MAMLppOptions(SecondOrder, InnerRate, TaskMapping, InnerLoop):
+    """MAML++'s keys: MAML's, with inner_lr the initial value of every learned per-step rate, and
+    the two schedules over training."""
+
+    inner_lr: float = option(0.01, "the initial value of every learned per-layer, per-step rate (LSLR)", allowed="> 0")
+    msl_iterations: int = option(
+        0, "iterations over which the multi-step loss weights anneal to the last step (0: last step only)", minimum=0
+    )
+    first_order_iterations: int = option(
+        0, "derivative-order annealing: first order for this many iterations, then second order", minimum=0
+    )
+
+    def check(self, config) -> None:
+        super().check(config)
+        if self.inner_steps < 1:
+            raise OptionError("MAML++ needs config key 'inner_steps' >= 1")
 
 # The layers whose affine parameters become per-step (BNWB).
 _NORMS = (BatchStatNorm2d, nn.modules.batchnorm._NormBase)
@@ -139,19 +162,15 @@ class MAMLpp(MAML):
         return self.first_order or self.iteration < self.first_order_iterations
 
     # --- per-step pieces -------------------------------------------------------------------------
-    def step_rate(self, step: int, detach: bool = False):
-        """The inner learning rate(s) of `step` (a float, or a tensor per parameter name)."""
-        if not self.lslr:
-            return self.inner_lr
-        s = min(step, self.inner_steps - 1)
-        return {k.replace("/", "."): (r.detach() if detach else r)[s] for k, r in self.rates.items()}
-
     def step_bn(self, step: int, detach: bool = False) -> Params:
         s = min(step, self.inner_steps - 1)
         return {k.replace("/", "."): (p.detach() if detach else p)[s] for k, p in self.bn.items()}
 
-    def inner_rate(self, detach: bool = False):
-        return lambda step: self.step_rate(step, detach)
+    def update_rule(self, detach: bool = False) -> UpdateRule:
+        """LSLR: `PerStepRates` of the learned rates (plain SGD at inner_lr without `lslr`)."""
+        if not self.lslr:
+            return super().update_rule(detach)
+        return PerStepRates({k.replace("/", "."): (r.detach() if detach else r) for k, r in self.rates.items()})
 
     # --- the task ----------------------------------------------------------------------------------
     def _run(self, params: Params, sx, sy, qx, *, steps: int, first_order: bool, mode: str, detach: bool, query_after):
@@ -160,13 +179,17 @@ class MAMLpp(MAML):
         Returns the list of (step, query output) and the final adapted parameters.
         """
         outs = []
+        rule = self.update_rule(detach)
+        state = rule.init(params)
         for s in range(steps):
             bn = self.step_bn(s, detach)
 
             def loss_of(p: Params, bn=bn) -> Tensor:
                 return task_loss(self.kind, forward(self.model, {**p, **bn}, sx), sy)
 
-            params = inner_step(loss_of, params, self.step_rate(s, detach), first_order=first_order, mode=mode, checkpoint=self.inner_checkpoint)
+            params, state = inner_step(
+                loss_of, params, rule, state, s, first_order=first_order, mode=mode, checkpoint=self.inner_checkpoint
+            )
             if query_after(s):
                 outs.append((s, forward(self.model, {**params, **bn}, qx)))
         return outs, params
@@ -192,3 +215,32 @@ class MAMLpp(MAML):
         with torch.enable_grad():
             params = detached_params(named_params(self.model), self.strategy)
             return map_tasks(task, params, (support_x, support_y, query_x), self.strategy)
+
+
+def _build(ctx: BuildContext) -> MAMLpp:
+    o = ctx.options
+    return MAMLpp(
+        ctx.backbone(),
+        ctx.kind,
+        inner_lr=o.inner_lr,
+        inner_steps=o.inner_steps,
+        eval_inner_steps=o.eval_inner_steps,
+        first_order=o.first_order,
+        strategy=o.strategy,
+        inner_checkpoint=o.inner_checkpoint,
+        msl_iterations=o.msl_iterations,
+        first_order_iterations=o.first_order_iterations,
+    )
+
+
+register(
+    AlgorithmSpec(
+        name="mamlpp",
+        family="optimization",
+        summary="MAML++ (Antoniou et al. 2019): per-step rates and batch-norm affine, multi-step loss, annealing",
+        learner=MAMLpp,
+        options=MAMLppOptions,
+        needs=Needs(fixed_head=True),
+        build=_build,
+    )
+)

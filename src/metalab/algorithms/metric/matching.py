@@ -11,15 +11,23 @@ References:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..tasks.episode import TaskBatch
-from .base import MetaLearner
-from .protonet import EVAL_CHUNK, embed_tasks, num_ways, one_hot_support
+from ...tasks.episode import TaskBatch
+from ..base import MetaLearner
+from ..spec import AlgorithmSpec, BuildContext, Needs, Options, option, register
+from .common import EVAL_CHUNK, check_embedding, embed_tasks, num_ways, one_hot_support
 
-__all__ = ["MatchingNet", "FullContextEmbedding"]
+__all__ = ["MatchingNet", "MatchingOptions", "FullContextEmbedding"]
+
+
+@dataclass
+class MatchingOptions(Options):
+    fce: bool = option(False, "full-context embeddings: a bidirectional LSTM over the support set, an attention LSTM for queries")
 
 # P(y | x_hat, S) is a weighted sum of one-hot labels and can be exactly 0 in float arithmetic;
 # its log is taken after clamping here.
@@ -149,3 +157,21 @@ class MatchingNet(MetaLearner):
         loss = F.nll_loss(log_probs.flatten(0, 1), batch.query_y.flatten())
         accuracy = (log_probs.argmax(-1) == batch.query_y).float().mean()
         return loss, {"loss": loss.item(), "accuracy": accuracy.item()}
+
+
+def _build(ctx: BuildContext) -> MatchingNet:
+    encoder, feature_dim = check_embedding(ctx)
+    return MatchingNet(encoder, fce=ctx.options.fce, feature_dim=feature_dim)
+
+
+register(
+    AlgorithmSpec(
+        name="matching",
+        family="metric",
+        summary="Matching Networks (Vinyals et al. 2016): attention over the support set, cosine similarities",
+        learner=MatchingNet,
+        options=MatchingOptions,
+        needs=Needs(kinds=("classification",)),
+        build=_build,
+    )
+)

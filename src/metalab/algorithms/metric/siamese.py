@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..tasks.episode import TaskBatch
-from .base import MetaLearner
-from .protonet import EVAL_CHUNK, embed_tasks, num_ways, one_hot_support
+from ...tasks.episode import TaskBatch
+from ..base import MetaLearner
+from ..spec import AlgorithmSpec, BuildContext, Needs, register
+from .common import EVAL_CHUNK, check_embedding, embed_tasks, num_ways, one_hot_support
 
 __all__ = ["SiameseNet"]
 
@@ -121,3 +122,20 @@ class SiameseNet(MetaLearner):
         scores = self._class_scores(logits[:, s:, :s], batch.support_y, num_ways(batch.support_y))
         accuracy = (scores.argmax(-1) == batch.query_y).float().mean()
         return loss, {"loss": loss.item(), "accuracy": accuracy.item()}
+
+
+def _build(ctx: BuildContext) -> SiameseNet:
+    encoder, feature_dim = check_embedding(ctx)
+    return SiameseNet(encoder, feature_dim=feature_dim)
+
+
+register(
+    AlgorithmSpec(
+        name="siamese",
+        family="metric",
+        summary="Siamese networks (Koch et al. 2015): a same/different verifier, the most similar support wins",
+        learner=SiameseNet,
+        needs=Needs(kinds=("classification",)),
+        build=_build,
+    )
+)

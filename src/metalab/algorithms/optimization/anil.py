@@ -17,9 +17,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..functional import Params, detached_params, forward, inner_loop, map_tasks, named_params
-from ..losses import task_loss, task_metric
+from ...functional import Params, UpdateRule, detached_params, forward, inner_loop, map_tasks, named_params
+from ...losses import task_loss, task_metric
+from ..spec import AlgorithmSpec, BuildContext, Needs, register
 from .maml import MAML
+from .options import MAMLOptions
 
 __all__ = ["ANIL"]
 
@@ -61,14 +63,14 @@ class ANIL(MAML):
         """body(x) with the given body parameters, of shape (n, feature_dim)."""
         return forward(getattr(self.model, self.body_name), body, x)
 
-    def adapt_head(self, head: Params, z: Tensor, y: Tensor, *, steps: int, first_order: bool, mode: str, lr=None) -> Params:
+    def adapt_head(
+        self, head: Params, z: Tensor, y: Tensor, *, steps: int, first_order: bool, mode: str, rule: UpdateRule | None = None
+    ) -> Params:
         """The inner loop on the head alone, on support features z of shape (n, feature_dim)."""
-        lr = self.inner_rate() if lr is None else lr
-        if isinstance(lr, dict):  # per-parameter rates (a Meta-SGD-style subclass): keep the head's
-            lr = {k[len(self._head_prefix):]: v for k, v in lr.items() if k.startswith(self._head_prefix)}
+        rule = self.update_rule() if rule is None else rule
         return inner_loop(
-            getattr(self.model, self.head_name), head, z, y, kind=self.kind, steps=steps, lr=lr, first_order=first_order, mode=mode,
-            checkpoint=self.inner_checkpoint,
+            getattr(self.model, self.head_name), head, z, y, kind=self.kind, steps=steps, rule=rule, first_order=first_order,
+            mode=mode, checkpoint=self.inner_checkpoint,
         )
 
     def _task(self, params, sx, sy, qx, qy, *, mode: str):
@@ -83,16 +85,43 @@ class ANIL(MAML):
     def predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, *, steps: int | None = None) -> Tensor:
         """Adapt the head on each support set with `steps` inner steps (default `eval_inner_steps`)."""
         steps = self.eval_inner_steps if steps is None else steps
-        lr = self.inner_rate(detach=True)
+        rule = self.update_rule(detach=True)
         head_module = getattr(self.model, self.head_name)
 
         def task(p, sx, sy, qx, *, mode):
             body, head = self.split(p)
             with torch.no_grad():  # the features need no graph: nothing is differentiated through the body
                 zs, zq = self.features(body, sx), self.features(body, qx)
-            adapted = self.adapt_head(head, zs, sy, steps=steps, first_order=True, mode=mode, lr=lr)
+            adapted = self.adapt_head(head, zs, sy, steps=steps, first_order=True, mode=mode, rule=rule)
             return forward(head_module, adapted, zq).detach()
 
         with torch.enable_grad():
             params = detached_params(named_params(self.model), self.strategy)
             return map_tasks(task, params, (support_x, support_y, query_x), self.strategy)
+
+
+def _build(ctx: BuildContext) -> ANIL:
+    o = ctx.options
+    return ANIL(
+        ctx.backbone(),
+        ctx.kind,
+        inner_lr=o.inner_lr,
+        inner_steps=o.inner_steps,
+        eval_inner_steps=o.eval_inner_steps,
+        first_order=o.first_order,
+        strategy=o.strategy,
+        inner_checkpoint=o.inner_checkpoint,
+    )
+
+
+register(
+    AlgorithmSpec(
+        name="anil",
+        family="optimization",
+        summary="ANIL (Raghu et al. 2020): MAML adapting only the classifier head in the inner loop",
+        learner=ANIL,
+        options=MAMLOptions,
+        needs=Needs(fixed_head=True),
+        build=_build,
+    )
+)

@@ -1,0 +1,81 @@
+"""The config keys of the inner-loop learners, as small option dataclasses each algorithm combines.
+
+An algorithm's options class lists the mixins it takes, so each key exists exactly where it means
+something: `inner_checkpoint` only for second-order inner loops, `strategy` only for learners that
+map a per-task function over the meta-batch, `inner_lr` with the meaning its algorithm gives it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from ..spec import OptionError, Options, option
+
+__all__ = ["InnerLoop", "TaskMapping", "SecondOrder", "InnerRate", "SGDInnerLoop", "MAMLOptions"]
+
+
+@dataclass
+class InnerLoop(Options):
+    inner_steps: int = option(1, "inner steps on the support set in meta-training", minimum=0)
+    eval_inner_steps: Optional[int] = option(
+        None, "inner steps at evaluation and prediction (default: inner_steps)", minimum=0
+    )
+
+    def resolved(self, config) -> InnerLoop:
+        new = super().resolved(config)
+        if new.eval_inner_steps is None:
+            new.eval_inner_steps = new.inner_steps
+        return new
+
+    def eval_steps(self) -> list[int]:
+        return [self.eval_inner_steps]
+
+
+@dataclass
+class TaskMapping(Options):
+    strategy: str = option(
+        "auto",
+        "meta-batch processing: vmap (batched over tasks), loop (task by task), auto (vmap for "
+        "models without convolutions)",
+        choices=("auto", "vmap", "loop"),
+    )
+
+
+@dataclass
+class InnerRate(Options):
+    inner_lr: float = option(0.01, "alpha, the inner SGD step size", allowed="> 0")
+
+    def check(self, config) -> None:
+        super().check(config)
+        if self.inner_lr <= 0:
+            raise OptionError(f"config key 'inner_lr' must be > 0, got {self.inner_lr}")
+
+
+@dataclass
+class SecondOrder(Options):
+    first_order: bool = option(False, "detach the inner gradients (first-order approximation)")
+    inner_checkpoint: bool = option(
+        False,
+        "second order: recompute each inner step in the outer backward instead of keeping its graph "
+        "(memory stops growing with the inner steps; docs/scaling.md)",
+    )
+
+    def check(self, config) -> None:
+        super().check(config)
+        if self.inner_checkpoint and self.first_order:
+            raise OptionError("config key 'inner_checkpoint' applies to second-order inner loops, not with first_order")
+        if self.inner_checkpoint and getattr(self, "strategy", None) == "vmap":
+            raise OptionError(
+                "config key 'inner_checkpoint' works on the per-task loop: set 'strategy' to loop or auto, not vmap"
+            )
+
+
+@dataclass
+class SGDInnerLoop(InnerRate, TaskMapping, InnerLoop):
+    """An SGD inner loop mapped over the tasks (first-order MAML, Reptile, the pretrained baseline)."""
+
+
+@dataclass
+class MAMLOptions(SecondOrder, InnerRate, TaskMapping, InnerLoop):
+    """MAML's keys: an SGD inner loop, second order unless first_order."""

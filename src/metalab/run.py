@@ -1,0 +1,179 @@
+"""A meta-training run's set-up, its state and its steps, for the loop in `metalab.train`.
+
+`Run.start` resolves the config, joins the process group under torchrun, loads the data, builds the
+learner, the outer optimizer, its schedule, the training task source and the task threads, and
+restores all of it from `checkpoint.pt` when resuming. `Run.step` is one outer step, `Run.validate`
+one validation, `Run.save` one checkpoint: the learner's, optimizer's and schedule's states, the RNG
+states (the torch generator's and every rank's task source's), the iteration, the training seconds
+and the resolved config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+
+from . import distributed
+from .algorithms.base import MetaLearner
+from .builders import bind_dataset, build_learner, build_optimizer, build_schedule, build_source, load_dataset
+from .checkpoint import CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
+from .config import Config, ConfigError, config_from_dict
+from .evaluate import EvalResult, evaluate
+from .parallel import TaskThreads, autocast_context, available_cores
+
+__all__ = ["Run", "CHECKPOINT", "METRICS", "task_workers"]
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+# Keys that may change between an interrupted run and its resumption without changing its result.
+_RESUMABLE_CHANGES = {
+    "iterations", "max_minutes", "val_every", "checkpoint_every", "log_every", "test_tasks", "eval_steps",
+    "threads", "task_threads", "data_dir",
+}
+
+
+def task_workers(c: Config, learner: MetaLearner, world: int = 1, local_batch: int | None = None) -> int:
+    """How many task-parallel worker threads a run uses (1: none); see `Config.task_threads`."""
+    if not learner.task_parallel:
+        return 1
+    workers = c.task_threads or c.threads or max(1, available_cores() // world)
+    return max(1, min(workers, local_batch or c.meta_batch))
+
+
+@dataclass
+class Run:
+    """Everything one process of a run holds; `Run.start` makes it."""
+
+    config: Config
+    run_dir: Path
+    learner: MetaLearner
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    source: Any
+    dataset: Any
+    rank: int = 0
+    world: int = 1
+    start_iteration: int = 0
+    seconds_before: float = 0.0
+    engine: TaskThreads | None = None
+    low_precision: torch.dtype | None = None
+    _threads_before: int = field(default=0, repr=False)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def local_batch(self) -> int:
+        return self.config.meta_batch // self.world
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT
+
+    @classmethod
+    def start(cls, config: Config, run_dir: str | Path, *, resume: bool, log: Callable[[str], None]) -> Run:
+        c = config.resolved()
+        run_dir = Path(run_dir)
+        if c.threads:
+            torch.set_num_threads(c.threads)
+        distributed.setup(c.dist_timeout)
+        rank, world = distributed.rank(), distributed.world_size()
+        if c.meta_batch % world:
+            raise ConfigError(f"config key 'meta_batch' ({c.meta_batch}) must be divisible by the number of processes ({world})")
+        # The data first: some config keys come from it (a CSV's feature columns size the model).
+        dataset = load_dataset(c)
+        c = bind_dataset(c, dataset)
+        torch.manual_seed(c.seed)
+        learner = build_learner(c)
+        optimizer = build_optimizer(c, learner)
+        run = cls(c, run_dir, learner, optimizer, build_schedule(c, optimizer), build_source(c, "train", dataset, rank=rank),
+                  dataset, rank, world)
+        if resume:
+            run.restore(log)
+        elif run.checkpoint_path.exists():
+            raise CheckpointError(f"{run.checkpoint_path} exists: pass --resume to continue that run, or choose another run folder")
+        if run.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(c.to_dict(), sort_keys=False))
+        run._start_threads()
+        return run
+
+    def _start_threads(self) -> None:
+        self.low_precision = torch.bfloat16 if self.config.precision == "bf16" else None
+        workers = task_workers(self.config, self.learner, self.world, self.local_batch)
+        self._threads_before = torch.get_num_threads()
+        if workers > 1:
+            torch.set_num_threads(1)  # one intra-op thread per worker (see metalab.parallel)
+            self.engine = TaskThreads(self.learner, workers, autocast=self.low_precision)
+
+    def restore(self, log: Callable[[str], None]) -> None:
+        """Continue from the run folder's checkpoint (its config must match but for the budget keys)."""
+        path, c = self.checkpoint_path, self.config
+        state = load_checkpoint(path)
+        saved = config_from_dict(state["config"]).resolved(saved=True).to_dict()
+        now = c.to_dict()
+        changed = [k for k in {*saved, *now} - _RESUMABLE_CHANGES if saved.get(k) != now.get(k)]
+        if changed:
+            raise CheckpointError(f"cannot resume {path}: config differs in {', '.join(sorted(changed))}")
+        self.learner.load_state_dict(state["learner"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["rng"]["torch"])
+        task_states = state["rng"].get("rank_tasks", [state["rng"]["tasks"]])
+        if len(task_states) != self.world:
+            raise CheckpointError(f"cannot resume {path}: it was written by {len(task_states)} process(es), this run has {self.world}")
+        self.source.set_state(task_states[self.rank])
+        self.start_iteration = state["iteration"]
+        self.seconds_before = state.get("seconds", 0.0)
+        if self.main:
+            log(f"resuming {self.run_dir} at iteration {self.start_iteration}")
+
+    def step(self, iteration: int) -> dict[str, float]:
+        """One outer step on a fresh meta-batch (gradients averaged across processes); its metrics."""
+        batch = self.source.sample(self.local_batch)
+        self.learner.set_iteration(iteration)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.engine is None:
+            with autocast_context(self.low_precision):
+                loss, metrics = self.learner.meta_loss(batch)
+            loss.backward()
+        else:
+            self.engine.set_iteration(iteration)
+            loss, metrics = self.engine.meta_backward(batch)
+        distributed.average_gradients(self.learner.parameters())
+        self.optimizer.step()
+        self.schedule.step()
+        return metrics
+
+    def validate(self) -> EvalResult:
+        result = evaluate(self.learner, build_source(self.config, "val", self.dataset), self.config.val_tasks)
+        self.learner.train()
+        return result
+
+    def save(self, iteration: int, seconds: float) -> None:
+        """Write the checkpoint (rank 0; every rank takes part in gathering the task sources' states)."""
+        task_states = distributed.gather_objects(self.source.get_state())
+        if not self.main:
+            return
+        save_checkpoint(
+            self.checkpoint_path,
+            {
+                "learner": self.learner.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "tasks": task_states[0], "rank_tasks": task_states},
+                "iteration": iteration,
+                "seconds": seconds,
+                "config": self.config.to_dict(),
+            },
+        )
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            torch.set_num_threads(self._threads_before)
