@@ -503,8 +503,13 @@ def main() -> int:
     return 0
 
 
+# The line of docs/performance.md from which the page is written by hand: write_doc rewrites what
+# is above it and keeps it and everything below as it is.
+HAND_WRITTEN = "<!-- Written by hand from here on: `python benchmarks/perf.py` rewrites the page above this line from benchmarks/results/*.json and keeps the rest as it is. -->"
+
+
 def write_doc(report: dict) -> None:
-    """docs/performance.md: the measured tables, then benchmarks/results/perf_notes.md."""
+    """docs/performance.md: the measured tables, then the page's hand-written part (from HAND_WRITTEN on)."""
     lines = [
         "# Performance",
         "",
@@ -549,10 +554,12 @@ def write_doc(report: dict) -> None:
                   f"`inner_checkpoint`), ways and order, metalab against learn2learn, measured by `{r['command']}` on",
                   f"{r['date']}; the numbers behind the plot are in [scaling.md](scaling.md).", "",
                   "![time and peak memory per meta-iteration](scaling.png)"]
-    notes = ROOT / "benchmarks" / "results" / "perf_notes.md"
-    if notes.exists():
-        lines += ["", notes.read_text().strip()]
     out = ROOT / "docs" / "performance.md"
+    page = out.read_text() if out.exists() else ""
+    if HAND_WRITTEN in page:
+        lines += ["", page[page.index(HAND_WRITTEN) :].strip()]
+    else:
+        lines += ["", HAND_WRITTEN]
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")
 
