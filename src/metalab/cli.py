@@ -32,7 +32,7 @@ _EXAMPLES = """examples:
   metalab train --run-dir runs/sine --resume      # continue an interrupted run
   metalab eval runs/sine/checkpoint.pt --steps 1 5 10 --shots 5
   metalab plot runs/sine/checkpoint.pt --baseline runs/pre/checkpoint.pt --out sine.png
-  metalab train --benchmark folder --data-dir my_images --algorithm protonet --shots 1 --queries 5
+  metalab train --benchmark folder --data-dir my_images --algorithm siamese --shots 1 --queries 5
   metalab predict runs/a/checkpoint.pt --support support/ queries/ --csv predictions.csv
 """
 
@@ -300,7 +300,8 @@ def cmd_plot(args) -> int:
         learner, c, _ = learner_from_checkpoint(path)
         if c.benchmark != "sine":
             raise ConfigError(f"plot draws sine-wave tasks; {path} was trained on {c.benchmark}")
-        learners[{"pretrain": "pretrained"}.get(c.algorithm, c.algorithm.upper() if c.algorithm == "maml" else c.algorithm)] = learner
+        label = type(learner).__name__  # MAML, Pretrained, MetaSGD, ...
+        learners[label if label not in learners else c.algorithm] = learner
     if args.shots < 1:
         raise ConfigError(f"--shots must be >= 1, got {args.shots}")
     sine_adaptation_figure(learners, args.out, shots=args.shots, steps=args.steps, seed=args.seed)

@@ -239,6 +239,9 @@ def _options_for(spec: AlgorithmSpec, options: Any, *, lenient: bool = False) ->
     """`spec`'s options from raw values or another algorithm's options. A key only other
     algorithms take is dropped where it holds their default (or always, `lenient`); set to
     anything else, it is refused: it would do nothing here."""
+    shadowing = [f.name for f in dataclasses.fields(spec.options) if f.name in _FIELDS]
+    if shadowing:
+        raise ConfigError(f"algorithm {spec.name!r} declares {shadowing[0]!r}, a generic config key: rename its option")
     if isinstance(options, spec.options):
         return options
     carried = isinstance(options, Options)  # another algorithm's resolved options

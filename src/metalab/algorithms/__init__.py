@@ -13,7 +13,19 @@ from .base import MetaLearner
 from .metric import MatchingNet, ProtoNet, RelationNet, SiameseNet
 from .model import MANN, MetaNet
 from .optimization import ANIL, MAML, LSTMMetaLearner, MAMLpp, MetaSGD, Reptile
-from .spec import AlgorithmSpec, BuildContext, Needs, NoOptions, Options, algorithm_names, get_spec, option, register, specs
+from .spec import (
+    AlgorithmSpec,
+    BuildContext,
+    Needs,
+    NoOptions,
+    OptionError,
+    Options,
+    algorithm_names,
+    get_spec,
+    option,
+    register,
+    specs,
+)
 from .transfer import Baseline, Pretrained
 
 __all__ = [
@@ -36,6 +48,7 @@ __all__ = [
     "BuildContext",
     "Needs",
     "NoOptions",
+    "OptionError",
     "Options",
     "algorithm_names",
     "get_spec",

@@ -48,6 +48,7 @@ __all__ = [
     "option_keys",
     "register",
     "specs",
+    "unregister",
 ]
 
 FAMILIES = ("optimization", "metric", "model", "transfer")
@@ -239,6 +240,11 @@ def register(spec: AlgorithmSpec, *, replace: bool = False) -> AlgorithmSpec:
                 raise ValueError(f"{spec.name}: option {f.name!r} has another type in {other.name}")
     _REGISTRY[spec.name] = spec
     return spec
+
+
+def unregister(name: str) -> None:
+    """Remove an algorithm from the registry (e.g. one registered by a test)."""
+    _REGISTRY.pop(name, None)
 
 
 def _load_entry_points() -> None:
