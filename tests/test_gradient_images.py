@@ -2,7 +2,6 @@
 through batch normalisation, and short real runs on Omniglot 5-way 1-shot."""
 import math
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +16,6 @@ from metalab.models import Conv4
 from metalab.models.conv4 import BatchStatNorm2d
 from metalab.train import train
 
-SHARED = Path("/work/shared/data/omniglot")
 DT = torch.float64  # the references are compared in double precision
 
 
@@ -306,13 +304,7 @@ def test_registered_in_build_learner_and_the_loop_sets_the_iteration(tmp_path, m
 # ------------------------------------------------------------------------- real Omniglot, short runs
 
 
-@pytest.fixture(scope="module")
-def omniglot(tmp_path_factory):
-    if not (SHARED / "images_background.zip").is_file() or not (SHARED / "images_evaluation.zip").is_file():
-        pytest.skip(f"the real Omniglot archives are not in {SHARED}")
-    from metalab.data import load_omniglot
-
-    return load_omniglot(SHARED, cache_dir=tmp_path_factory.mktemp("omniglot-cache"))
+# `omniglot` is conftest.py's fixture: the real Vinyals split, or a skip naming where it was looked for.
 
 
 def short_run(data, learner, *, iterations, meta_batch=4, outer_lr=3e-3, seed=0):

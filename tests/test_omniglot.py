@@ -244,8 +244,8 @@ def test_cache_hit_does_not_read_the_zip(small_dir: Path, tmp_path: Path, monkey
     def no_zip(*args, **kwargs):
         raise AssertionError("the archive was decoded again despite the cache")
 
-    monkeypatch.setattr(omniglot, "read_omniglot_zip", no_zip)
-    monkeypatch.setattr(omniglot.zipfile, "ZipFile", no_zip)
+    monkeypatch.setattr(omniglot.cache, "read_omniglot_zip", no_zip)
+    monkeypatch.setattr(zipfile, "ZipFile", no_zip)
     second = load_small(small_dir, cache)
     assert torch.equal(first.x, second.x) and torch.equal(first.y, second.y)
     assert first.class_names == second.class_names

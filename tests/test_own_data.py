@@ -18,7 +18,7 @@ from metalab import run as train_module
 from metalab.cli import main
 from metalab.config import Config
 from metalab.data import DataIntegrityError, DataNotFoundError, load_csv, load_image_folder, read_image
-from metalab.data.omniglot import _decode_png
+from metalab.data.omniglot.archive import _decode_png
 from metalab.train import learner_from_checkpoint, train
 
 from helpers import classification_csv, regression_csv, write_csv

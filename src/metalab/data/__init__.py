@@ -1,15 +1,15 @@
-"""Real data sets, loaded once into memory (images as uint8 tensors) with disjoint class splits."""
-from .folder import load_image_folder, read_image
-from .omniglot import (
-    DataIntegrityError,
-    DataNotFoundError,
-    FewShotDataset,
-    download_omniglot,
-    load_omniglot,
-    load_omniglot_archive,
-    read_omniglot_zip,
-    to_float,
-)
+"""Real data sets, loaded once into memory (images as uint8 tensors) with disjoint class splits.
+
+- `dataset`: `FewShotDataset`, what every source returns, `to_float` and the data errors;
+- `images`: reading one image file (`read_image`), shared by the folder source and `metalab predict`;
+- `omniglot`: the Omniglot archives, their cache, download and splits;
+- `folder`: a folder of images, one subfolder per class;
+- `tabular`: a CSV file, as classification episodes or regression tasks.
+"""
+from .dataset import DataIntegrityError, DataNotFoundError, FewShotDataset, to_float
+from .folder import load_image_folder
+from .images import read_image
+from .omniglot import download_omniglot, load_omniglot, load_omniglot_archive, read_omniglot_zip
 from .tabular import RowTasks, TabularData, load_csv
 
 __all__ = [

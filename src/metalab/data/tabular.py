@@ -28,7 +28,7 @@ from ..tasks.episode import TaskBatch
 from ..tasks.sampler import EpisodeSampler, class_index
 from ..tasks.splits import ClassSplits, split_classes
 from .folder import default_split_size
-from .omniglot import DataIntegrityError, DataNotFoundError
+from .dataset import DataIntegrityError, DataNotFoundError
 
 __all__ = ["RowTasks", "TabularData", "load_csv", "read_csv"]
 
