@@ -15,7 +15,8 @@ from torch import nn
 
 from .algorithms import MetaLearner
 from .algorithms.spec import AlgorithmSpec, OptionError
-from .config import IMAGE_BENCHMARKS, OMNIGLOT_SPLIT_CLASSES, Config, ConfigError, task_kind
+from .config import IMAGE_BENCHMARKS, Config, ConfigError, task_kind
+from .data.omniglot.splits import SPLIT_CLASSES
 from .models import MLP, Conv4
 from .tasks import SineTasks
 
@@ -194,7 +195,7 @@ class Context:
 
     def train_classes(self) -> int | None:
         c = self.config
-        return OMNIGLOT_SPLIT_CLASSES[c.split]["train"] if c.benchmark == "omniglot" else None
+        return SPLIT_CLASSES[c.split]["train"] if c.benchmark == "omniglot" else None
 
 
 def build_model(c: Config) -> nn.Module:

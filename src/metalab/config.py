@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 import yaml
 
+from .data.omniglot.splits import EXAMPLES_PER_CLASS, SPLIT_CLASSES
 from .algorithms.spec import AlgorithmSpec, OptionError, Options, check_options, get_spec, load_plugins, option_keys
 
 __all__ = [
@@ -39,12 +40,6 @@ __all__ = [
 BENCHMARKS = ("sine", "omniglot", "folder", "csv")
 # Benchmarks whose examples are images (Conv-4 backbones; `metalab predict` applies to them).
 IMAGE_BENCHMARKS = ("omniglot", "folder")
-# Classes in each part of the Omniglot splits (characters x 4 rotations for Vinyals; see docs/omniglot.md).
-OMNIGLOT_SPLIT_CLASSES = {
-    "vinyals": {"train": 4112, "val": 688, "test": 1692},
-    "lake": {"train": 792, "val": 172, "test": 659},
-}
-OMNIGLOT_EXAMPLES_PER_CLASS = 20
 GROUPS = ("tasks", "data", "model", "training", "evaluation")
 
 
@@ -78,7 +73,7 @@ class Config:
     )
     # --- the data ----------------------------------------------------------------------------------
     data_dir: Optional[str] = key(None, "folder of the data set's files (csv: the CSV file)", "data", allowed="a path")
-    split: str = key("vinyals", "Omniglot class split", "data", choices=("vinyals", "lake"))
+    split: str = key("vinyals", "Omniglot class split", "data", choices=tuple(SPLIT_CLASSES))
     val_classes: Optional[int] = key(
         None, "folder/csv: classes (regression: tasks) held out for meta-val (default: a fifth)", "data", allowed=">= 0"
     )
@@ -473,14 +468,14 @@ def _validate_data_keys(c: Config, spec: AlgorithmSpec) -> None:
 def _validate_omniglot(c: Config) -> None:
     if c.channels != 1 or c.invert is False:
         raise ConfigError("Omniglot is greyscale with ink bright: it needs 'channels' 1 and 'invert' true")
-    per_class = OMNIGLOT_EXAMPLES_PER_CLASS
+    per_class = EXAMPLES_PER_CLASS
     for shots_key, queries_key in (("shots", "queries"), ("test_shots", "test_queries")):
         if getattr(c, shots_key) + getattr(c, queries_key) > per_class:
             raise ConfigError(
                 f"config keys {shots_key!r} + {queries_key!r} = {getattr(c, shots_key) + getattr(c, queries_key)} "
                 f"exceed the {per_class} examples of every Omniglot class"
             )
-    classes = OMNIGLOT_SPLIT_CLASSES[c.split]
+    classes = SPLIT_CLASSES[c.split]
     for ways_key, split in (("ways", "train"), ("test_ways", "val"), ("test_ways", "test")):
         if getattr(c, ways_key) > classes[split]:
             raise ConfigError(

@@ -8,13 +8,13 @@ differentiating through the inner steps; first order detaches the inner gradient
 A meta-batch is processed either
 
 - batched, with `torch.func.vmap` over the task dimension (inner gradients by `torch.func.grad`), or
-- by a per-task Python loop (inner gradients by `torch.autograd.grad(create_graph=...)`, measured
-  about 20% faster than a nested `torch.func.grad` on this CPU).
+- by a per-task Python loop (inner gradients by `torch.autograd.grad(create_graph=...)`, which is
+  cheaper than a nested `torch.func.grad`).
 
 Both give the same meta-gradient (tests/test_functional.py checks it against a hand-written
-reference). "auto" picks vmap for models without convolutions (the sine MLP: much faster batched)
-and the loop for convolutional backbones (a naive vmap over a Conv-4 meta-batch measured 0.55x the
-loop's speed with 10x its memory here).
+reference). "auto" picks vmap for models without convolutions (the sine MLP runs much faster
+batched) and the loop for convolutional backbones, where a naive vmap is slower than the loop and
+holds every task's activations at once (docs/engine.md gives the measurements).
 """
 from __future__ import annotations
 

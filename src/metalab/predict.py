@@ -28,8 +28,9 @@ import numpy as np
 import torch
 
 from .config import IMAGE_BENCHMARKS, Config, ConfigError
-from .data.folder import IMAGE_EXTENSIONS, read_class_folders, read_image
-from .data.omniglot import DataNotFoundError, to_float
+from .data.dataset import DataNotFoundError, to_float
+from .data.folder import read_class_folders
+from .data.images import IMAGE_EXTENSIONS, read_image
 
 __all__ = ["Prediction", "predict", "load_queries", "write_predictions_csv", "format_predictions"]
 

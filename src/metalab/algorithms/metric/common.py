@@ -14,7 +14,7 @@ __all__ = ["EVAL_CHUNK", "num_ways", "one_hot_support", "embed_tasks", "check_em
 
 # In eval mode BatchNorm uses its running statistics, so every image is embedded on its own and the
 # images can go through the encoder in chunks: a Conv-4 forward costs more per image once the batch
-# outgrows the cache (DESIGN.md, pitfalls), and 25 tasks of 20-way 15-query are 8,000 images.
+# outgrows the cache (docs/engine.md, known pitfalls), and 25 tasks of 20-way 15-query are 8,000 images.
 EVAL_CHUNK = 256
 
 

@@ -145,7 +145,7 @@ class LSTMMetaLearner(MetaLearner):
     @staticmethod
     def _gate(linear: nn.Linear, h: Tensor, theta: Tensor, previous: Tensor) -> Tensor:
         """W [h, theta, previous] + b without concatenating: the inputs hold one row per coordinate
-        of theta (~10^5), and the concatenated copy measured a large share of the step's time."""
+        of theta (~10^5), and a concatenated copy of them would be written and read once more per gate."""
         w = linear.weight[0]
         hidden = h.shape[-1]
         return (h @ w[:hidden]) + theta * w[hidden] + previous * w[hidden + 1] + linear.bias[0]
