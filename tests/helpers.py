@@ -4,8 +4,36 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from metalab.cli import main
+from metalab.tasks import EpisodeSampler, TaskBatch
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def run(capsys, *argv):
+    """`metalab ARGV...` in this process: (exit status, stdout, stderr)."""
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def image_batch(tasks=5, ways=3, shots=2, queries=2, size=16, seed=0, dtype=None) -> TaskBatch:
+    """Gaussian-noise images of shape (1, size, size) in N-way K-shot layout, labels 0..N-1."""
+    g = torch.Generator().manual_seed(seed)
+    sx = torch.randn(tasks, ways * shots, 1, size, size, generator=g, dtype=dtype)
+    qx = torch.randn(tasks, ways * queries, 1, size, size, generator=g, dtype=dtype)
+    sy = torch.arange(ways).repeat_interleave(shots).expand(tasks, -1)
+    qy = torch.arange(ways).repeat_interleave(queries).expand(tasks, -1)
+    return TaskBatch(sx, sy, qx, qy)
+
+
+def episode_batch(ways=5, shots=2, queries=3, tasks=2, seed=0) -> TaskBatch:
+    """Episodes drawn by an `EpisodeSampler` from 10 classes of 20 uniform-noise 28x28 images."""
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.rand(10 * 20, 1, 28, 28, generator=g), torch.arange(10).repeat_interleave(20)
+    return EpisodeSampler(x, y, ways=ways, shots=shots, queries=queries, seed=seed).sample(tasks)
 
 
 def write_csv(path, header, rows):

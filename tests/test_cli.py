@@ -7,14 +7,11 @@ import torch
 from PIL import Image
 
 from metalab.cli import main
+from helpers import run
 
 TINY = ["--iterations", "20", "--meta-batch", "4", "--val-every", "10", "--val-tasks", "10", "--test-tasks", "20", "--quiet"]
 
 
-def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_train_eval_plot(tmp_path, capsys):

@@ -16,6 +16,8 @@ from metalab.models import Conv4
 from metalab.models.conv4 import BatchStatNorm2d
 from metalab.train import train
 
+import helpers
+
 DT = torch.float64  # the references are compared in double precision
 
 
@@ -35,13 +37,8 @@ def tiny_conv4(out_features: int = 3) -> Conv4:
     return model
 
 
-def image_batch(tasks=3, ways=3, shots=2, queries=2, size=16, seed=0) -> TaskBatch:
-    g = torch.Generator().manual_seed(seed)
-    sx = torch.randn(tasks, ways * shots, 1, size, size, generator=g, dtype=DT)
-    qx = torch.randn(tasks, ways * queries, 1, size, size, generator=g, dtype=DT)
-    sy = torch.arange(ways).repeat_interleave(shots).expand(tasks, -1)
-    qy = torch.arange(ways).repeat_interleave(queries).expand(tasks, -1)
-    return TaskBatch(sx, sy, qx, qy)
+def image_batch(tasks=3, **kw) -> TaskBatch:
+    return helpers.image_batch(tasks, dtype=DT, **kw)
 
 
 def body_forward(p, x):

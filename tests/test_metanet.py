@@ -13,15 +13,12 @@ from metalab.builders import build_learner
 from metalab.config import Config, ConfigError
 from metalab.evaluate import evaluate
 from metalab.tasks import EpisodeSampler, TaskBatch
+from helpers import episode_batch as image_batch
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
-def image_batch(ways=5, shots=2, queries=3, tasks=2, seed=0) -> TaskBatch:
-    g = torch.Generator().manual_seed(seed)
-    x, y = torch.rand(10 * 20, 1, 28, 28, generator=g), torch.arange(10).repeat_interleave(20)
-    return EpisodeSampler(x, y, ways=ways, shots=shots, queries=queries, seed=seed).sample(tasks)
 
 
 def test_shapes_and_every_parameter_gets_a_gradient(one_thread):

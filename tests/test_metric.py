@@ -20,16 +20,13 @@ from metalab.config import Config, ConfigError
 from metalab.evaluate import evaluate
 from metalab.models import Conv4
 from metalab.tasks import EpisodeSampler, TaskBatch
+from helpers import episode_batch as image_batch
 
 METRIC = ("protonet", "matching", "relation", "siamese")
 
 
 
 
-def image_batch(ways=5, shots=2, queries=3, tasks=2, seed=0) -> TaskBatch:
-    g = torch.Generator().manual_seed(seed)
-    x, y = torch.rand(10 * 20, 1, 28, 28, generator=g), torch.arange(10).repeat_interleave(20)
-    return EpisodeSampler(x, y, ways=ways, shots=shots, queries=queries, seed=seed).sample(tasks)
 
 
 def vector_task():

@@ -21,7 +21,7 @@ from metalab.data import DataIntegrityError, DataNotFoundError, load_csv, load_i
 from metalab.data.omniglot.archive import _decode_png
 from metalab.train import learner_from_checkpoint, train
 
-from helpers import classification_csv, regression_csv, write_csv
+from helpers import classification_csv, regression_csv, run, write_csv
 
 QUIET = ["--quiet", "--no-eval", "--threads", "1", "--val-every", "0"]
 
@@ -29,10 +29,6 @@ QUIET = ["--quiet", "--no-eval", "--threads", "1", "--val-every", "0"]
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def make_folder(root, classes=8, per_class=6, rgb=False, seed=0, size=(20, 16)):

@@ -8,15 +8,9 @@ from metalab.config import config_from_dict
 from metalab.models import Conv4
 from metalab.parallel import TaskThreads
 from metalab.train import task_workers, train
+from helpers import image_batch
 
 
-def image_batch(tasks=5, ways=3, shots=2, queries=2, size=16):
-    g = torch.Generator().manual_seed(0)
-    sx = torch.randn(tasks, ways * shots, 1, size, size, generator=g)
-    qx = torch.randn(tasks, ways * queries, 1, size, size, generator=g)
-    sy = torch.arange(ways).repeat_interleave(shots).expand(tasks, -1)
-    qy = torch.arange(ways).repeat_interleave(queries).expand(tasks, -1)
-    return TaskBatch(sx, sy, qx, qy)
 
 
 LEARNERS = {
