@@ -21,8 +21,8 @@ from typing import Any, Optional
 
 import yaml
 
-from .data.omniglot.splits import EXAMPLES_PER_CLASS, SPLIT_CLASSES
-from .algorithms.spec import AlgorithmSpec, OptionError, Options, check_options, get_spec, load_plugins, option_keys
+from .data.omniglot.splits import SPLIT_CLASSES
+from .algorithms.spec import AlgorithmSpec, OptionError, Options, get_spec, load_plugins, option_keys
 
 __all__ = [
     "Config",
@@ -33,6 +33,7 @@ __all__ = [
     "task_kind",
     "key_help",
     "GROUPS",
+    "FIELDS",
     "BENCHMARKS",
     "IMAGE_BENCHMARKS",
 ]
@@ -172,9 +173,11 @@ class Config:
             c.test_queries = 100 if c.benchmark == "sine" else c.queries
         if c.invert is None:
             c.invert = c.benchmark == "omniglot"
-        c.options = _option_errors(lambda: c.options.resolved(c))
+        c.options = option_errors(lambda: c.options.resolved(c))
         if not c.eval_steps:
             c.eval_steps = c.options.eval_steps()
+        from .config_checks import validate  # the checks read this module's keys
+
         validate(c, spec)
         return c
 
@@ -192,13 +195,13 @@ class Config:
         return out
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(Config) if f.name != "options"}
+FIELDS = {f.name: f for f in dataclasses.fields(Config) if f.name != "options"}
 _HINTS = typing.get_type_hints(Config)
 
 
 def key_help(name: str) -> dict[str, Any]:
     """The help metadata of a generic key: help, group, choices, allowed."""
-    return dict(_FIELDS[name].metadata)
+    return dict(FIELDS[name].metadata)
 
 
 def task_kind(c: Config) -> str:
@@ -207,7 +210,7 @@ def task_kind(c: Config) -> str:
     return "regression" if regression else "classification"
 
 
-def _option_errors(fn):
+def option_errors(fn):
     try:
         return fn()
     except OptionError as e:
@@ -215,26 +218,26 @@ def _option_errors(fn):
 
 
 def _spec(name: str) -> AlgorithmSpec:
-    return _option_errors(lambda: get_spec(name))
+    return option_errors(lambda: get_spec(name))
 
 
 def _load_plugins(plugins: list[str]) -> None:
-    _option_errors(lambda: load_plugins(plugins))
+    option_errors(lambda: load_plugins(plugins))
 
 
 def _unknown_key(name: str, spec: AlgorithmSpec | None = None) -> ConfigError:
     own = [f.name for f in dataclasses.fields(spec.options)] if spec is not None else list(option_keys())
-    close = difflib.get_close_matches(name, [*_FIELDS, *own], n=1)
+    close = difflib.get_close_matches(name, [*FIELDS, *own], n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     where = f"{spec.name}'s keys: {', '.join(own) or 'none'}" if spec is not None else "algorithm keys: " + ", ".join(own)
-    return ConfigError(f"unknown config key {name!r}{hint}; generic keys: {', '.join(_FIELDS)}; {where}")
+    return ConfigError(f"unknown config key {name!r}{hint}; generic keys: {', '.join(FIELDS)}; {where}")
 
 
 def _options_for(spec: AlgorithmSpec, options: Any, *, lenient: bool = False) -> Options:
     """`spec`'s options from raw values or another algorithm's options. A key only other
     algorithms take is dropped where it holds their default (or always, `lenient`); set to
     anything else, it is refused: it would do nothing here."""
-    shadowing = [f.name for f in dataclasses.fields(spec.options) if f.name in _FIELDS]
+    shadowing = [f.name for f in dataclasses.fields(spec.options) if f.name in FIELDS]
     if shadowing:
         raise ConfigError(f"algorithm {spec.name!r} declares {shadowing[0]!r}, a generic config key: rename its option")
     if isinstance(options, spec.options):
@@ -252,7 +255,7 @@ def _options_for(spec: AlgorithmSpec, options: Any, *, lenient: bool = False) ->
             takers = ", ".join(s.name for s in others[name])
             raise ConfigError(f"config key {name!r} applies to {takers}, not to {spec.name}")
         del raw[name]
-    return _option_errors(lambda: spec.make_options(raw, _coerce))
+    return option_errors(lambda: spec.make_options(raw, _coerce))
 
 
 def _default(spec: AlgorithmSpec, name: str) -> Any:
@@ -306,61 +309,6 @@ def _number(name: str, value: Any) -> float:
     raise ConfigError(f"config key {name!r} must be a number, got {value!r}")
 
 
-def validate(c: Config, spec: AlgorithmSpec) -> None:
-    """The generic checks, then what the algorithm needs, then its own options' checks."""
-    for name, f in _FIELDS.items():
-        choices = f.metadata.get("choices")
-        if choices is not None and getattr(c, name) not in choices:
-            raise ConfigError(f"config key {name!r} must be one of {', '.join(map(str, choices))}; got {getattr(c, name)!r}")
-    positive = ("ways", "test_ways", "shots", "queries", "test_shots", "test_queries", "iterations", "meta_batch")
-    for name in positive + ("val_tasks", "test_tasks", "log_every"):
-        if getattr(c, name) < 1:
-            raise ConfigError(f"config key {name!r} must be >= 1, got {getattr(c, name)}")
-    for name in ("val_every", "checkpoint_every"):
-        if getattr(c, name) < 0:
-            raise ConfigError(f"config key {name!r} must be >= 0, got {getattr(c, name)}")
-    if any(s < 0 for s in c.eval_steps):
-        raise ConfigError(f"config key 'eval_steps' must hold steps >= 0, got {c.eval_steps}")
-    if c.eval_steps and not spec.learner.inner_loop:
-        raise ConfigError(f"config key 'eval_steps' applies to learners with an inner loop; {spec.name} has none")
-    if c.outer_lr <= 0:
-        raise ConfigError("config key 'outer_lr' must be > 0")
-    for name in ("max_minutes", "dist_timeout"):
-        if getattr(c, name) is not None and getattr(c, name) <= 0:
-            raise ConfigError(f"config key {name!r} must be > 0, got {getattr(c, name)}")
-    for name in ("threads", "task_threads"):
-        if getattr(c, name) is not None and getattr(c, name) < 1:
-            raise ConfigError(f"config key {name!r} must be >= 1, got {getattr(c, name)}")
-    if c.lr_schedule == "step" and (c.lr_decay_every < 1 or not 0.0 < c.lr_decay_factor <= 1.0):
-        raise ConfigError(
-            f"the step schedule needs 'lr_decay_every' >= 1 and 0 < 'lr_decay_factor' <= 1, "
-            f"got {c.lr_decay_every} and {c.lr_decay_factor}"
-        )
-    _validate_needs(c, spec)
-    _validate_data_keys(c, spec)
-    _option_errors(lambda: check_options(c.options, c))
-
-
-def _validate_needs(c: Config, spec: AlgorithmSpec) -> None:
-    kind, needs = task_kind(c), spec.needs
-    if kind not in needs.kinds:
-        if kind == "regression":
-            raise ConfigError(
-                f"algorithm {spec.name!r} is a few-shot classifier; it needs a classification benchmark: "
-                "an image benchmark (omniglot, folder) or csv with csv_label"
-            )
-        raise ConfigError(
-            f"algorithm {spec.name!r} is defined for regression benchmarks only (sine, csv with csv_target)"
-        )
-    if needs.images and c.benchmark not in IMAGE_BENCHMARKS:
-        raise ConfigError(f"algorithm {spec.name!r} has a convolutional backbone; it needs an image benchmark (omniglot, folder)")
-    if needs.fixed_head and kind == "classification" and c.test_ways != c.ways:
-        raise ConfigError(
-            f"config key 'test_ways' ({c.test_ways}) must equal 'ways' ({c.ways}) for {spec.name}, "
-            "whose classifier head has a fixed number of outputs"
-        )
-
-
 def config_from_dict(values: dict[str, Any], base: Config | None = None) -> Config:
     """A config from `values` (e.g. parsed YAML) on top of `base` (default: the built-in defaults).
 
@@ -372,7 +320,7 @@ def config_from_dict(values: dict[str, Any], base: Config | None = None) -> Conf
     own = c.options.to_dict() if isinstance(c.options, Options) else dict(c.options or {})
     for name, value in values.items():
         name = str(name)
-        if name in _FIELDS:
+        if name in FIELDS:
             setattr(c, name, _coerce(name, value))
         else:
             own[name] = value
@@ -416,69 +364,10 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"an override must look like key=value, got {text!r}")
     name, raw = text.split("=", 1)
     name = name.strip().replace("-", "_")
-    if name not in _FIELDS and name not in option_keys():
+    if name not in FIELDS and name not in option_keys():
         raise _unknown_key(name)
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return name, value
-
-
-def _validate_data_keys(c: Config, spec: AlgorithmSpec) -> None:
-    """The keys of the image and CSV benchmarks: each only where it means something."""
-    if c.image_size < 1 or c.channels not in (1, 3):
-        raise ConfigError(
-            f"config keys 'image_size' must be >= 1 and 'channels' 1 or 3, got {c.image_size} and {c.channels}"
-        )
-    if c.benchmark in IMAGE_BENCHMARKS and c.image_size < spec.needs.min_image_size:
-        raise ConfigError(
-            f"config key 'image_size' must be >= {spec.needs.min_image_size} for {spec.name} on images, got {c.image_size}"
-        )
-    if c.benchmark == "omniglot":
-        _validate_omniglot(c)
-    if c.benchmark in ("folder", "csv"):
-        classes = task_kind(c) == "classification"
-        least, unit = (c.test_ways, "classes (test_ways)") if classes else (1, "task")
-        for name, needed in (("val_classes", c.val_every > 0), ("test_classes", True)):
-            value = getattr(c, name)
-            if value is not None and (value < 0 or (needed and value < least)):
-                raise ConfigError(
-                    f"config key {name!r} ({value}) must be at least {least} {unit}"
-                    + (" (or 0, with val_every 0)" if name == "val_classes" else "")
-                )
-    elif c.val_classes is not None or c.test_classes is not None:
-        raise ConfigError(
-            f"config keys 'val_classes' and 'test_classes' apply to the folder and csv benchmarks, not {c.benchmark}"
-        )
-    csv_keys = {k: getattr(c, k) for k in ("csv_label", "csv_target", "csv_task") if getattr(c, k) is not None}
-    if c.benchmark != "csv":
-        if csv_keys or c.csv_features:
-            named = list(csv_keys) + ["csv_features"] * bool(c.csv_features)
-            raise ConfigError(f"config keys {', '.join(named)} apply to the csv benchmark only")
-        return
-    if (c.csv_label is None) == (c.csv_target is None) or (c.csv_target is None) != (c.csv_task is None):
-        raise ConfigError(
-            "the csv benchmark needs either 'csv_label' (classification: the class column) or both "
-            "'csv_target' and 'csv_task' (regression: the target column and the column grouping rows into tasks); "
-            f"got {csv_keys or 'none'}"
-        )
-
-
-def _validate_omniglot(c: Config) -> None:
-    if c.channels != 1 or c.invert is False:
-        raise ConfigError("Omniglot is greyscale with ink bright: it needs 'channels' 1 and 'invert' true")
-    per_class = EXAMPLES_PER_CLASS
-    for shots_key, queries_key in (("shots", "queries"), ("test_shots", "test_queries")):
-        if getattr(c, shots_key) + getattr(c, queries_key) > per_class:
-            raise ConfigError(
-                f"config keys {shots_key!r} + {queries_key!r} = {getattr(c, shots_key) + getattr(c, queries_key)} "
-                f"exceed the {per_class} examples of every Omniglot class"
-            )
-    classes = SPLIT_CLASSES[c.split]
-    for ways_key, split in (("ways", "train"), ("test_ways", "val"), ("test_ways", "test")):
-        if getattr(c, ways_key) > classes[split]:
-            raise ConfigError(
-                f"config key {ways_key!r} ({getattr(c, ways_key)}) exceeds the {classes[split]} classes "
-                f"of the {c.split} split's meta-{split} set"
-            )

@@ -1,0 +1,124 @@
+"""The checks of a resolved config: the generic keys, what the algorithm needs, the data keys, and
+the algorithm's own options. Each refusal is a `ConfigError` naming the key."""
+
+from __future__ import annotations
+
+from .algorithms.spec import AlgorithmSpec, check_options
+from .config import FIELDS, IMAGE_BENCHMARKS, Config, ConfigError, option_errors, task_kind
+from .data.omniglot.splits import EXAMPLES_PER_CLASS, SPLIT_CLASSES
+
+__all__ = ["validate"]
+
+
+def validate(c: Config, spec: AlgorithmSpec) -> None:
+    """The generic checks, then what the algorithm needs, then its own options' checks."""
+    for name, f in FIELDS.items():
+        choices = f.metadata.get("choices")
+        if choices is not None and getattr(c, name) not in choices:
+            raise ConfigError(f"config key {name!r} must be one of {', '.join(map(str, choices))}; got {getattr(c, name)!r}")
+    positive = ("ways", "test_ways", "shots", "queries", "test_shots", "test_queries", "iterations", "meta_batch")
+    for name in positive + ("val_tasks", "test_tasks", "log_every"):
+        if getattr(c, name) < 1:
+            raise ConfigError(f"config key {name!r} must be >= 1, got {getattr(c, name)}")
+    for name in ("val_every", "checkpoint_every"):
+        if getattr(c, name) < 0:
+            raise ConfigError(f"config key {name!r} must be >= 0, got {getattr(c, name)}")
+    if any(s < 0 for s in c.eval_steps):
+        raise ConfigError(f"config key 'eval_steps' must hold steps >= 0, got {c.eval_steps}")
+    if c.eval_steps and not spec.learner.inner_loop:
+        raise ConfigError(f"config key 'eval_steps' applies to learners with an inner loop; {spec.name} has none")
+    if c.outer_lr <= 0:
+        raise ConfigError("config key 'outer_lr' must be > 0")
+    for name in ("max_minutes", "dist_timeout"):
+        if getattr(c, name) is not None and getattr(c, name) <= 0:
+            raise ConfigError(f"config key {name!r} must be > 0, got {getattr(c, name)}")
+    for name in ("threads", "task_threads"):
+        if getattr(c, name) is not None and getattr(c, name) < 1:
+            raise ConfigError(f"config key {name!r} must be >= 1, got {getattr(c, name)}")
+    if c.lr_schedule == "step" and (c.lr_decay_every < 1 or not 0.0 < c.lr_decay_factor <= 1.0):
+        raise ConfigError(
+            f"the step schedule needs 'lr_decay_every' >= 1 and 0 < 'lr_decay_factor' <= 1, "
+            f"got {c.lr_decay_every} and {c.lr_decay_factor}"
+        )
+    _validate_needs(c, spec)
+    _validate_data_keys(c, spec)
+    option_errors(lambda: check_options(c.options, c))
+
+
+def _validate_needs(c: Config, spec: AlgorithmSpec) -> None:
+    kind, needs = task_kind(c), spec.needs
+    if kind not in needs.kinds:
+        if kind == "regression":
+            raise ConfigError(
+                f"algorithm {spec.name!r} is a few-shot classifier; it needs a classification benchmark: "
+                "an image benchmark (omniglot, folder) or csv with csv_label"
+            )
+        raise ConfigError(
+            f"algorithm {spec.name!r} is defined for regression benchmarks only (sine, csv with csv_target)"
+        )
+    if needs.images and c.benchmark not in IMAGE_BENCHMARKS:
+        raise ConfigError(f"algorithm {spec.name!r} has a convolutional backbone; it needs an image benchmark (omniglot, folder)")
+    if needs.fixed_head and kind == "classification" and c.test_ways != c.ways:
+        raise ConfigError(
+            f"config key 'test_ways' ({c.test_ways}) must equal 'ways' ({c.ways}) for {spec.name}, "
+            "whose classifier head has a fixed number of outputs"
+        )
+
+
+def _validate_data_keys(c: Config, spec: AlgorithmSpec) -> None:
+    """The keys of the image and CSV benchmarks: each only where it means something."""
+    if c.image_size < 1 or c.channels not in (1, 3):
+        raise ConfigError(
+            f"config keys 'image_size' must be >= 1 and 'channels' 1 or 3, got {c.image_size} and {c.channels}"
+        )
+    if c.benchmark in IMAGE_BENCHMARKS and c.image_size < spec.needs.min_image_size:
+        raise ConfigError(
+            f"config key 'image_size' must be >= {spec.needs.min_image_size} for {spec.name} on images, got {c.image_size}"
+        )
+    if c.benchmark == "omniglot":
+        _validate_omniglot(c)
+    if c.benchmark in ("folder", "csv"):
+        classes = task_kind(c) == "classification"
+        least, unit = (c.test_ways, "classes (test_ways)") if classes else (1, "task")
+        for name, needed in (("val_classes", c.val_every > 0), ("test_classes", True)):
+            value = getattr(c, name)
+            if value is not None and (value < 0 or (needed and value < least)):
+                raise ConfigError(
+                    f"config key {name!r} ({value}) must be at least {least} {unit}"
+                    + (" (or 0, with val_every 0)" if name == "val_classes" else "")
+                )
+    elif c.val_classes is not None or c.test_classes is not None:
+        raise ConfigError(
+            f"config keys 'val_classes' and 'test_classes' apply to the folder and csv benchmarks, not {c.benchmark}"
+        )
+    csv_keys = {k: getattr(c, k) for k in ("csv_label", "csv_target", "csv_task") if getattr(c, k) is not None}
+    if c.benchmark != "csv":
+        if csv_keys or c.csv_features:
+            named = list(csv_keys) + ["csv_features"] * bool(c.csv_features)
+            raise ConfigError(f"config keys {', '.join(named)} apply to the csv benchmark only")
+        return
+    if (c.csv_label is None) == (c.csv_target is None) or (c.csv_target is None) != (c.csv_task is None):
+        raise ConfigError(
+            "the csv benchmark needs either 'csv_label' (classification: the class column) or both "
+            "'csv_target' and 'csv_task' (regression: the target column and the column grouping rows into tasks); "
+            f"got {csv_keys or 'none'}"
+        )
+
+
+def _validate_omniglot(c: Config) -> None:
+    if c.channels != 1 or c.invert is False:
+        raise ConfigError("Omniglot is greyscale with ink bright: it needs 'channels' 1 and 'invert' true")
+    per_class = EXAMPLES_PER_CLASS
+    for shots_key, queries_key in (("shots", "queries"), ("test_shots", "test_queries")):
+        if getattr(c, shots_key) + getattr(c, queries_key) > per_class:
+            raise ConfigError(
+                f"config keys {shots_key!r} + {queries_key!r} = {getattr(c, shots_key) + getattr(c, queries_key)} "
+                f"exceed the {per_class} examples of every Omniglot class"
+            )
+    classes = SPLIT_CLASSES[c.split]
+    for ways_key, split in (("ways", "train"), ("test_ways", "val"), ("test_ways", "test")):
+        if getattr(c, ways_key) > classes[split]:
+            raise ConfigError(
+                f"config key {ways_key!r} ({getattr(c, ways_key)}) exceeds the {classes[split]} classes "
+                f"of the {c.split} split's meta-{split} set"
+            )
