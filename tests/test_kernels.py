@@ -1,4 +1,4 @@
-"""Conv-4's compiled CPU kernels (metalab/models/_conv4_kernels.cpp): they build where a compiler
+"""Conv-4's compiled CPU kernels (metalab/models/fast/_conv4_kernels.cpp): they build where a compiler
 is, and compute what the plain PyTorch ops compute, values and derivatives."""
 import shutil
 
@@ -8,7 +8,7 @@ from torch import nn
 
 from metalab.functional import second_order_forward
 from metalab.models import Conv4, conv4
-from metalab.models._kernels import kernels
+from metalab.models.fast._kernels import kernels
 from test_functional import assert_same_derivatives, set_mixed_scales
 
 
@@ -21,7 +21,7 @@ needs_kernels = pytest.mark.skipif(_compiler() is None, reason="no C++ compiler 
 
 @needs_kernels
 def test_kernels_build_where_a_compiler_is():
-    assert kernels() is not None, f"a compiler ({_compiler()}) is here but metalab/models/_conv4_kernels.cpp did not build (see stderr)"
+    assert kernels() is not None, f"a compiler ({_compiler()}) is here but metalab/models/fast/_conv4_kernels.cpp did not build (see stderr)"
 
 
 def test_kernels_can_be_switched_off(monkeypatch):

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..functional import expects_second_order
-from ._kernels import kernels
+from .fast import expects_second_order
+from .fast._kernels import kernels
 
 __all__ = ["Conv4", "BatchStatNorm2d", "batch_norm_2d"]
 
