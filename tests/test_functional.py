@@ -215,7 +215,7 @@ def test_conv4_channels_last_accuracy_in_float32():
     errors = {}
     for name, channels_last in (("channels_last", True), ("nchw", False)):
         backbone = FastConv4 if channels_last else Conv4
-        model = backbone(in_channels=1, hidden=64, out_features=20, image_size=28, channels_last=channels_last)
+        model = backbone(1, 64, 20, image_size=28, channels_last=channels_last)
         model = model.float()
         model.load_state_dict(exact.state_dict())
         out = {}

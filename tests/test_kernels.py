@@ -23,7 +23,7 @@ needs_kernels = pytest.mark.skipif(_compiler() is None, reason="no C++ compiler 
 @needs_kernels
 def test_kernels_build_where_a_compiler_is():
     source = "metalab/models/fast/_conv4_kernels.cpp"
-    assert kernels() is not None, f"a compiler ({_compiler()}) is here but {source} did not build (see stderr)"
+    assert kernels() is not None, f"a compiler ({_compiler()}) is here but {source} did not build (stderr)"
 
 
 def test_kernels_can_be_switched_off(monkeypatch):
@@ -91,7 +91,7 @@ def test_kernels_in_float32_are_as_accurate_as_the_plain_ops():
     errors = {}
     for channels_last in (True, False):
         backbone = FastConv4 if channels_last else Conv4
-        model = backbone(in_channels=1, hidden=64, out_features=20, image_size=28, channels_last=channels_last)
+        model = backbone(1, 64, 20, image_size=28, channels_last=channels_last)
         model.load_state_dict(exact.state_dict())
         out = model(x.float())
         grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
