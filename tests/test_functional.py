@@ -5,10 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from metalab import MAML, MetaSGD, Reptile, SineTasks
-from metalab.models import MLP, Conv4
-from metalab.models import conv4
-from metalab.models.conv4 import _single_channel_block, _stats_first_applies
-from metalab.functional import second_order_forward
+from metalab.models import MLP, Conv4, FastConv4
+from metalab.models.fast import second_order_forward
+from metalab.models.fast.model import _single_channel_block, _stats_first_applies
 from test_parallel import image_batch
 
 # References are compared in float64 (tight tolerances); conftest's fixture restores float32 after.
@@ -71,11 +70,15 @@ def test_maml_meta_gradient_matches_reference_mlp(strategy, steps, first_order):
         assert max((a - b).abs().max() for a, b in zip(fo, ref_grads)) > 1e-6
 
 
-@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+# Under vmap FastConv4 runs the plain layers, as Conv4 does: the loop tests both.
+BACKBONES = [(Conv4, "loop"), (FastConv4, "loop"), (Conv4, "vmap")]
+
+
+@pytest.mark.parametrize("backbone,strategy", BACKBONES)
 @pytest.mark.parametrize("steps,first_order", CASES)
-def test_maml_meta_gradient_matches_reference_conv4_with_batchnorm(strategy, steps, first_order):
+def test_maml_meta_gradient_matches_reference_conv4_with_batchnorm(backbone, strategy, steps, first_order):
     torch.manual_seed(0)
-    model = Conv4(in_channels=1, hidden=4, out_features=3, image_size=16)
+    model = backbone(in_channels=1, hidden=4, out_features=3, image_size=16)
     learner = MAML(model, "classification", inner_lr=0.4, inner_steps=steps, first_order=first_order, strategy=strategy)
     batch = image_batch(tasks=3)
     loss, _ = learner.meta_loss(batch)
@@ -116,14 +119,15 @@ def assert_same_derivatives(fast, plain, x, tolerance):
             assert torch.allclose(a, b, rtol=tolerance, atol=tolerance * (1 + largest))
 
 
+@pytest.mark.parametrize("backbone", [Conv4, FastConv4])
 @pytest.mark.parametrize("norm", ["batch_stats", "batch"])
 @pytest.mark.parametrize("in_channels", [1, 3])
-def test_conv4_channels_last_computes_what_nchw_computes(norm, in_channels):
-    """The channels-last speed paths (batch norm on the (n*h*w, c) matrix view, the one-channel
-    first convolution as a matrix product) change no value: outputs, gradients and the second-order
-    gradients MAML differentiates through, against the same Conv-4 in NCHW."""
+def test_conv4_channels_last_computes_what_nchw_computes(backbone, norm, in_channels):
+    """The channels-last layout (batch norm on the (n*h*w, c) matrix view) and FastConv4's paths on
+    it (the one-channel first block) change no value: outputs, gradients and the second-order
+    gradients MAML differentiates through, against the plain Conv-4 in NCHW."""
     torch.manual_seed(0)
-    fast = Conv4(in_channels=in_channels, hidden=6, out_features=4, image_size=16, norm=norm)
+    fast = backbone(in_channels=in_channels, hidden=6, out_features=4, image_size=16, norm=norm)
     plain = Conv4(in_channels=in_channels, hidden=6, out_features=4, image_size=16, norm=norm, channels_last=False)
     plain.load_state_dict(fast.state_dict())
     x = torch.randn(7, in_channels, 16, 16)
@@ -138,13 +142,13 @@ def test_conv4_channels_last_computes_what_nchw_computes(norm, in_channels):
 @pytest.mark.parametrize("scale", ["mixed signs", "one zero"])
 @pytest.mark.parametrize("training", [True, False])
 def test_first_block_statistics_first_matches_the_plain_order(norm, scale, training):
-    """The one-channel first block (batch statistics from the nine image columns, max-pool before
-    the normalisation's affine map, `_single_channel_block`) against the plain conv -> norm ->
-    pool -> ReLU in NCHW: values, gradients, second-order gradients and running statistics, with
-    negative scales (the window's max becomes its min), a zero scale (the plain path answers), on
-    binary images whose windows hold ties, and in eval mode (running statistics)."""
+    """FastConv4's one-channel first block (batch statistics from the nine image columns, max-pool
+    before the normalisation's affine map, `_single_channel_block`) against the plain Conv4's
+    conv -> norm -> pool -> ReLU in NCHW: values, gradients, second-order gradients and running
+    statistics, with negative scales (the window's max becomes its min), a zero scale (the plain
+    path answers), on binary images whose windows hold ties, and in eval mode (running statistics)."""
     torch.manual_seed(1)
-    fast = Conv4(in_channels=1, hidden=6, out_features=4, image_size=16, norm=norm)
+    fast = FastConv4(in_channels=1, hidden=6, out_features=4, image_size=16, norm=norm)
     set_mixed_scales(fast.features[1])
     if scale == "one zero":
         with torch.no_grad():
@@ -165,16 +169,17 @@ def test_first_block_statistics_first_matches_the_plain_order(norm, scale, train
 
 
 def test_first_block_chunked_matches_the_plain_order(monkeypatch):
-    """The first block a chunk of images at a time with its own backward (`_PooledProductBlock`,
-    what runs where the compiled kernels cannot be built; tests/test_kernels.py tests those):
+    """FastConv4's first block a chunk of images at a time with its own backward
+    (`_PooledProductBlock`, what runs where the compiled kernels cannot be built or are switched off
+    by METALAB_KERNELS=0; tests/test_kernels.py tests those):
     35 images of 28x28 make chunks of 8, 8, 8, 8 and 3. First derivatives come from its fast
     backward, second-order ones from the graph it rebuilds when differentiated with create_graph,
     or, under `second_order_forward` (what a second-order inner step declares), from the plain ops
-    directly; all against the plain conv -> norm -> pool -> ReLU in NCHW, with negative scales and
-    ties."""
-    monkeypatch.setattr(conv4, "kernels", lambda: None)
+    directly; all against the plain Conv4's conv -> norm -> pool -> ReLU in NCHW, with negative
+    scales and ties."""
+    monkeypatch.setenv("METALAB_KERNELS", "0")
     torch.manual_seed(2)
-    fast = Conv4(in_channels=1, hidden=6, out_features=4, image_size=28).double()
+    fast = FastConv4(in_channels=1, hidden=6, out_features=4, image_size=28).double()
     set_mixed_scales(fast.features[1])
     plain = Conv4(in_channels=1, hidden=6, out_features=4, image_size=28, channels_last=False).double()
     plain.load_state_dict(fast.state_dict())
@@ -209,11 +214,13 @@ def test_conv4_channels_last_accuracy_in_float32():
     x = (torch.rand(300, 1, 28, 28) > 0.9).double()
     errors = {}
     for name, channels_last in (("channels_last", True), ("nchw", False)):
-        model = Conv4(in_channels=1, hidden=64, out_features=20, image_size=28, channels_last=channels_last).float()
+        backbone = FastConv4 if channels_last else Conv4
+        model = backbone(1, 64, 20, image_size=28, channels_last=channels_last)
+        model = model.float()
         model.load_state_dict(exact.state_dict())
         out = {}
         for m, inputs in ((model, x.float()), (exact, x)):
-            if m.channels_last:  # what Conv4.forward runs for the first block
+            if m.channels_last:  # what FastConv4.forward runs for the first block
                 first = _single_channel_block(m.features[0], m.features[1], inputs.contiguous(memory_format=torch.channels_last))
             else:
                 first = m.features[:4](inputs)

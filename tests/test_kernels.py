@@ -1,14 +1,15 @@
-"""Conv-4's compiled CPU kernels (metalab/models/_conv4_kernels.cpp): they build where a compiler
-is, and compute what the plain PyTorch ops compute, values and derivatives."""
+"""Conv-4's compiled CPU kernels (metalab/models/fast/_conv4_kernels.cpp): they build where a
+compiler is, and FastConv4 on them computes what the plain Conv4 computes, values and derivatives."""
 import shutil
 
 import pytest
 import torch
 from torch import nn
 
-from metalab.functional import second_order_forward
-from metalab.models import Conv4, conv4
-from metalab.models._kernels import kernels
+from metalab.models import BatchStatNorm2d, Conv4, FastConv4
+from metalab.models.fast import model as fast_paths
+from metalab.models.fast import second_order_forward
+from metalab.models.fast._kernels import kernels
 from test_functional import assert_same_derivatives, set_mixed_scales
 
 
@@ -21,7 +22,8 @@ needs_kernels = pytest.mark.skipif(_compiler() is None, reason="no C++ compiler 
 
 @needs_kernels
 def test_kernels_build_where_a_compiler_is():
-    assert kernels() is not None, f"a compiler ({_compiler()}) is here but metalab/models/_conv4_kernels.cpp did not build (see stderr)"
+    source = "metalab/models/fast/_conv4_kernels.cpp"
+    assert kernels() is not None, f"a compiler ({_compiler()}) is here but {source} did not build (stderr)"
 
 
 def test_kernels_can_be_switched_off(monkeypatch):
@@ -31,7 +33,7 @@ def test_kernels_can_be_switched_off(monkeypatch):
 
 def _spy(monkeypatch, name):
     calls = []
-    function = getattr(conv4, name)
+    function = getattr(fast_paths, name)
 
     class Spy(function):
         @classmethod
@@ -39,7 +41,7 @@ def _spy(monkeypatch, name):
             calls.append(name)
             return function.apply(*args)
 
-    monkeypatch.setattr(conv4, name, Spy)
+    monkeypatch.setattr(fast_paths, name, Spy)
     return calls
 
 
@@ -48,16 +50,16 @@ def _spy(monkeypatch, name):
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("size", [28, 20])
 def test_kernel_paths_match_the_plain_nchw_model(monkeypatch, norm, training, size):
-    """The whole channels-last Conv-4 on the kernels (first block, then batch norm -> pool -> ReLU
-    of blocks 2-4) against the NCHW model on plain ops, in float64: outputs, gradients from the
-    kernels' own backward, the second-order gradients (the kernels' backward rebuilding the plain
-    graph under create_graph, and, under `second_order_forward`, the plain ops directly),
-    running statistics. Scales of both signs in every block; binary images (ties in the pooling
-    windows); 28x28 pools 14 -> 7 -> 3 (an odd map), 20x20 pools 10 -> 5 -> 2."""
+    """FastConv4 on the kernels (first block, then batch norm -> pool -> ReLU of blocks 2-4)
+    against the plain Conv4 in NCHW, in float64: outputs, gradients from the kernels' own
+    backward, the second-order gradients (the kernels' backward rebuilding the plain graph under
+    create_graph, and, under `second_order_forward`, the plain ops directly), running statistics.
+    Scales of both signs in every block; binary images (ties in the pooling windows); 28x28 pools
+    14 -> 7 -> 3 (an odd map), 20x20 pools 10 -> 5 -> 2."""
     torch.manual_seed(3)
-    fast = Conv4(in_channels=1, hidden=6, out_features=4, image_size=size, norm=norm).double()
+    fast = FastConv4(in_channels=1, hidden=6, out_features=4, image_size=size, norm=norm).double()
     for layer in fast.features:
-        if isinstance(layer, (nn.BatchNorm2d, conv4.BatchStatNorm2d)):
+        if isinstance(layer, (nn.BatchNorm2d, BatchStatNorm2d)):
             set_mixed_scales(layer)
     plain = Conv4(in_channels=1, hidden=6, out_features=4, image_size=size, norm=norm, channels_last=False).double()
     plain.load_state_dict(fast.state_dict())
@@ -88,7 +90,8 @@ def test_kernels_in_float32_are_as_accurate_as_the_plain_ops():
     truth = torch.autograd.grad(logits.square().sum(), list(exact.parameters()))
     errors = {}
     for channels_last in (True, False):
-        model = Conv4(in_channels=1, hidden=64, out_features=20, image_size=28, channels_last=channels_last)
+        backbone = FastConv4 if channels_last else Conv4
+        model = backbone(1, 64, 20, image_size=28, channels_last=channels_last)
         model.load_state_dict(exact.state_dict())
         out = model(x.float())
         grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))

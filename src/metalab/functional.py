@@ -18,16 +18,15 @@ holds every task's activations at once (docs/engine.md gives the measurements).
 """
 from __future__ import annotations
 
-import threading
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Protocol, Union
+from typing import Any, Callable, Mapping, Protocol, Union
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from .losses import task_loss
+from .models.fast import second_order_forward
 
 __all__ = [
     "Params",
@@ -74,28 +73,6 @@ def sgd_step(params: Mapping[str, Tensor], grads: Mapping[str, Tensor], lr: Lear
         # One foreach op (and one backward node) for all parameters instead of a mul and a sub each.
         return dict(zip(names, torch._foreach_add(values, steps, alpha=-lr)))
     return {k: p - lr * grads[k] for k, p in params.items()}
-
-
-_hints = threading.local()
-
-
-@contextmanager
-def second_order_forward(enabled: bool = True) -> Iterator[None]:
-    """Marks a forward pass whose gradient will be taken with `create_graph=True` (a second-order
-    inner step), for this thread. Layers whose fast backward is not itself differentiable (Conv-4's
-    fused first block) then build their plain differentiable graph at once, instead of
-    recomputing it inside the backward. A hint only: without it the result is the same."""
-    previous = getattr(_hints, "second_order", False)
-    _hints.second_order = enabled
-    try:
-        yield
-    finally:
-        _hints.second_order = previous
-
-
-def expects_second_order() -> bool:
-    """Whether the current forward runs inside `second_order_forward` on this thread."""
-    return getattr(_hints, "second_order", False)
 
 
 def inner_gradients(loss_of: Callable[[Params], Tensor], params: Params, first_order: bool, mode: str) -> Params:

@@ -1,7 +1,7 @@
-// Fused CPU kernels for Conv-4 (metalab.models.conv4), compiled on first use by
-// metalab.models._kernels with torch.utils.cpp_extension. Each computes, in one or two passes over
-// memory, what a chain of PyTorch ops computes in several; the Python side falls back to those ops
-// when this file cannot be compiled. First derivatives only: a backward that must itself be
+// Fused CPU kernels for Conv-4's fast path (metalab.models.fast), compiled on first use by
+// metalab.models.fast._kernels with torch.utils.cpp_extension. Each computes, in one or two passes
+// over memory, what a chain of PyTorch ops computes in several; the Python side falls back to those
+// ops when this file cannot be compiled. First derivatives only: a backward that must itself be
 // differentiated (second-order MAML) goes through the plain PyTorch ops.
 //
 // Tensors are channels-last: an image batch is (n, h, w, c) in memory.
@@ -11,7 +11,7 @@
 #include <mutex>
 #include <vector>
 
-// The Python side (conv4.py) passes contiguous tensors of one floating dtype; say so if not.
+// The Python side (models/fast) passes contiguous tensors of one floating dtype; say so if not.
 static void check(const torch::Tensor& t, const torch::Tensor& like, const char* name) {
   TORCH_CHECK(t.is_contiguous(), "metalab Conv-4 kernel: ", name, " must be contiguous");
   TORCH_CHECK(t.scalar_type() == like.scalar_type(), "metalab Conv-4 kernel: ", name, " has another dtype than the input");
