@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from perf import episode_source  # noqa: E402  (real Omniglot episodes when ../shared has them)
 
 from metalab import MAML  # noqa: E402
-from metalab.models import Conv4  # noqa: E402
+from metalab.models import Conv4, FastConv4  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # (name, ways, inner steps, inner lr, tasks): perf.py's MAML workloads, on fewer tasks.
@@ -53,7 +53,7 @@ def main() -> int:
         truth = meta_gradient(exact, batch, torch.float64, steps, lr)
         rows = {}
         for label, channels_last in (("metalab (channels-last)", True), ("stock NCHW layers", False)):
-            model = Conv4(out_features=ways, channels_last=channels_last)
+            model = (FastConv4 if channels_last else Conv4)(out_features=ways, channels_last=channels_last)
             model.load_state_dict(exact.state_dict())
             g = meta_gradient(model, batch, torch.float32, steps, lr)
             rows[label] = {

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metalab import MAML, ProtoNet, TaskBatch
-from metalab.models import Conv4
+from metalab.models import Conv4, FastConv4
 from metalab.parallel import TaskThreads, available_cores
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -219,7 +219,7 @@ def maml_impls(hidden, ways, size, first_order, steps, lr, names=None, checkpoin
 
     def ours(workers, autocast=None, checkpoint=False):
         def make():
-            m = Conv4(1, hidden, ways, image_size=size)
+            m = FastConv4(1, hidden, ways, image_size=size)
             m.load_state_dict(state)
             return MetalabMAML(m, first_order, workers, steps, lr, autocast, checkpoint)
         return make
@@ -274,7 +274,7 @@ def metric_impls(method, hidden, size, names=None):
         if method == "relation":
             learner = RelationNet(RelationEmbedding(1, hidden), input_shape=(1, size, size))
         else:
-            m = Conv4(1, hidden, None, image_size=size, norm="batch")
+            m = FastConv4(1, hidden, None, image_size=size, norm="batch")
             learner = ProtoNet(m) if method == "protonet" else MatchingNet(m, fce=True, feature_dim=hidden)
         (learner if method == "relation" else learner.encoder).load_state_dict(state)
         return MetalabMetric(learner)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from metalab import MAML, SineTasks, TaskBatch
-from metalab.models import MLP, Conv4
+from metalab.models import MLP, FastConv4
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,7 +61,7 @@ def main() -> None:
         torch.rand(8, 5, 1, 28, 28, generator=g), torch.arange(5).expand(8, 5),
         torch.rand(8, 75, 1, 28, 28, generator=g), torch.arange(5).repeat_interleave(15).expand(8, 75),
     )
-    results["conv4_5w1s_8_tasks"] = compare("Conv-4 5-way 1-shot 15 queries, 8 tasks, 1 step", lambda: Conv4(out_features=5), "classification", images, max(2, args.repeats // 3), inner_lr=0.4)
+    results["conv4_5w1s_8_tasks"] = compare("Conv-4 5-way 1-shot 15 queries, 8 tasks, 1 step", lambda: FastConv4(out_features=5), "classification", images, max(2, args.repeats // 3), inner_lr=0.4)
     out = ROOT / "benchmarks" / "results" / "strategies.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")

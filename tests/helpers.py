@@ -64,3 +64,33 @@ def regression_csv(path, tasks=12, per_task=10, seed=0):
         for x in rng.uniform(-3, 3, per_task):
             rows.append([f"shop{t}", x, 7.0, slope * x + offset])
     return write_csv(path, ["shop", "x", "constant", "sales"], rows)
+
+
+def set_mixed_scales(norm):
+    """Scales of both signs (pooling first must take the window's min where one is negative) and
+    random shifts, for a 6-channel batch norm."""
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([1.3, -0.7, 0.4, -2.0, 0.9, -0.1]))
+        norm.bias.copy_(torch.randn(6))
+
+
+def assert_same_derivatives(fast, plain, x, tolerance):
+    """Outputs, gradients (from a plain backward and from one with create_graph) and the
+    second-order gradients MAML differentiates through, of two models on the same input, equal to
+    `tolerance` (relative, and absolute scaled by the largest entry of
+    that order: a parameter whose true derivative is 0, like the first conv bias's, gets rounding
+    noise of the size of the others' rounding)."""
+
+    def derivatives(model):
+        params = list(model.parameters())
+        out = model(x)
+        first = torch.autograd.grad(out.square().sum(), params)  # the fused layers' own backward
+        out = model(x)
+        grads = torch.autograd.grad(out.square().sum(), params, create_graph=True)
+        second = torch.autograd.grad(sum((g * g).sum() for g in grads), params)
+        return [[out], list(first), list(grads), list(second)]
+
+    for fast_order, plain_order in zip(derivatives(fast), derivatives(plain)):
+        largest = max(b.abs().max().item() for b in plain_order)
+        for a, b in zip(fast_order, plain_order):
+            assert torch.allclose(a, b, rtol=tolerance, atol=tolerance * (1 + largest))

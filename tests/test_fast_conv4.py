@@ -12,7 +12,7 @@ import metalab.models.fast as fast_package
 from metalab.models import Conv4, FastConv4
 from metalab.models.fast import _kernels, conv4, functions, hints
 from metalab.models.fast import model as fast_paths
-from test_functional import assert_same_derivatives, set_mixed_scales
+from helpers import assert_same_derivatives, set_mixed_scales
 
 VARIANTS = [
     dict(in_channels=1, hidden=6, out_features=4, image_size=16, norm="batch_stats"),
@@ -97,3 +97,16 @@ def test_fast_conv4_computes_what_conv4_computes(monkeypatch, compiled, norm):
     assert_same_derivatives(fast, plain, x, tolerance=1e-9)
     for name, buf in plain.named_buffers():
         assert torch.allclose(dict(fast.named_buffers())[name], buf), name
+
+
+def test_the_kernels_key_selects_the_fast_or_the_plain_model():
+    from metalab.builders import build_learner
+    from metalab.config import Config
+
+    for algorithm in ("maml", "protonet", "baseline"):
+        c = dict(benchmark="omniglot", algorithm=algorithm, data_dir="unused")
+        fast = build_learner(Config(**c).resolved())
+        plain = build_learner(Config(**c, kernels="off").resolved())
+        assert any(isinstance(m, FastConv4) for m in fast.modules()), algorithm
+        assert not any(isinstance(m, FastConv4) for m in plain.modules()), algorithm
+        assert fast.state_dict().keys() == plain.state_dict().keys()

@@ -8,7 +8,7 @@ from metalab import MAML, MetaSGD, Reptile, SineTasks
 from metalab.models import MLP, Conv4, FastConv4
 from metalab.models.fast import second_order_forward
 from metalab.models.fast.model import _single_channel_block, _stats_first_applies
-from test_parallel import image_batch
+from helpers import assert_same_derivatives, image_batch, set_mixed_scales
 
 # References are compared in float64 (tight tolerances); conftest's fixture restores float32 after.
 pytestmark = pytest.mark.usefixtures("float64")
@@ -87,36 +87,6 @@ def test_maml_meta_gradient_matches_reference_conv4_with_batchnorm(backbone, str
     assert torch.allclose(loss, ref_loss, atol=1e-10)
     for (name, _), g, r in zip(model.named_parameters(), grads, ref_grads):
         assert torch.allclose(g, r, atol=1e-5, rtol=1e-5), name
-
-
-def set_mixed_scales(norm):
-    """Scales of both signs (pooling first must take the window's min where one is negative) and
-    random shifts, for a 6-channel batch norm."""
-    with torch.no_grad():
-        norm.weight.copy_(torch.tensor([1.3, -0.7, 0.4, -2.0, 0.9, -0.1]))
-        norm.bias.copy_(torch.randn(6))
-
-
-def assert_same_derivatives(fast, plain, x, tolerance):
-    """Outputs, gradients (from a plain backward and from one with create_graph) and the
-    second-order gradients MAML differentiates through, of two models on the same input, equal to
-    `tolerance` (relative, and absolute scaled by the largest entry of
-    that order: a parameter whose true derivative is 0, like the first conv bias's, gets rounding
-    noise of the size of the others' rounding)."""
-
-    def derivatives(model):
-        params = list(model.parameters())
-        out = model(x)
-        first = torch.autograd.grad(out.square().sum(), params)  # the fused layers' own backward
-        out = model(x)
-        grads = torch.autograd.grad(out.square().sum(), params, create_graph=True)
-        second = torch.autograd.grad(sum((g * g).sum() for g in grads), params)
-        return [[out], list(first), list(grads), list(second)]
-
-    for fast_order, plain_order in zip(derivatives(fast), derivatives(plain)):
-        largest = max(b.abs().max().item() for b in plain_order)
-        for a, b in zip(fast_order, plain_order):
-            assert torch.allclose(a, b, rtol=tolerance, atol=tolerance * (1 + largest))
 
 
 @pytest.mark.parametrize("backbone", [Conv4, FastConv4])

@@ -8,7 +8,7 @@ from metalab import ANIL, MAML, MAMLpp, MetaSGD
 from metalab.config import ConfigError, config_from_dict
 from metalab.models import MLP, Conv4
 from metalab.parallel import TaskThreads
-from test_parallel import image_batch
+from helpers import image_batch
 
 
 LEARNERS = {

@@ -10,7 +10,7 @@ from metalab.models import BatchStatNorm2d, Conv4, FastConv4
 from metalab.models.fast import model as fast_paths
 from metalab.models.fast import second_order_forward
 from metalab.models.fast._kernels import kernels
-from test_functional import assert_same_derivatives, set_mixed_scales
+from helpers import assert_same_derivatives, set_mixed_scales
 
 
 def _compiler() -> str | None:

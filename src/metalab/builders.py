@@ -17,7 +17,8 @@ from .algorithms import MetaLearner
 from .algorithms.spec import AlgorithmSpec, OptionError
 from .config import IMAGE_BENCHMARKS, Config, ConfigError, task_kind
 from .data.omniglot.splits import SPLIT_CLASSES
-from .models import MLP, Conv4
+from .models import MLP
+from .models.fast import conv4
 from .tasks import SineTasks
 
 __all__ = [
@@ -130,10 +131,6 @@ def build_source(c: Config, split: str, dataset=None, *, rank: int = 0):
         # is the mini-batch size (split across processes).
         return dataset.batches(split, batch_size=1, seed=seed)
     return dataset.sampler(split, ways=ways, shots=shots, queries=queries, seed=seed)
-
-
-def conv4(fast: bool, **kwargs) -> nn.Module:
-    return Conv4(**kwargs)
 
 
 def _csv_features(c: Config) -> int:
