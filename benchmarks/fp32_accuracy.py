@@ -9,6 +9,7 @@ reference, and the fp32 meta-gradients of metalab's channels-last Conv-4 (what t
 the same Conv-4 in NCHW (stock PyTorch kernels, what the peer libraries run) are compared with it.
 Writes benchmarks/results/fp32_accuracy.json; docs/performance.md quotes it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,12 @@ def main() -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fp32_accuracy.json"))
     args = p.parse_args()
     torch.set_num_threads(2)
-    report = {"command": "python benchmarks/fp32_accuracy.py", "date": time.strftime("%Y-%m-%d"),
-              "machine": f"{platform.machine()}, torch {torch.__version__}", "workloads": {}}
+    report = {
+        "command": "python benchmarks/fp32_accuracy.py",
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, torch {torch.__version__}",
+        "workloads": {},
+    }
     for name, ways, steps, lr, tasks in WORKLOADS:
         batch = episode_source(ways, 1, 15, 28)(tasks)
         torch.manual_seed(0)
@@ -62,7 +67,9 @@ def main() -> int:
                 "cosine": F.cosine_similarity(g, truth, dim=0).item(),
             }
             r = rows[label]
-            print(f"{name} ({tasks} tasks): {label}: max |error| {r['max_abs_error']:.2e}, relative {r['relative_norm_error']:.2e}, cosine {r['cosine']:.10f}")
+            print(
+                f"{name} ({tasks} tasks): {label}: max |error| {r['max_abs_error']:.2e}, relative {r['relative_norm_error']:.2e}, cosine {r['cosine']:.10f}"
+            )
         report["workloads"][name] = {"tasks": tasks, "rows": rows}
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")

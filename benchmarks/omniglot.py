@@ -11,6 +11,7 @@ and test it 5- and 20-way); each cell's figure goes to benchmarks/results/omnigl
 `table` reads those files and writes docs/results.md. Budgets on 2 CPU cores are far below the
 papers'; the table says how many iterations and how much wall-clock each figure took.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,19 +65,37 @@ def _by_instance(learner, source, episodes: int) -> dict[str, list[float]]:
 def cmd_train(args) -> None:
     path = Path(args.config).resolve()
     config = load_config(path)
-    overrides = {k: v for k, v in {"iterations": args.iterations, "max_minutes": args.minutes, "threads": args.threads, "data_dir": args.data_dir}.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {
+            "iterations": args.iterations,
+            "max_minutes": args.minutes,
+            "threads": args.threads,
+            "data_dir": args.data_dir,
+        }.items()
+        if v is not None
+    }
     config = config_from_dict(overrides, config)
     run_dir = OUT / path.stem
     resume = (run_dir / "checkpoint.pt").exists()
     # Every cell whose config trains this very model (same keys but the test ones), found before
     # training so that a bad config elsewhere fails now, not after an hour of training.
-    cells = [path] + [p for p in sorted(CONFIGS.glob("*.yaml")) if p != path and _training_part(config_from_dict(overrides, load_config(p))) == _training_part(config)]
+    cells = [path] + [
+        p
+        for p in sorted(CONFIGS.glob("*.yaml"))
+        if p != path and _training_part(config_from_dict(overrides, load_config(p))) == _training_part(config)
+    ]
     result = train(config, run_dir, resume=resume, progress=sys.stderr.isatty())
     dataset = load_dataset(result.config)
     for cell_path in cells:
         cell = config_from_dict(overrides, load_config(cell_path)).resolved()
         t0 = time.perf_counter()
-        r = evaluate(result.learner, build_source(cell, "test", dataset), cell.test_tasks, steps=(cell.eval_steps or [None])[0])
+        r = evaluate(
+            result.learner,
+            build_source(cell, "test", dataset),
+            cell.test_tasks,
+            steps=(cell.eval_steps or [None])[0],
+        )
         record = {
             "cell": cell_path.stem,
             "algorithm": cell.algorithm,
@@ -96,10 +115,15 @@ def cmd_train(args) -> None:
             "machine": f"{platform.machine()}, torch {torch.__version__}",
         }
         if hasattr(result.learner, "accuracy_by_instance"):
-            record["by_instance"] = _by_instance(result.learner, build_source(cell, "test", dataset), cell.test_tasks)
+            record["by_instance"] = _by_instance(
+                result.learner, build_source(cell, "test", dataset), cell.test_tasks
+            )
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / f"{cell_path.stem}.json").write_text(json.dumps(record, indent=2) + "\n")
-        print(f"{cell_path.stem}: {r} after {result.iteration} iterations ({result.seconds / 60:.0f} min of training)", flush=True)
+        print(
+            f"{cell_path.stem}: {r} after {result.iteration} iterations ({result.seconds / 60:.0f} min of training)",
+            flush=True,
+        )
 
 
 def _queries(record: dict) -> str:
@@ -114,9 +138,26 @@ def _threads(record: dict) -> str:
 
 def cmd_table(args) -> None:
     rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
-    order = ["maml", "fomaml", "metasgd", "mamlpp", "anil", "reptile", "protonet", "matching", "relation", "siamese",
-             "mann", "metanet", "lstm_meta", "baseline", "baseline_pp"]
-    rows.sort(key=lambda r: (order.index(r["algorithm"]) if r["algorithm"] in order else 99, r["ways"], r["shots"]))
+    order = [
+        "maml",
+        "fomaml",
+        "metasgd",
+        "mamlpp",
+        "anil",
+        "reptile",
+        "protonet",
+        "matching",
+        "relation",
+        "siamese",
+        "mann",
+        "metanet",
+        "lstm_meta",
+        "baseline",
+        "baseline_pp",
+    ]
+    rows.sort(
+        key=lambda r: (order.index(r["algorithm"]) if r["algorithm"] in order else 99, r["ways"], r["shots"])
+    )
     lines = [
         "# Results on Omniglot",
         "",
@@ -153,7 +194,9 @@ def cmd_table(args) -> None:
             "",
             "| instance | " + " | ".join(ks) + " |",
             "|---|" + "---|" * len(ks),
-            "| ours (95% CI) | " + " | ".join(f"{r['by_instance'][k][0]:.1f} ± {r['by_instance'][k][1]:.1f}" for k in ks) + " |",
+            "| ours (95% CI) | "
+            + " | ".join(f"{r['by_instance'][k][0]:.1f} ± {r['by_instance'][k][1]:.1f}" for k in ks)
+            + " |",
             "| paper | " + " | ".join(f"{MANN_BY_INSTANCE[int(k)]}" for k in ks) + " |",
         ]
     if args.notes and Path(args.notes).exists():
@@ -173,7 +216,11 @@ def main() -> int:
     t.add_argument("--threads", type=int)
     t.add_argument("--data-dir")
     tb = sub.add_parser("table")
-    tb.add_argument("--notes", default=str(ROOT / "benchmarks" / "results" / "omniglot_notes.md"), help="markdown appended under the table")
+    tb.add_argument(
+        "--notes",
+        default=str(ROOT / "benchmarks" / "results" / "omniglot_notes.md"),
+        help="markdown appended under the table",
+    )
     args = p.parse_args()
     {"train": cmd_train, "table": cmd_table}[args.command](args)
     return 0

@@ -18,6 +18,7 @@ implementations are timed in alternation (A, B, C, A, B, C, ...), and the median
 meta-iteration is reported; peak memory (max RSS) is measured for each in a fresh subprocess.
 Results go to benchmarks/results/perf.json; docs/performance.md quotes them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,14 +53,28 @@ def episode_source(ways: int, shots: int, queries: int, size: int, seed: int = 0
         from metalab.builders import build_source, load_dataset
         from metalab.config import config_from_dict
 
-        c = config_from_dict({"benchmark": "omniglot", "data_dir": str(data), "ways": ways, "shots": shots, "queries": queries, "seed": seed})
+        c = config_from_dict(
+            {
+                "benchmark": "omniglot",
+                "data_dir": str(data),
+                "ways": ways,
+                "shots": shots,
+                "queries": queries,
+                "seed": seed,
+            }
+        )
         return build_source(c, "train", load_dataset(c)).sample
     g = torch.Generator().manual_seed(seed)
 
     def sample(tasks: int) -> TaskBatch:
         sy = torch.arange(ways).repeat_interleave(shots).expand(tasks, -1).contiguous()
         qy = torch.arange(ways).repeat_interleave(queries).expand(tasks, -1).contiguous()
-        return TaskBatch(torch.rand(tasks, ways * shots, 1, size, size, generator=g), sy, torch.rand(tasks, ways * queries, 1, size, size, generator=g), qy)
+        return TaskBatch(
+            torch.rand(tasks, ways * shots, 1, size, size, generator=g),
+            sy,
+            torch.rand(tasks, ways * queries, 1, size, size, generator=g),
+            qy,
+        )
 
     return sample
 
@@ -69,7 +84,12 @@ def plain_conv4(hidden: int, ways: int | None, size: int, running_stats: bool = 
     `running_stats` (as metric-based methods use)."""
     layers, channels = [], 1
     for _ in range(4):
-        layers += [nn.Conv2d(channels, hidden, 3, padding=1), nn.BatchNorm2d(hidden, track_running_stats=running_stats), nn.ReLU(), nn.MaxPool2d(2)]
+        layers += [
+            nn.Conv2d(channels, hidden, 3, padding=1),
+            nn.BatchNorm2d(hidden, track_running_stats=running_stats),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        ]
         channels, size = hidden, size // 2
     layers.append(nn.Flatten())
     if ways:
@@ -110,7 +130,15 @@ class MetalabMAML(Impl):
 
     def __init__(self, model, first_order, workers, steps, lr, autocast=None, checkpoint=False):
         super().__init__(model)
-        self.learner = MAML(model, "classification", inner_lr=lr, inner_steps=steps, first_order=first_order, strategy="loop", inner_checkpoint=checkpoint)
+        self.learner = MAML(
+            model,
+            "classification",
+            inner_lr=lr,
+            inner_steps=steps,
+            first_order=first_order,
+            strategy="loop",
+            inner_checkpoint=checkpoint,
+        )
         self.engine = TaskThreads(self.learner, workers, autocast=autocast) if workers > 1 else None
         self.threads = 1 if workers > 1 else 2
 
@@ -151,7 +179,9 @@ class HigherMAML(Impl):
         import higher
 
         for t in range(batch.num_tasks):
-            with higher.innerloop_ctx(self.model, self.inner, copy_initial_weights=False, track_higher_grads=not self.first_order) as (fmodel, diffopt):
+            with higher.innerloop_ctx(
+                self.model, self.inner, copy_initial_weights=False, track_higher_grads=not self.first_order
+            ) as (fmodel, diffopt):
                 for _ in range(self.steps):
                     diffopt.step(F.cross_entropy(fmodel(batch.support_x[t]), batch.support_y[t]))
                 (F.cross_entropy(fmodel(batch.query_x[t]), batch.query_y[t]) / batch.num_tasks).backward()
@@ -222,6 +252,7 @@ def maml_impls(hidden, ways, size, first_order, steps, lr, names=None, checkpoin
             m = FastConv4(1, hidden, ways, image_size=size)
             m.load_state_dict(state)
             return MetalabMAML(m, first_order, workers, steps, lr, autocast, checkpoint)
+
         return make
 
     def peer(cls, **kw):
@@ -229,6 +260,7 @@ def maml_impls(hidden, ways, size, first_order, steps, lr, names=None, checkpoin
             m = plain_conv4(hidden, ways, size)
             copy_weights(reference, m)
             return cls(m, first_order, steps, lr, **kw)
+
         return make
 
     cores = available_cores()
@@ -249,7 +281,9 @@ def maml_impls(hidden, ways, size, first_order, steps, lr, names=None, checkpoin
             try:
                 __import__(module)
             except Exception as e:  # noqa: BLE001 - any import failure means: not available
-                print(f"  {name}: skipped ({module} does not import: {type(e).__name__})", file=sys.__stdout__)
+                print(
+                    f"  {name}: skipped ({module} does not import: {type(e).__name__})", file=sys.__stdout__
+                )
                 continue
         out[name] = factory
     return {k: v for k, v in out.items() if names is None or k in names}
@@ -287,7 +321,12 @@ def metric_impls(method, hidden, size, names=None):
             if method == "relation":
                 net = RelationNet(RelationEmbedding(1, hidden), input_shape=(1, size, size))
                 net.load_state_dict(state)
-                return EasyFSL(methods.RelationNetworks(net.encoder, feature_dimension=hidden, relation_module=net.relation), _one_hot_mse)
+                return EasyFSL(
+                    methods.RelationNetworks(
+                        net.encoder, feature_dimension=hidden, relation_module=net.relation
+                    ),
+                    _one_hot_mse,
+                )
             m = plain_conv4(hidden, None, size, running_stats=True)
             copy_weights(reference, m)
             if method == "protonet":
@@ -323,7 +362,9 @@ def gradient_check(impls: dict, batch: TaskBatch, tolerance: float) -> dict[str,
             impl.step(batch if low else exact, update=False)
         finally:
             torch.set_default_dtype(torch.float32)
-        grads[name] = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in impl.params]
+        grads[name] = [
+            p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in impl.params
+        ]
     first = next(iter(grads))
     diffs = {}
     for name, g in grads.items():
@@ -337,7 +378,9 @@ def gradient_check(impls: dict, batch: TaskBatch, tolerance: float) -> dict[str,
             continue
         diffs[name] = max((a - b).abs().max().item() for a, b in zip(grads[first], g))
         if diffs[name] > tolerance:
-            print(f"  {name}: NOT TIMED, its meta-gradient differs from {first}'s by {diffs[name]:.2e} > {tolerance}")
+            print(
+                f"  {name}: NOT TIMED, its meta-gradient differs from {first}'s by {diffs[name]:.2e} > {tolerance}"
+            )
             del impls[name]
     return diffs
 
@@ -384,7 +427,9 @@ def peak_rss_mb() -> float:
 
 def peak_memory(workload: str, name: str, smoke: bool) -> float:
     """Max RSS in MB of a fresh process that builds `name` and takes a few steps of `workload`."""
-    cmd = [sys.executable, __file__, "--memory-of", name, "--workload", workload] + (["--smoke"] if smoke else [])
+    cmd = [sys.executable, __file__, "--memory-of", name, "--workload", workload] + (
+        ["--smoke"] if smoke else []
+    )
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()
     return float(out[-1])
 
@@ -425,8 +470,16 @@ def main() -> int:
     p.add_argument("--repeats", type=int, help="timed steps per implementation (default 10; smoke 2)")
     p.add_argument("--workloads", nargs="*", default=list(WORKLOADS), choices=list(WORKLOADS))
     p.add_argument("--out", default=str(RESULTS))
-    p.add_argument("--doc-only", action="store_true", help="rewrite docs/performance.md from the results file (--out), timing nothing")
-    p.add_argument("--memory-only", action="store_true", help="measure again the peak memory of every row of the results file (--out), then rewrite it and the page")
+    p.add_argument(
+        "--doc-only",
+        action="store_true",
+        help="rewrite docs/performance.md from the results file (--out), timing nothing",
+    )
+    p.add_argument(
+        "--memory-only",
+        action="store_true",
+        help="measure again the peak memory of every row of the results file (--out), then rewrite it and the page",
+    )
     p.add_argument("--memory-of", help=argparse.SUPPRESS)
     p.add_argument("--workload", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -438,7 +491,9 @@ def main() -> int:
                     continue
                 for name, row in rows.items():
                     if "peak_rss_mb" in row:
-                        row["peak_rss_mb"] = round(peak_memory(workload, name, "--smoke" in report["command"]))
+                        row["peak_rss_mb"] = round(
+                            peak_memory(workload, name, "--smoke" in report["command"])
+                        )
                         print(f"{workload:32s} {name:40s} {row['peak_rss_mb']:6d} MB", flush=True)
             report["memory_command"] = " ".join(["python benchmarks/perf.py"] + sys.argv[1:])
             Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
@@ -484,8 +539,17 @@ def main() -> int:
             }
             ratio = f"  {base / seconds[name]:.2f}x the peer" if base else ""
             diff = "-" if diffs[name] is None else f"{diffs[name]:.1e}"
-            print(f"  {name:32s} {1 / seconds[name]:7.3f} steps/s  {mem:6.0f} MB  grad diff {diff}{ratio}", flush=True)
-        rows.update({name: {"excluded": f"meta-gradient differs by {d:.2e}"} for name, d in diffs.items() if name not in impls})
+            print(
+                f"  {name:32s} {1 / seconds[name]:7.3f} steps/s  {mem:6.0f} MB  grad diff {diff}{ratio}",
+                flush=True,
+            )
+        rows.update(
+            {
+                name: {"excluded": f"meta-gradient differs by {d:.2e}"}
+                for name, d in diffs.items()
+                if name not in impls
+            }
+        )
         report["workloads"][workload] = rows
         draws = []
         for _ in range(20):
@@ -493,8 +557,14 @@ def main() -> int:
             draw()
             draws.append(time.perf_counter() - t)
         ours = min(v for k, v in seconds.items() if k.startswith("metalab") and "bf16" not in k)
-        report.setdefault("sampling", {})[workload] = {"seconds_per_draw": round(statistics.median(draws), 5), "share_of_metalab_step": round(statistics.median(draws) / ours, 4)}
-        print(f"  sampling one step's episodes: {1e3 * statistics.median(draws):.2f} ms, {100 * statistics.median(draws) / ours:.1f}% of metalab's step", flush=True)
+        report.setdefault("sampling", {})[workload] = {
+            "seconds_per_draw": round(statistics.median(draws), 5),
+            "share_of_metalab_step": round(statistics.median(draws) / ours, 4),
+        }
+        print(
+            f"  sampling one step's episodes: {1e3 * statistics.median(draws):.2f} ms, {100 * statistics.median(draws) / ours:.1f}% of metalab's step",
+            flush=True,
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
@@ -516,14 +586,22 @@ def write_doc(report: dict) -> None:
         f"Measured by `{report['command']}` on {report['date']} ({report['machine']}); median seconds per",
         f"step over {report['repeats']} alternating timed steps per implementation, peak RSS of a fresh process",
         "while it builds the implementation and takes three steps (torch and the episodes already in memory;",
-        "the mark is reset after loading the data)" + (f", measured by `{report['memory_command']}`" if "memory_command" in report else "") + ", and the largest difference of each implementation's meta-gradient from",
+        "the mark is reset after loading the data)"
+        + (f", measured by `{report['memory_command']}`" if "memory_command" in report else "")
+        + ", and the largest difference of each implementation's meta-gradient from",
         "metalab's on the same weights and real Omniglot batch, in float64 (checked before timing; in fp32",
         "rounding alone moves entries of this ill-conditioned meta-gradient by up to ~1e-4, see the fp32",
         "accuracy section below). Ratios are against the peer",
         "(learn2learn on its default 2 threads for MAML, easyfsl for the metric-based learners) in the same run.",
     ]
     for workload, rows in report["workloads"].items():
-        lines += ["", f"## {workload}", "", "| implementation | steps/s | ratio to the peer | peak RSS (MB) | max grad diff |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## {workload}",
+            "",
+            "| implementation | steps/s | ratio to the peer | peak RSS (MB) | max grad diff |",
+            "|---|---|---|---|---|",
+        ]
         for name, r in rows.items():
             if "excluded" in r:
                 lines.append(f"| {name} | not timed: {r['excluded']} | | | |")
@@ -532,28 +610,51 @@ def write_doc(report: dict) -> None:
             diff = "-" if r["max_grad_diff"] is None else f"{r['max_grad_diff']:.1e}"
             lines.append(f"| {name} | {r['steps_per_second']:.3f} | {ratio} | {r['peak_rss_mb']} | {diff} |")
     if report.get("sampling"):
-        lines += ["", "## Episode sampling", "", "Drawing one training step's episodes from the in-memory index (median of 20 draws), against",
-                  "metalab's fastest step on the same workload:", "", "| workload | ms per draw | share of a step |", "|---|---|---|"]
+        lines += [
+            "",
+            "## Episode sampling",
+            "",
+            "Drawing one training step's episodes from the in-memory index (median of 20 draws), against",
+            "metalab's fastest step on the same workload:",
+            "",
+            "| workload | ms per draw | share of a step |",
+            "|---|---|---|",
+        ]
         for workload, r in report["sampling"].items():
-            lines.append(f"| {workload} | {1e3 * r['seconds_per_draw']:.2f} | {100 * r['share_of_metalab_step']:.1f}% |")
+            lines.append(
+                f"| {workload} | {1e3 * r['seconds_per_draw']:.2f} | {100 * r['share_of_metalab_step']:.1f}% |"
+            )
     precision = ROOT / "benchmarks" / "results" / "precision.json"
     if precision.exists():
         r = json.loads(precision.read_text())
-        lines += ["", "## bf16 on Omniglot", "",
-                  f"`python benchmarks/precision.py --iterations {r['iterations']} --test-tasks {r['test_episodes']} --threads {r['task_threads']}`"
-                  f" on {r['date']} ({r['machine']}): the same MAML run ({r['config']}, same seed and tasks) in both precisions,",
-                  f"{r['iterations']} iterations on {r['task_threads']} task thread(s), each meta-tested in fp32 on the same {r['test_episodes']} test episodes.",
-                  "", "| precision | test accuracy (95% CI) | seconds per iteration |", "|---|---|---|"]
+        lines += [
+            "",
+            "## bf16 on Omniglot",
+            "",
+            f"`python benchmarks/precision.py --iterations {r['iterations']} --test-tasks {r['test_episodes']} --threads {r['task_threads']}`"
+            f" on {r['date']} ({r['machine']}): the same MAML run ({r['config']}, same seed and tasks) in both precisions,",
+            f"{r['iterations']} iterations on {r['task_threads']} task thread(s), each meta-tested in fp32 on the same {r['test_episodes']} test episodes.",
+            "",
+            "| precision | test accuracy (95% CI) | seconds per iteration |",
+            "|---|---|---|",
+        ]
         for name, run in r["runs"].items():
-            lines.append(f"| {name} | {run['accuracy']:.2f} ± {run['ci95']:.2f} | {run['seconds_per_iteration']:.3f} |")
+            lines.append(
+                f"| {name} | {run['accuracy']:.2f} ± {run['ci95']:.2f} | {run['seconds_per_iteration']:.3f} |"
+            )
     scaling = ROOT / "benchmarks" / "results" / "scaling.json"
     if scaling.exists():
         r = json.loads(scaling.read_text())
-        lines += ["", "## Scaling curves", "",
-                  f"Time and peak memory per MAML meta-iteration against meta-batch, inner steps (with and without",
-                  f"`inner_checkpoint`), ways and order, metalab against learn2learn, measured by `{r['command']}` on",
-                  f"{r['date']}; the numbers behind the plot are in [scaling.md](scaling.md).", "",
-                  "![time and peak memory per meta-iteration](scaling.png)"]
+        lines += [
+            "",
+            "## Scaling curves",
+            "",
+            "Time and peak memory per MAML meta-iteration against meta-batch, inner steps (with and without",
+            f"`inner_checkpoint`), ways and order, metalab against learn2learn, measured by `{r['command']}` on",
+            f"{r['date']}; the numbers behind the plot are in [scaling.md](scaling.md).",
+            "",
+            "![time and peak memory per meta-iteration](scaling.png)",
+        ]
     out = ROOT / "docs" / "performance.md"
     page = out.read_text() if out.exists() else ""
     if HAND_WRITTEN in page:

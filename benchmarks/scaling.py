@@ -20,6 +20,7 @@ its default engine (task threads, one per core); learn2learn its default 2 intra
 fastest peer in benchmarks/perf.py. Results go to benchmarks/results/scaling.json, docs/scaling.md
 and docs/scaling.png.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,9 +54,15 @@ def implementations(point: dict, smoke: bool) -> dict:
     """Our names -> perf.py's factories for this point (learn2learn only where it imports)."""
     hidden, size = (8, 16) if smoke else (64, 28)
     lr = 0.4 if point["steps"] == 1 else 0.1
-    impls = perf.maml_impls(hidden, point["ways"], size, point["first_order"], point["steps"], lr, checkpoint_variant=True)
+    impls = perf.maml_impls(
+        hidden, point["ways"], size, point["first_order"], point["steps"], lr, checkpoint_variant=True
+    )
     cores = perf.available_cores()
-    names = {METALAB: f"metalab ({cores} task threads)", CHECKPOINTED: f"metalab inner_checkpoint ({cores} task threads)", PEER: "learn2learn"}
+    names = {
+        METALAB: f"metalab ({cores} task threads)",
+        CHECKPOINTED: f"metalab inner_checkpoint ({cores} task threads)",
+        PEER: "learn2learn",
+    }
     return {ours: impls[theirs] for ours, theirs in names.items() if theirs in impls}
 
 
@@ -76,7 +83,16 @@ def measure(point: dict, name: str, repeats: int, smoke: bool) -> dict:
 
 
 def run_point(point: dict, name: str, repeats: int, smoke: bool) -> dict:
-    cmd = [sys.executable, __file__, "--point", json.dumps(point), "--impl", name, "--repeats", str(repeats)] + (["--smoke"] if smoke else [])
+    cmd = [
+        sys.executable,
+        __file__,
+        "--point",
+        json.dumps(point),
+        "--impl",
+        name,
+        "--repeats",
+        str(repeats),
+    ] + (["--smoke"] if smoke else [])
     run = subprocess.run(cmd, capture_output=True, text=True)
     if run.returncode != 0:
         raise RuntimeError(f"{name} at {point} failed:\n{run.stderr[-2000:]}")
@@ -115,7 +131,10 @@ def main() -> int:
                     continue
                 r = run_point(point, name, args.repeats, args.smoke)
                 rows.append({"implementation": name, key: value, **r})
-                print(f"{curve:12s} {key}={value!s:5s} {name:26s} {r['seconds']:8.3f} s/iteration {r['peak_rss_mb']:6d} MB", flush=True)
+                print(
+                    f"{curve:12s} {key}={value!s:5s} {name:26s} {r['seconds']:8.3f} s/iteration {r['peak_rss_mb']:6d} MB",
+                    flush=True,
+                )
         report["curves"][curve] = {"key": key, "base": {**BASE, **changes}, "rows": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -140,8 +159,12 @@ def plot(report: dict, path: Path) -> None:
             rows = [r for r in c["rows"] if r["implementation"] == name]
             xs = [("first" if r[key] else "second") if key == "first_order" else r[key] for r in rows]
             axes[0][col].plot(xs, [r["seconds"] for r in rows], marker="o", label=name, color=colour[name])
-            axes[1][col].plot(xs, [r["peak_rss_mb"] for r in rows], marker="o", label=name, color=colour[name])
-        axes[0][col].set_title(f"{curve} ({', '.join(f'{k}={v}' for k, v in c['base'].items() if k != key)})", fontsize=9)
+            axes[1][col].plot(
+                xs, [r["peak_rss_mb"] for r in rows], marker="o", label=name, color=colour[name]
+            )
+        axes[0][col].set_title(
+            f"{curve} ({', '.join(f'{k}={v}' for k, v in c['base'].items() if k != key)})", fontsize=9
+        )
         axes[1][col].set_xlabel(curve)
         if key == "tasks":
             for row in axes:
@@ -172,7 +195,13 @@ def write_doc(report: dict, docs: Path) -> None:
         names = list(dict.fromkeys(r["implementation"] for r in c["rows"]))
         values = list(dict.fromkeys(r[key] for r in c["rows"]))
         base = ", ".join(f"{k} {v}" for k, v in c["base"].items() if k != key)
-        lines += ["", f"## {curve} ({base})", "", f"| {key} | " + " | ".join(f"{n}: s / MB" for n in names) + " |", "|---|" + "---|" * len(names)]
+        lines += [
+            "",
+            f"## {curve} ({base})",
+            "",
+            f"| {key} | " + " | ".join(f"{n}: s / MB" for n in names) + " |",
+            "|---|" + "---|" * len(names),
+        ]
         for v in values:
             cells = []
             for n in names:

@@ -13,6 +13,7 @@ Usage:
     python benchmarks/sine.py                      # all algorithms, the paper's 70,000 iterations
     python benchmarks/sine.py --algorithms maml pretrain --iterations 5000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,7 +50,12 @@ def main() -> int:
 
     results_path = Path(args.results)
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results["machine"] = {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}
+    results["machine"] = {
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
     results.setdefault("algorithms", {})
     for name in args.algorithms:
         config = load_config(ROOT / f"configs/sine/{name}.yaml")
@@ -60,21 +66,29 @@ def main() -> int:
         result = train(config, run_dir, resume=resume, progress=sys.stderr.isatty())
         # Meta-test on `test_tasks` held-out tasks after 1, 5 and 10 steps (the configs' eval_steps);
         # this also writes the run folder's results.json, which `metalab report` reads.
-        record = meta_test(result, log=lambda line: print(f"{name:9s} K={result.config.test_shots} {line}", flush=True))
+        record = meta_test(
+            result, log=lambda line: print(f"{name:9s} K={result.config.test_shots} {line}", flush=True)
+        )
         row = {
             "iterations": result.iteration,
             # Cumulative over resumed sessions; None for checkpoints written before the loop kept it.
             "train_seconds": round(result.seconds, 1) or None,
             "test_shots": record["shots"],
             "test_tasks": record["test"][0]["tasks"],
-            "mse": {str(t["steps"]): {"mean": round(t["mean"], 4), "ci95": round(t["ci95"], 4)} for t in record["test"]},  # NaN: diverged
+            "mse": {
+                str(t["steps"]): {"mean": round(t["mean"], 4), "ci95": round(t["ci95"], 4)}
+                for t in record["test"]
+            },  # NaN: diverged
         }
         if name in PAPER:
             row["paper_mse"] = {str(k): v for k, v in PAPER[name].items()}
         results["algorithms"][name] = row
         results_path.parent.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps(results, indent=2) + "\n")
-    drawn = {label: Path(args.out) / key / "checkpoint.pt" for key, label in (("maml", "MAML"), ("pretrain", "pretrained, step size 0.01"))}
+    drawn = {
+        label: Path(args.out) / key / "checkpoint.pt"
+        for key, label in (("maml", "MAML"), ("pretrain", "pretrained, step size 0.01"))
+    }
     if all(path.exists() for path in drawn.values()):
         learners = {label: learner_from_checkpoint(path)[0] for label, path in drawn.items()}
         sine_adaptation_figure(learners, args.figure, shots=5, steps=[1, 10])
@@ -93,10 +107,15 @@ def _cell(figure: dict) -> str:
 
 
 def markdown_table(results: dict) -> str:
-    lines = ["| algorithm | iterations | MSE, 1 step | 5 steps | 10 steps | paper (1 / 5 / 10) |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| algorithm | iterations | MSE, 1 step | 5 steps | 10 steps | paper (1 / 5 / 10) |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, row in results["algorithms"].items():
         cells = [_cell(row["mse"][s]) for s in ("1", "5", "10")]
-        paper = " / ".join(f"{row['paper_mse'][s]:.2f}" for s in ("1", "5", "10")) if "paper_mse" in row else "-"
+        paper = (
+            " / ".join(f"{row['paper_mse'][s]:.2f}" for s in ("1", "5", "10")) if "paper_mse" in row else "-"
+        )
         lines.append(f"| {name} | {row['iterations']:,} | " + " | ".join(cells) + f" | {paper} |")
     return "\n".join(lines)
 

@@ -6,6 +6,7 @@ benchmarks/results/strategies.json.
 
     python benchmarks/strategies.py [--threads 1]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,7 +44,9 @@ def compare(name: str, make_model, kind: str, batch: TaskBatch, repeats: int, **
             times[s].append(step_time(learner, batch))
     row = {s: round(1 / statistics.median(t), 2) for s, t in times.items()}
     row["vmap_over_loop"] = round(row["vmap"] / row["loop"], 2)
-    print(f"{name}: vmap {row['vmap']} it/s, loop {row['loop']} it/s, ratio {row['vmap_over_loop']}", flush=True)
+    print(
+        f"{name}: vmap {row['vmap']} it/s, loop {row['loop']} it/s, ratio {row['vmap_over_loop']}", flush=True
+    )
     return row
 
 
@@ -55,13 +58,24 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     results = {"threads": args.threads, "torch": torch.__version__, "machine": platform.machine()}
     sine = SineTasks(shots=10, queries=10, seed=0).sample(25)
-    results["sine_mlp_25_tasks"] = compare("sine MLP, 25 tasks, 1 step", MLP, "regression", sine, args.repeats * 5, inner_lr=0.01)
+    results["sine_mlp_25_tasks"] = compare(
+        "sine MLP, 25 tasks, 1 step", MLP, "regression", sine, args.repeats * 5, inner_lr=0.01
+    )
     g = torch.Generator().manual_seed(0)
     images = TaskBatch(
-        torch.rand(8, 5, 1, 28, 28, generator=g), torch.arange(5).expand(8, 5),
-        torch.rand(8, 75, 1, 28, 28, generator=g), torch.arange(5).repeat_interleave(15).expand(8, 75),
+        torch.rand(8, 5, 1, 28, 28, generator=g),
+        torch.arange(5).expand(8, 5),
+        torch.rand(8, 75, 1, 28, 28, generator=g),
+        torch.arange(5).repeat_interleave(15).expand(8, 75),
     )
-    results["conv4_5w1s_8_tasks"] = compare("Conv-4 5-way 1-shot 15 queries, 8 tasks, 1 step", lambda: FastConv4(out_features=5), "classification", images, max(2, args.repeats // 3), inner_lr=0.4)
+    results["conv4_5w1s_8_tasks"] = compare(
+        "Conv-4 5-way 1-shot 15 queries, 8 tasks, 1 step",
+        lambda: FastConv4(out_features=5),
+        "classification",
+        images,
+        max(2, args.repeats // 3),
+        inner_lr=0.4,
+    )
     out = ROOT / "benchmarks" / "results" / "strategies.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")

@@ -36,11 +36,15 @@ class CosinePrototypes(MetaLearner):
         super().__init__()
         self.encoder, self.temperature = encoder, temperature
 
-    def predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, *, steps: int | None = None) -> Tensor:
+    def predict(
+        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, *, steps: int | None = None
+    ) -> Tensor:
         support_z, query_z = (z.flatten(2) for z in embed_tasks(self.encoder, support_x, query_x))
         onehot = one_hot_support(support_y, num_ways(support_y)).to(support_z.dtype)  # (T, S, N)
         prototypes = onehot.transpose(1, 2) @ support_z / onehot.sum(1)[..., None]  # (T, N, d)
-        return self.temperature * F.normalize(query_z, dim=-1) @ F.normalize(prototypes, dim=-1).transpose(1, 2)
+        return (
+            self.temperature * F.normalize(query_z, dim=-1) @ F.normalize(prototypes, dim=-1).transpose(1, 2)
+        )
 
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
         logits = self.predict(batch.support_x, batch.support_y, batch.query_x)

@@ -1,6 +1,7 @@
 """Shared fixtures. The real Omniglot copy is looked for in $METALAB_OMNIGLOT, else in
 ../shared/data/omniglot beside the repository (where CI puts it); tests that need it skip with the
 path they looked at when it is absent."""
+
 import os
 from pathlib import Path
 
@@ -15,7 +16,10 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 def _require_omniglot() -> Path:
-    if not (OMNIGLOT_DIR / "images_background.zip").exists() or not (OMNIGLOT_DIR / "images_evaluation.zip").exists():
+    if (
+        not (OMNIGLOT_DIR / "images_background.zip").exists()
+        or not (OMNIGLOT_DIR / "images_evaluation.zip").exists()
+    ):
         pytest.skip(f"shared Omniglot not found at {OMNIGLOT_DIR} (set METALAB_OMNIGLOT to its folder)")
     return OMNIGLOT_DIR
 

@@ -50,7 +50,8 @@ def classification_csv(path, classes=10, per_class=8, seed=0):
     centres = rng.normal(0, 3, (classes, 3)) * np.array([1, 100, 0.01])
     rows = [
         [*(centres[k] + rng.normal(0, 0.3, 3) * np.array([1, 100, 0.01])), f"species_{k}"]
-        for k in range(classes) for _ in range(per_class)
+        for k in range(classes)
+        for _ in range(per_class)
     ]
     return write_csv(path, ["a", " b", "c ", "label"], rows)  # spaces around names are stripped
 

@@ -1,4 +1,5 @@
 """The learners and meta-batches behind tests/fixtures/meta_gradients.json (see its generator)."""
+
 import torch
 
 from metalab import builders
@@ -36,7 +37,10 @@ def case_batch(c: Config) -> TaskBatch:
     g = torch.Generator().manual_seed(11)
     t = 2
     if c.benchmark == "sine":
-        sx, qx = torch.rand(t, c.shots, 1, generator=g, dtype=torch.float64), torch.rand(t, c.queries, 1, generator=g, dtype=torch.float64)
+        sx, qx = (
+            torch.rand(t, c.shots, 1, generator=g, dtype=torch.float64),
+            torch.rand(t, c.queries, 1, generator=g, dtype=torch.float64),
+        )
         return TaskBatch(sx, torch.sin(3 * sx), qx, torch.sin(3 * qx))
     if c.algorithm in ("baseline", "baseline_pp"):  # a mini-batch of 6 images with global labels
         x = torch.rand(6, 1, 1, 28, 28, generator=g, dtype=torch.float64)

@@ -2,18 +2,19 @@
 evaluation, and a checkpoint round trip that gives the same predictions. Image algorithms run on a
 small synthetic Omniglot-shaped data set (offline and fast); learning on real data is tested in
 test_metric.py and test_gradient_images.py."""
+
 import dataclasses
 
 import pytest
 import torch
 
 from metalab import builders
+from metalab import run as train_module
 from metalab.algorithms import algorithm_names, get_spec
 from metalab.config import Config
 from metalab.data import FewShotDataset
 from metalab.experiment import meta_test
 from metalab.tasks import split_classes
-from metalab import run as train_module
 from metalab.train import learner_from_checkpoint, train
 
 SINE_ONLY = {"pretrain"}
@@ -26,7 +27,9 @@ def fake_omniglot(num_classes=24, per_class=20):
     noise = (torch.rand(num_classes, per_class, 1, 28, 28, generator=g) > 0.95).to(torch.uint8) * 255
     x = (prototypes[:, None] ^ noise).reshape(-1, 1, 28, 28)
     y = torch.arange(num_classes).repeat_interleave(per_class)
-    return FewShotDataset(x, y, [f"class{c}" for c in range(num_classes)], split_classes(num_classes, 6, 6, seed=0), (1, 28, 28))
+    return FewShotDataset(
+        x, y, [f"class{c}" for c in range(num_classes)], split_classes(num_classes, 6, 6, seed=0), (1, 28, 28)
+    )
 
 
 def _own_keys(algorithm, **values):

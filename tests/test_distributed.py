@@ -1,19 +1,28 @@
 """Multi-process training on torch.distributed (gloo, loopback): the same steps as one process over
 the union of the ranks' tasks, and a clear error instead of a hang when a rank dies."""
+
 import json
 import multiprocessing
 import os
 import socket
 import time
 
-import pytest
 import torch
 
 from metalab.builders import build_learner, build_optimizer, build_source
 from metalab.config import Config
 from metalab.tasks import TaskBatch
 
-CONFIG = dict(iterations=4, meta_batch=6, val_every=0, checkpoint_every=2, log_every=1, test_tasks=10, threads=1, dist_timeout=20.0)
+CONFIG = dict(
+    iterations=4,
+    meta_batch=6,
+    val_every=0,
+    checkpoint_every=2,
+    log_every=1,
+    test_tasks=10,
+    threads=1,
+    dist_timeout=20.0,
+)
 
 
 def _free_port() -> int:
@@ -23,7 +32,13 @@ def _free_port() -> int:
 
 
 def _worker(rank, world, port, run_dir, out, die_at):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
     from metalab import distributed
     from metalab.train import train
 
@@ -47,7 +62,12 @@ def _worker(rank, world, port, run_dir, out, die_at):
 def _start(world, tmp_path, die_at=0):
     ctx = multiprocessing.get_context("spawn")
     port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, world, port, str(tmp_path / "run"), str(tmp_path / "out"), die_at)) for r in range(world)]
+    procs = [
+        ctx.Process(
+            target=_worker, args=(r, world, port, str(tmp_path / "run"), str(tmp_path / "out"), die_at)
+        )
+        for r in range(world)
+    ]
     for p in procs:
         p.start()
     return procs
@@ -70,7 +90,12 @@ def test_two_processes_take_the_steps_of_one_over_the_union(tmp_path):
     sources = [build_source(c, "train", rank=r) for r in range(2)]
     for step in range(c.iterations):
         parts = [s.sample(c.meta_batch // 2) for s in sources]
-        union = TaskBatch(*(torch.cat([getattr(p, f) for p in parts]) for f in ("support_x", "support_y", "query_x", "query_y")))
+        union = TaskBatch(
+            *(
+                torch.cat([getattr(p, f) for p in parts])
+                for f in ("support_x", "support_y", "query_x", "query_y")
+            )
+        )
         loss, _ = learner.meta_loss(union)
         optimizer.zero_grad()
         loss.backward()
@@ -81,7 +106,9 @@ def test_two_processes_take_the_steps_of_one_over_the_union(tmp_path):
     # Only rank 0 wrote the run folder, and its checkpoint can resume both ranks.
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert state["iteration"] == 4 and len(state["rng"]["rank_tasks"]) == 2
-    assert [json.loads(x)["iteration"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    assert [
+        json.loads(x)["iteration"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ] == [1, 2, 3, 4]
 
 
 def test_a_dead_rank_stops_the_run_with_a_clear_error(tmp_path):

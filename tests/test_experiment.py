@@ -1,19 +1,42 @@
 """Run folders, `metalab runs`, sweeps and reports."""
+
 import json
 
 import pytest
-
 from PIL import Image
 
 from metalab.cli import main
 
-TINY = ["--iterations", "30", "--meta-batch", "4", "--val-every", "10", "--val-tasks", "10", "--test-tasks", "20", "--quiet"]
+TINY = [
+    "--iterations",
+    "30",
+    "--meta-batch",
+    "4",
+    "--val-every",
+    "10",
+    "--val-tasks",
+    "10",
+    "--test-tasks",
+    "20",
+    "--quiet",
+]
 
 
 def test_sweep_runs_the_grid_and_prints_its_table(tmp_path, capsys):
     cfg = tmp_path / "sine.yaml"
     cfg.write_text("iterations: 15\nmeta_batch: 4\nval_every: 5\nval_tasks: 10\ntest_tasks: 20\n")
-    code = main(["sweep", str(cfg), "--set", "inner_lr=0.005,0.02", "--set", "shots=5,10", "--runs", str(tmp_path / "runs")])
+    code = main(
+        [
+            "sweep",
+            str(cfg),
+            "--set",
+            "inner_lr=0.005,0.02",
+            "--set",
+            "shots=5,10",
+            "--runs",
+            str(tmp_path / "runs"),
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     table = [line for line in out.splitlines() if line.startswith("|")]
@@ -42,7 +65,22 @@ def test_sweep_refuses_a_bad_axis_before_running(tmp_path, capsys):
 
 def test_report_writes_valid_images_and_pages(tmp_path, capsys):
     for algorithm in ("maml", "metasgd"):
-        assert main(["train", *TINY, "--algorithm", algorithm, "--run-dir", str(tmp_path / algorithm), "--eval-steps", "1", "5"]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    *TINY,
+                    "--algorithm",
+                    algorithm,
+                    "--run-dir",
+                    str(tmp_path / algorithm),
+                    "--eval-steps",
+                    "1",
+                    "5",
+                ]
+            )
+            == 0
+        )
     capsys.readouterr()
     out = tmp_path / "report"
     assert main(["report", str(tmp_path / "maml"), str(tmp_path / "metasgd"), "--out", str(out)]) == 0
@@ -52,8 +90,17 @@ def test_report_writes_valid_images_and_pages(tmp_path, capsys):
             assert im.format == "PNG"
     md = (out / "report.md").read_text()
     assert "![Learning curves](learning_curves.png)" in md and "![Sine-wave adaptation" in md
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines() if line.startswith("| ") and "algorithm" not in line]
-    assert sorted((r[1], r[2]) for r in rows) == [("maml", "K=10, 1 step(s)"), ("maml", "K=10, 5 step(s)"), ("metasgd", "K=10, 1 step(s)"), ("metasgd", "K=10, 5 step(s)")]
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in md.splitlines()
+        if line.startswith("| ") and "algorithm" not in line
+    ]
+    assert sorted((r[1], r[2]) for r in rows) == [
+        ("maml", "K=10, 1 step(s)"),
+        ("maml", "K=10, 5 step(s)"),
+        ("metasgd", "K=10, 1 step(s)"),
+        ("metasgd", "K=10, 5 step(s)"),
+    ]
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "metasgd" in page
     assert main(["report", str(tmp_path / "nothing"), "--out", str(out)]) == 2
@@ -61,7 +108,9 @@ def test_report_writes_valid_images_and_pages(tmp_path, capsys):
 
 
 def test_tensorboard_event_files_when_installed(tmp_path, capsys):
-    pytest.importorskip("torch.utils.tensorboard", reason="tensorboard not installed (pip install -e '.[tracking]')")
+    pytest.importorskip(
+        "torch.utils.tensorboard", reason="tensorboard not installed (pip install -e '.[tracking]')"
+    )
     assert main(["train", *TINY, "--run-dir", str(tmp_path / "run"), "--no-eval"]) == 0
     events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     assert len(events) == 1 and events[0].stat().st_size > 0

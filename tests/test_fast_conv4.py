@@ -1,6 +1,7 @@
 """The plain reference Conv4 and FastConv4 beside it: the reference never reaches the fast path, the
 two share parameters and state_dicts, and FastConv4 computes what Conv4 computes (float64, with the
 compiled kernels and with their Python fallback)."""
+
 import ast
 import inspect
 
@@ -9,10 +10,10 @@ import torch
 
 import metalab.models.conv4 as plain_module
 import metalab.models.fast as fast_package
+from helpers import assert_same_derivatives, set_mixed_scales
 from metalab.models import Conv4, FastConv4
 from metalab.models.fast import _kernels, conv4, functions, hints
 from metalab.models.fast import model as fast_paths
-from helpers import assert_same_derivatives, set_mixed_scales
 
 VARIANTS = [
     dict(in_channels=1, hidden=6, out_features=4, image_size=16, norm="batch_stats"),

@@ -1,6 +1,7 @@
 """Baseline and Baseline++ (Chen et al. 2019): the mini-batch source with global labels, the cosine
 classifier with its scale, fine-tuning a new classifier per task, and short pre-training runs on real
 Omniglot that lower the global-classification loss and classify test episodes well above chance."""
+
 from __future__ import annotations
 
 import math
@@ -19,7 +20,6 @@ from metalab.evaluate import evaluate
 from metalab.models import Conv4
 from metalab.tasks import ClassBatchSampler, EpisodeSampler, TaskBatch, split_classes
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
@@ -27,7 +27,9 @@ def small_dataset(num_classes=12, per_class=5) -> FewShotDataset:
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (num_classes * per_class, 1, 28, 28), generator=g, dtype=torch.uint8)
     y = torch.arange(num_classes).repeat_interleave(per_class)
-    return FewShotDataset(x, y, [f"c{i}" for i in range(num_classes)], split_classes(num_classes, 3, 3, seed=0), (1, 28, 28))
+    return FewShotDataset(
+        x, y, [f"c{i}" for i in range(num_classes)], split_classes(num_classes, 3, 3, seed=0), (1, 28, 28)
+    )
 
 
 def test_batches_carry_global_labels_of_the_split_remapped_in_split_order():
@@ -53,14 +55,23 @@ def test_batches_carry_global_labels_of_the_split_remapped_in_split_order():
 
 def test_build_source_gives_batches_for_training_and_episodes_for_evaluation():
     data = small_dataset()
-    c = bind_dataset(Config(benchmark="omniglot", data_dir="unused", algorithm="baseline", ways=3, shots=1, queries=1).resolved(), data)
+    c = bind_dataset(
+        Config(
+            benchmark="omniglot", data_dir="unused", algorithm="baseline", ways=3, shots=1, queries=1
+        ).resolved(),
+        data,
+    )
     assert c.options.base_classes == 6
     assert isinstance(build_source(c, "train", data), ClassBatchSampler)
-    assert isinstance(build_source(c, "val", data), EpisodeSampler) and isinstance(build_source(c, "test", data), EpisodeSampler)
+    assert isinstance(build_source(c, "val", data), EpisodeSampler) and isinstance(
+        build_source(c, "test", data), EpisodeSampler
+    )
     learner = build_learner(c)
     assert isinstance(learner.classifier, nn.Linear) and learner.classifier.out_features == 6
     # No fixed head: the test classifier is fitted per task, so test_ways may differ from ways.
-    c = Config(benchmark="omniglot", data_dir="unused", algorithm="baseline_pp", ways=5, test_ways=20).resolved()
+    c = Config(
+        benchmark="omniglot", data_dir="unused", algorithm="baseline_pp", ways=5, test_ways=20
+    ).resolved()
     learner = build_learner(c)
     assert isinstance(learner.classifier, CosineClassifier) and learner.classifier_classes == 4112
 
@@ -85,7 +96,9 @@ def test_fine_tuning_fits_each_task_on_frozen_features(cosine):
     net = Baseline(nn.Flatten(), 4, num_classes=7, cosine=cosine).eval()
     centres = torch.eye(4)[:3] * 3  # 3 classes along 3 axes
     g = torch.Generator().manual_seed(0)
-    perm = torch.stack([torch.randperm(3, generator=g) for _ in range(5)])  # each task labels them differently
+    perm = torch.stack(
+        [torch.randperm(3, generator=g) for _ in range(5)]
+    )  # each task labels them differently
     support_x = centres[perm].repeat_interleave(2, 1) + 0.1 * torch.randn(5, 6, 4, generator=g)
     support_y = torch.arange(3).repeat_interleave(2).expand(5, -1)
     query_x = centres[perm] + 0.1 * torch.randn(5, 3, 4, generator=g)
@@ -115,7 +128,11 @@ def test_batched_fine_tuning_equals_torch_sgd_task_by_task(cosine):
     for task in range(t):
         w, b = weight[task].clone().requires_grad_(), bias[task].clone().requires_grad_()
         opt = torch.optim.SGD([w, b], lr=0.01, momentum=0.9, dampening=0.9, weight_decay=1e-3)
-        classify = (lambda z: cosine_scale(ways) * F.normalize(z, dim=-1) @ (F.normalize(w, dim=-1) * b[:, None]).T) if cosine else (lambda z: z @ w.T + b)
+        classify = (
+            (lambda z: cosine_scale(ways) * F.normalize(z, dim=-1) @ (F.normalize(w, dim=-1) * b[:, None]).T)
+            if cosine
+            else (lambda z: z @ w.T + b)
+        )
         for order in orders:
             for pick in order[task].split(4):
                 opt.zero_grad()
@@ -155,7 +172,12 @@ STEPS, LEAST = 150, 0.40
 @pytest.mark.parametrize("name", ["baseline", "baseline_pp"])
 def test_pretraining_learns_omniglot(name, omniglot, one_thread):
     torch.manual_seed(0)
-    c = bind_dataset(Config(benchmark="omniglot", data_dir="unused", algorithm=name, ways=5, shots=1, queries=5).resolved(), omniglot)
+    c = bind_dataset(
+        Config(
+            benchmark="omniglot", data_dir="unused", algorithm=name, ways=5, shots=1, queries=5
+        ).resolved(),
+        omniglot,
+    )
     net = build_learner(c)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     source = omniglot.batches("train", batch_size=1, seed=0)
@@ -171,6 +193,8 @@ def test_pretraining_learns_omniglot(name, omniglot, one_thread):
     with torch.no_grad():
         after = net.meta_loss(probe)[0].item()
     result = evaluate(net, omniglot.sampler("test", ways=5, shots=1, queries=5, seed=20_000), 50)
-    print(f"{name}: global loss {before:.3f} -> {after:.3f} (ln C = {math.log(c.options.base_classes):.3f}); {result}")
+    print(
+        f"{name}: global loss {before:.3f} -> {after:.3f} (ln C = {math.log(c.options.base_classes):.3f}); {result}"
+    )
     assert after < before - 0.1, f"{name}: pre-training did not lower the loss ({before:.3f} -> {after:.3f})"
     assert result.mean >= LEAST, f"{name} after {STEPS} pre-training steps: {result}"

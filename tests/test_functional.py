@@ -1,14 +1,15 @@
 """The functional core against hand-written references: MAML's meta-gradient (second and first
 order, one and several steps), vmap == loop, Meta-SGD's and Reptile's gradients."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import assert_same_derivatives, image_batch, set_mixed_scales
 from metalab import MAML, MetaSGD, Reptile, SineTasks
 from metalab.models import MLP, Conv4, FastConv4
 from metalab.models.fast import second_order_forward
 from metalab.models.fast.model import _single_channel_block, _stats_first_applies
-from helpers import assert_same_derivatives, image_batch, set_mixed_scales
 
 # References are compared in float64 (tight tolerances); conftest's fixture restores float32 after.
 pytestmark = pytest.mark.usefixtures("float64")
@@ -28,7 +29,10 @@ def conv4_forward(p, x):
         mean = x.mean(dim=(0, 2, 3), keepdim=True)
         var = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
         x = (x - mean) / torch.sqrt(var + 1e-5)
-        x = x * p[f"features.{4 * i + 1}.weight"][:, None, None] + p[f"features.{4 * i + 1}.bias"][:, None, None]
+        x = (
+            x * p[f"features.{4 * i + 1}.weight"][:, None, None]
+            + p[f"features.{4 * i + 1}.bias"][:, None, None]
+        )
         x = F.max_pool2d(torch.relu(x), 2)
     return x.flatten(1) @ p["head.weight"].T + p["head.bias"]
 
@@ -57,16 +61,22 @@ CASES = [(steps, first_order) for steps in (1, 3) for first_order in (False, Tru
 @pytest.mark.parametrize("steps,first_order", CASES)
 def test_maml_meta_gradient_matches_reference_mlp(strategy, steps, first_order):
     torch.manual_seed(0)
-    learner = MAML(MLP(), "regression", inner_lr=0.01, inner_steps=steps, first_order=first_order, strategy=strategy)
+    learner = MAML(
+        MLP(), "regression", inner_lr=0.01, inner_steps=steps, first_order=first_order, strategy=strategy
+    )
     batch = SineTasks(shots=10, queries=10, seed=3).sample(4).to(torch.float64)
     loss, _ = learner.meta_loss(batch)
     grads = torch.autograd.grad(loss, list(learner.model.parameters()))
-    ref_loss, ref_grads = reference_meta_grad(mlp_forward, F.mse_loss, dict(learner.model.named_parameters()), batch, 0.01, steps, first_order)
+    ref_loss, ref_grads = reference_meta_grad(
+        mlp_forward, F.mse_loss, dict(learner.model.named_parameters()), batch, 0.01, steps, first_order
+    )
     assert torch.allclose(loss, ref_loss, atol=1e-10)
     for g, r in zip(grads, ref_grads):
         assert torch.allclose(g, r, atol=1e-5, rtol=1e-5)
     if not first_order:  # second order really differs from first order here
-        _, fo = reference_meta_grad(mlp_forward, F.mse_loss, dict(learner.model.named_parameters()), batch, 0.01, steps, True)
+        _, fo = reference_meta_grad(
+            mlp_forward, F.mse_loss, dict(learner.model.named_parameters()), batch, 0.01, steps, True
+        )
         assert max((a - b).abs().max() for a, b in zip(fo, ref_grads)) > 1e-6
 
 
@@ -79,11 +89,15 @@ BACKBONES = [(Conv4, "loop"), (FastConv4, "loop"), (Conv4, "vmap")]
 def test_maml_meta_gradient_matches_reference_conv4_with_batchnorm(backbone, strategy, steps, first_order):
     torch.manual_seed(0)
     model = backbone(in_channels=1, hidden=4, out_features=3, image_size=16)
-    learner = MAML(model, "classification", inner_lr=0.4, inner_steps=steps, first_order=first_order, strategy=strategy)
+    learner = MAML(
+        model, "classification", inner_lr=0.4, inner_steps=steps, first_order=first_order, strategy=strategy
+    )
     batch = image_batch(tasks=3)
     loss, _ = learner.meta_loss(batch)
     grads = torch.autograd.grad(loss, list(model.parameters()))
-    ref_loss, ref_grads = reference_meta_grad(conv4_forward, F.cross_entropy, dict(model.named_parameters()), batch, 0.4, steps, first_order)
+    ref_loss, ref_grads = reference_meta_grad(
+        conv4_forward, F.cross_entropy, dict(model.named_parameters()), batch, 0.4, steps, first_order
+    )
     assert torch.allclose(loss, ref_loss, atol=1e-10)
     for (name, _), g, r in zip(model.named_parameters(), grads, ref_grads):
         assert torch.allclose(g, r, atol=1e-5, rtol=1e-5), name
@@ -98,7 +112,9 @@ def test_conv4_channels_last_computes_what_nchw_computes(backbone, norm, in_chan
     gradients MAML differentiates through, against the plain Conv-4 in NCHW."""
     torch.manual_seed(0)
     fast = backbone(in_channels=in_channels, hidden=6, out_features=4, image_size=16, norm=norm)
-    plain = Conv4(in_channels=in_channels, hidden=6, out_features=4, image_size=16, norm=norm, channels_last=False)
+    plain = Conv4(
+        in_channels=in_channels, hidden=6, out_features=4, image_size=16, norm=norm, channels_last=False
+    )
     plain.load_state_dict(fast.state_dict())
     x = torch.randn(7, in_channels, 16, 16)
 
@@ -154,10 +170,14 @@ def test_first_block_chunked_matches_the_plain_order(monkeypatch):
     plain = Conv4(in_channels=1, hidden=6, out_features=4, image_size=28, channels_last=False).double()
     plain.load_state_dict(fast.state_dict())
     x = (torch.rand(35, 1, 28, 28) > 0.6).double()
-    first = _single_channel_block(fast.features[0], fast.features[1], x.contiguous(memory_format=torch.channels_last))
+    first = _single_channel_block(
+        fast.features[0], fast.features[1], x.contiguous(memory_format=torch.channels_last)
+    )
     assert type(first.grad_fn).__name__ == "_PooledProductBlockBackward"
     with second_order_forward():
-        first = _single_channel_block(fast.features[0], fast.features[1], x.contiguous(memory_format=torch.channels_last))
+        first = _single_channel_block(
+            fast.features[0], fast.features[1], x.contiguous(memory_format=torch.channels_last)
+        )
     assert type(first.grad_fn).__name__ == "ReluBackward0"
 
     def first_order(model):
@@ -191,14 +211,20 @@ def test_conv4_channels_last_accuracy_in_float32():
         out = {}
         for m, inputs in ((model, x.float()), (exact, x)):
             if m.channels_last:  # what FastConv4.forward runs for the first block
-                first = _single_channel_block(m.features[0], m.features[1], inputs.contiguous(memory_format=torch.channels_last))
+                first = _single_channel_block(
+                    m.features[0], m.features[1], inputs.contiguous(memory_format=torch.channels_last)
+                )
             else:
                 first = m.features[:4](inputs)
             logits = m(inputs)
             grads = torch.autograd.grad(logits.square().sum(), list(m.parameters()))
             out[m] = (first.double(), logits.double(), torch.cat([g.double().flatten() for g in grads]))
         (b, f, g), (tb, tf, tg) = out[model], out[exact]
-        errors[name] = ((b - tb).abs().max().item(), (f - tf).abs().max().item(), ((g - tg).norm() / tg.norm()).item())
+        errors[name] = (
+            (b - tb).abs().max().item(),
+            (f - tf).abs().max().item(),
+            ((g - tg).norm() / tg.norm()).item(),
+        )
     cl, nchw = errors["channels_last"], errors["nchw"]
     assert cl[0] < 1e-5 and cl[0] < 5 * nchw[0], errors
     assert cl[1] < 1e-4 and cl[2] < 1e-3, errors
@@ -232,7 +258,9 @@ def test_meta_sgd_gradients_reach_the_learning_rates(strategy):
     alphas = [learner.alpha[k.replace(".", "/")] for k, _ in learner.model.named_parameters()]
     grads = torch.autograd.grad(loss, params + alphas)
     lr = {k: learner.alpha[k.replace(".", "/")] for k, _ in learner.model.named_parameters()}
-    _, ref = reference_meta_grad(mlp_forward, F.mse_loss, dict(learner.model.named_parameters()), batch, lr, 1, False)
+    _, ref = reference_meta_grad(
+        mlp_forward, F.mse_loss, dict(learner.model.named_parameters()), batch, lr, 1, False
+    )
     for g, r in zip(grads, ref):
         assert torch.allclose(g, r, atol=1e-5, rtol=1e-5)
 
@@ -250,7 +278,9 @@ def test_reptile_gradient_is_theta_minus_mean_adapted(strategy):
     for t in range(batch.num_tasks):
         w = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
         for _ in range(3):
-            g = torch.autograd.grad(F.mse_loss(mlp_forward(w, batch.support_x[t]), batch.support_y[t]), list(w.values()))
+            g = torch.autograd.grad(
+                F.mse_loss(mlp_forward(w, batch.support_x[t]), batch.support_y[t]), list(w.values())
+            )
             w = {k: (v - 0.02 * gi).detach().requires_grad_() for (k, v), gi in zip(w.items(), g)}
         adapted.append(w)
     for (k, p), g in zip(params.items(), grads):

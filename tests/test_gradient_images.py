@@ -1,5 +1,6 @@
 """The gradient-based family on images: ANIL and MAML++ against hand-written references, vmap == loop
 through batch normalisation, and short real runs on Omniglot 5-way 1-shot."""
+
 import math
 import time
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import helpers
 from metalab import ANIL, MAML, MAMLpp, TaskBatch
 from metalab.algorithms.optimization.mamlpp import msl_weights
 from metalab.builders import build_learner
@@ -15,8 +17,6 @@ from metalab.evaluate import evaluate
 from metalab.models import Conv4
 from metalab.models.conv4 import BatchStatNorm2d
 from metalab.train import train
-
-import helpers
 
 DT = torch.float64  # the references are compared in double precision
 
@@ -48,7 +48,10 @@ def body_forward(p, x):
         mean = x.mean(dim=(0, 2, 3), keepdim=True)
         var = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
         x = (x - mean) / torch.sqrt(var + 1e-5)
-        x = x * p[f"features.{4 * i + 1}.weight"][:, None, None] + p[f"features.{4 * i + 1}.bias"][:, None, None]
+        x = (
+            x * p[f"features.{4 * i + 1}.weight"][:, None, None]
+            + p[f"features.{4 * i + 1}.bias"][:, None, None]
+        )
         x = F.max_pool2d(torch.relu(x), 2)
     return x.flatten(1)
 
@@ -88,7 +91,9 @@ def anil_reference(p, batch, lr, steps, first_order):
 @pytest.mark.parametrize("first_order", [False, True])
 def test_anil_meta_gradient_matches_hand_written_reference(strategy, first_order):
     model = tiny_conv4()
-    learner = ANIL(model, "classification", inner_lr=0.4, inner_steps=2, first_order=first_order, strategy=strategy)
+    learner = ANIL(
+        model, "classification", inner_lr=0.4, inner_steps=2, first_order=first_order, strategy=strategy
+    )
     batch = image_batch()
     params = dict(model.named_parameters())
     loss, _ = learner.meta_loss(batch)
@@ -98,7 +103,9 @@ def test_anil_meta_gradient_matches_hand_written_reference(strategy, first_order
     assert_close(got, ref, params)
     grad = dict(zip(params, got))
     # the body does get outer-loop gradients (conv biases before a BatchNorm have none in truth)
-    assert all(grad[k].abs().sum() > 1e-8 for k in ("features.0.weight", "features.1.weight", "features.13.bias"))
+    assert all(
+        grad[k].abs().sum() > 1e-8 for k in ("features.0.weight", "features.1.weight", "features.13.bias")
+    )
     if not first_order:  # second order really differs here, so the test can tell them apart
         _, fo = anil_reference(params, batch, 0.4, 2, True)
         assert max((a - b).abs().max() for a, b in zip(fo, ref)) > 1e-6
@@ -120,7 +127,9 @@ def test_anil_adapts_the_head_only():
             w, b = (w - 0.4 * gw).detach().requires_grad_(), (b - 0.4 * gb).detach().requires_grad_()
         assert torch.allclose(logits[t], zq @ w.T + b, atol=1e-10)
     maml = MAML(model, "classification", inner_lr=0.4, inner_steps=1, eval_inner_steps=3)
-    assert not torch.allclose(maml.predict(batch.support_x, batch.support_y, batch.query_x), logits, atol=1e-4)
+    assert not torch.allclose(
+        maml.predict(batch.support_x, batch.support_y, batch.query_x), logits, atol=1e-4
+    )
     # and the body's parameters are untouched by prediction
     assert all(torch.equal(p[k], v) for k, v in model.named_parameters())
 
@@ -152,7 +161,9 @@ def mamlpp_reference(learner, batch, steps, first_order, weights):
             fast = {k: v - rates[k][s] * gk for (k, v), gk in zip(fast.items(), g)}
             p = {**fast, **{k: v[s] for k, v in bn.items()}}
             if weights[s] > 0:
-                total = total + weights[s] * F.cross_entropy(conv4_forward(p, batch.query_x[t]), batch.query_y[t])
+                total = total + weights[s] * F.cross_entropy(
+                    conv4_forward(p, batch.query_x[t]), batch.query_y[t]
+                )
     return total / batch.num_tasks
 
 
@@ -190,7 +201,9 @@ def test_mamlpp_meta_gradient_matches_reference(strategy, iteration):
     # Every step's rate is learned, but a conv bias followed by a batch-statistics norm has a true
     # inner gradient of 0 (the norm subtracts it again), so its rates' gradients are 0 up to
     # rounding; the first block computes that 0 exactly (models/conv4.py, _single_channel_block).
-    assert all((g != 0).all() for n, g in rate_grads.items() if not n.endswith("bias") or n.startswith("rates.head"))
+    assert all(
+        (g != 0).all() for n, g in rate_grads.items() if not n.endswith("bias") or n.startswith("rates.head")
+    )
     assert rate_grads["rates.features/0/bias"].abs().max() < 1e-12
     bn_grads = [got[n] for n in names if n.startswith("bn.")]
     if iteration < 1000:  # MSL: every step's query loss reaches that step's BN affine
@@ -220,7 +233,9 @@ def test_msl_weights_sum_to_one_and_anneal_toward_the_last_step():
     # after the span (and with no MSL at all): the final step's loss only
     for w in (msl_weights(steps, span, span), msl_weights(steps, 10 * span, span), msl_weights(steps, 0, 0)):
         assert w.tolist() == [0.0, 0.0, 0.0, 0.0, 1.0]
-    learner = MAMLpp(Conv4(hidden=4, out_features=3, image_size=16), "classification", inner_steps=5, msl_iterations=span)
+    learner = MAMLpp(
+        Conv4(hidden=4, out_features=3, image_size=16), "classification", inner_steps=5, msl_iterations=span
+    )
     learner.set_iteration(span // 2)
     assert torch.equal(learner.loss_weights(), mid)
 
@@ -229,7 +244,15 @@ def test_mamlpp_first_order_phase_gives_the_fomaml_gradient():
     """With LSLR, MSL and per-step BN off, MAML++ before `first_order_iterations` is first-order MAML,
     and second-order MAML after."""
     model = tiny_conv4()
-    learner = MAMLpp(model, "classification", inner_lr=0.4, inner_steps=2, lslr=False, per_step_bn=False, first_order_iterations=5)
+    learner = MAMLpp(
+        model,
+        "classification",
+        inner_lr=0.4,
+        inner_steps=2,
+        lslr=False,
+        per_step_bn=False,
+        first_order_iterations=5,
+    )
     batch = image_batch(seed=2)
     params = list(model.parameters())
     results = {}
@@ -272,7 +295,12 @@ def test_vmap_equals_loop_through_batchnorm_second_order(make):
         loss, metrics = learner.meta_loss(batch)
         meta = [p for p in learner.parameters() if p.requires_grad]
         pred = learner.predict(batch.support_x, batch.support_y, batch.query_x, steps=2)
-        results[strategy] = (loss, grads_of(loss, meta), pred, [n for n, p in learner.named_parameters() if p.requires_grad])
+        results[strategy] = (
+            loss,
+            grads_of(loss, meta),
+            pred,
+            [n for n, p in learner.named_parameters() if p.requires_grad],
+        )
     (ll, gl, pl, names), (lv, gv, pv, _) = results["loop"], results["vmap"]
     assert torch.allclose(ll, lv, atol=1e-10)
     assert_close(gv, gl, names)
@@ -283,14 +311,34 @@ def test_vmap_equals_loop_through_batchnorm_second_order(make):
 
 
 def test_registered_in_build_learner_and_the_loop_sets_the_iteration(tmp_path, monkeypatch):
-    c = Config(benchmark="omniglot", algorithm="anil", ways=5, shots=1, queries=1, data_dir="unused").resolved()
+    c = Config(
+        benchmark="omniglot", algorithm="anil", ways=5, shots=1, queries=1, data_dir="unused"
+    ).resolved()
     assert isinstance(build_learner(c), ANIL)
-    c = Config(benchmark="omniglot", algorithm="mamlpp", ways=5, shots=1, queries=1, inner_steps=5, msl_iterations=7, first_order_iterations=3, data_dir="unused").resolved()
+    c = Config(
+        benchmark="omniglot",
+        algorithm="mamlpp",
+        ways=5,
+        shots=1,
+        queries=1,
+        inner_steps=5,
+        msl_iterations=7,
+        first_order_iterations=3,
+        data_dir="unused",
+    ).resolved()
     learner = build_learner(c)
     assert isinstance(learner, MAMLpp) and (learner.msl_iterations, learner.first_order_iterations) == (7, 3)
     assert len(learner.bn) == 8 and all(p.shape[0] == 5 for p in learner.bn.values())
     # the training loop tells the learner the iteration (sine: no norms, so no per-step BN)
-    c = Config(algorithm="mamlpp", iterations=4, meta_batch=2, val_every=0, checkpoint_every=0, inner_steps=2, msl_iterations=100)
+    c = Config(
+        algorithm="mamlpp",
+        iterations=4,
+        meta_batch=2,
+        val_every=0,
+        checkpoint_every=0,
+        inner_steps=2,
+        msl_iterations=100,
+    )
     seen = []
     original = MAMLpp.set_iteration
     monkeypatch.setattr(MAMLpp, "set_iteration", lambda self, it: (seen.append(it), original(self, it))[1])
@@ -348,5 +396,12 @@ def test_anil_learns_omniglot_5way_1shot(omniglot):
 @pytest.mark.slow
 def test_mamlpp_learns_omniglot_5way_1shot(omniglot):
     # 2 inner steps instead of the paper's 5 to keep the run short; both annealings happen within it.
-    learner = MAMLpp(conv4_5way(), "classification", inner_lr=0.4, inner_steps=2, msl_iterations=25, first_order_iterations=25)
+    learner = MAMLpp(
+        conv4_5way(),
+        "classification",
+        inner_lr=0.4,
+        inner_steps=2,
+        msl_iterations=25,
+        first_order_iterations=25,
+    )
     assert short_run(omniglot, learner, iterations=50).mean > 0.40

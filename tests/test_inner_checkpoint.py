@@ -1,21 +1,35 @@
 """`inner_checkpoint`: second-order inner steps recomputed in the outer backward. The meta-gradient
 must not change, and the graph kept between forward and backward must stop growing with the inner
 steps' activations."""
+
 import pytest
 import torch
 
+from helpers import image_batch
 from metalab import ANIL, MAML, MAMLpp, MetaSGD
 from metalab.config import ConfigError, config_from_dict
 from metalab.models import MLP, Conv4
 from metalab.parallel import TaskThreads
-from helpers import image_batch
-
 
 LEARNERS = {
-    "maml": lambda m, steps, ck: MAML(m, "classification", inner_lr=0.3, inner_steps=steps, strategy="loop", inner_checkpoint=ck),
-    "metasgd": lambda m, steps, ck: MetaSGD(m, "classification", inner_lr=0.3, inner_steps=steps, strategy="loop", inner_checkpoint=ck),
-    "anil": lambda m, steps, ck: ANIL(m, "classification", inner_lr=0.3, inner_steps=steps, strategy="loop", inner_checkpoint=ck),
-    "mamlpp": lambda m, steps, ck: MAMLpp(m, "classification", inner_lr=0.3, inner_steps=steps, msl_iterations=10, strategy="loop", inner_checkpoint=ck),
+    "maml": lambda m, steps, ck: MAML(
+        m, "classification", inner_lr=0.3, inner_steps=steps, strategy="loop", inner_checkpoint=ck
+    ),
+    "metasgd": lambda m, steps, ck: MetaSGD(
+        m, "classification", inner_lr=0.3, inner_steps=steps, strategy="loop", inner_checkpoint=ck
+    ),
+    "anil": lambda m, steps, ck: ANIL(
+        m, "classification", inner_lr=0.3, inner_steps=steps, strategy="loop", inner_checkpoint=ck
+    ),
+    "mamlpp": lambda m, steps, ck: MAMLpp(
+        m,
+        "classification",
+        inner_lr=0.3,
+        inner_steps=steps,
+        msl_iterations=10,
+        strategy="loop",
+        inner_checkpoint=ck,
+    ),
 }
 
 
@@ -44,7 +58,9 @@ def test_checkpointed_inner_loop_gives_the_same_meta_gradient(float64, name, wor
     got = meta_gradient(checkpointed, batch, workers)
     assert got.keys() == reference.keys() and reference
     for k in reference:
-        torch.testing.assert_close(got[k], reference[k], rtol=1e-9, atol=1e-12, msg=lambda m: f"{name} {k}: {m}")
+        torch.testing.assert_close(
+            got[k], reference[k], rtol=1e-9, atol=1e-12, msg=lambda m: f"{name} {k}: {m}"
+        )
 
 
 def saved_bytes(learner, batch) -> int:
@@ -66,7 +82,10 @@ def test_checkpointing_stops_the_kept_graph_growing_with_inner_steps():
     torch.manual_seed(0)
     batch = image_batch(tasks=2, ways=5, shots=1, queries=5, size=28)
     kept = {
-        (steps, ck): saved_bytes(MAML(Conv4(1, 16, 5), "classification", inner_lr=0.4, inner_steps=steps, inner_checkpoint=ck), batch)
+        (steps, ck): saved_bytes(
+            MAML(Conv4(1, 16, 5), "classification", inner_lr=0.4, inner_steps=steps, inner_checkpoint=ck),
+            batch,
+        )
         for steps in (1, 5)
         for ck in (False, True)
     }
@@ -83,7 +102,9 @@ def test_inner_checkpoint_is_refused_where_it_cannot_apply():
     with pytest.raises(ConfigError, match="inner_checkpoint"):
         config_from_dict({"algorithm": "fomaml", "inner_checkpoint": True}).resolved()
     with pytest.raises(ConfigError, match="inner_checkpoint"):
-        config_from_dict({"benchmark": "omniglot", "algorithm": "protonet", "inner_checkpoint": True}).resolved()
+        config_from_dict(
+            {"benchmark": "omniglot", "algorithm": "protonet", "inner_checkpoint": True}
+        ).resolved()
     with pytest.raises(ConfigError, match="strategy"):
         config_from_dict({"algorithm": "maml", "strategy": "vmap", "inner_checkpoint": True}).resolved()
     with pytest.raises(ValueError, match="strategy 'loop'"):

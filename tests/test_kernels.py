@@ -1,23 +1,26 @@
 """Conv-4's compiled CPU kernels (metalab/models/fast/_conv4_kernels.cpp): they build where a
 compiler is, and FastConv4 on them computes what the plain Conv4 computes, values and derivatives."""
+
 import shutil
 
 import pytest
 import torch
 from torch import nn
 
+from helpers import assert_same_derivatives, set_mixed_scales
 from metalab.models import BatchStatNorm2d, Conv4, FastConv4
 from metalab.models.fast import model as fast_paths
 from metalab.models.fast import second_order_forward
 from metalab.models.fast._kernels import kernels
-from helpers import assert_same_derivatives, set_mixed_scales
 
 
 def _compiler() -> str | None:
     return shutil.which("c++") or shutil.which("g++")
 
 
-needs_kernels = pytest.mark.skipif(_compiler() is None, reason="no C++ compiler on this machine: Conv-4 runs the plain PyTorch ops")
+needs_kernels = pytest.mark.skipif(
+    _compiler() is None, reason="no C++ compiler on this machine: Conv-4 runs the plain PyTorch ops"
+)
 
 
 @needs_kernels
@@ -61,7 +64,9 @@ def test_kernel_paths_match_the_plain_nchw_model(monkeypatch, norm, training, si
     for layer in fast.features:
         if isinstance(layer, (nn.BatchNorm2d, BatchStatNorm2d)):
             set_mixed_scales(layer)
-    plain = Conv4(in_channels=1, hidden=6, out_features=4, image_size=size, norm=norm, channels_last=False).double()
+    plain = Conv4(
+        in_channels=1, hidden=6, out_features=4, image_size=size, norm=norm, channels_last=False
+    ).double()
     plain.load_state_dict(fast.state_dict())
     x = (torch.rand(9, 1, size, size) > 0.6).double()
     if norm == "batch" and not training:
@@ -95,7 +100,10 @@ def test_kernels_in_float32_are_as_accurate_as_the_plain_ops():
         model.load_state_dict(exact.state_dict())
         out = model(x.float())
         grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
-        flat, true_flat = torch.cat([g.double().flatten() for g in grads]), torch.cat([t.flatten() for t in truth])
+        flat, true_flat = (
+            torch.cat([g.double().flatten() for g in grads]),
+            torch.cat([t.flatten() for t in truth]),
+        )
         relative = ((flat - true_flat).norm() / true_flat.norm()).item()
         errors[channels_last] = ((out.double() - logits).abs().max().item(), relative)
     (kernel_out, kernel_grad), (plain_out, plain_grad) = errors[True], errors[False]

@@ -1,5 +1,6 @@
 """Meta Networks (Munkhdalai & Yu 2017): shapes and gradients, the attention read of the memory
 against a hand computation, the gradient preprocessing, and a short learning run on real Omniglot."""
+
 from __future__ import annotations
 
 import math
@@ -7,18 +8,14 @@ import math
 import pytest
 import torch
 
+from helpers import episode_batch as image_batch
 from metalab import MetaNet
 from metalab.algorithms.model.metanet import attention_read, preprocess_gradient
 from metalab.builders import build_learner
 from metalab.config import Config, ConfigError
 from metalab.evaluate import evaluate
-from metalab.tasks import EpisodeSampler, TaskBatch
-from helpers import episode_batch as image_batch
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
-
-
 
 
 def test_shapes_and_every_parameter_gets_a_gradient(one_thread):
@@ -28,7 +25,9 @@ def test_shapes_and_every_parameter_gets_a_gradient(one_thread):
     loss, metrics = net.meta_loss(batch)
     assert loss.dim() == 0 and math.isfinite(loss.item()) and 0.0 <= metrics["accuracy"] <= 1.0
     loss.backward()
-    missing = [name for name, p in net.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    missing = [
+        name for name, p in net.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()
+    ]
     assert not missing, f"no gradient for {missing}"
     # The generators d and m are trained through the fast weights they generate.
     assert net.rep_generator.net[0].weight.grad.abs().sum() > 0
@@ -40,7 +39,9 @@ def test_shapes_and_every_parameter_gets_a_gradient(one_thread):
 
 
 def test_built_from_config_with_a_fixed_number_of_ways():
-    c = Config(benchmark="omniglot", data_dir="unused", algorithm="metanet", ways=20, shots=1, queries=1).resolved()
+    c = Config(
+        benchmark="omniglot", data_dir="unused", algorithm="metanet", ways=20, shots=1, queries=1
+    ).resolved()
     net = build_learner(c)
     assert isinstance(net, MetaNet) and net.base_head.out_features == 20
     with pytest.raises(ConfigError, match="test_ways"):
@@ -66,10 +67,15 @@ def test_attention_read_is_a_softmax_of_cosines_weighting_the_stored_fast_weight
 def test_gradient_preprocessing_of_andrychowicz_et_al():
     g = torch.tensor([1.0, -0.5, 1e-6, -1e-6, 0.0])
     out = preprocess_gradient(g, p=10.0)
-    expected = torch.tensor([
-        [0.0, 1.0], [math.log(0.5) / 10, -1.0],  # |g| >= e^-10: (log|g| / p, sign g)
-        [-1.0, math.exp(10) * 1e-6], [-1.0, -math.exp(10) * 1e-6], [-1.0, 0.0],  # else (-1, e^p g)
-    ])
+    expected = torch.tensor(
+        [
+            [0.0, 1.0],
+            [math.log(0.5) / 10, -1.0],  # |g| >= e^-10: (log|g| / p, sign g)
+            [-1.0, math.exp(10) * 1e-6],
+            [-1.0, -math.exp(10) * 1e-6],
+            [-1.0, 0.0],  # else (-1, e^p g)
+        ]
+    )
     assert torch.allclose(out, expected, atol=1e-6)
     gz = torch.zeros(3, requires_grad=True)
     preprocess_gradient(gz).sum().backward()

@@ -4,6 +4,7 @@ Unit tests check each learner's shapes and one property that can be worked out b
 marked `data` meta-train each learner briefly on real Omniglot (5-way 1-shot) and require held-out
 test accuracy well above the 20% of chance.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,20 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers import episode_batch as image_batch
 from metalab import MatchingNet, ProtoNet, RelationNet, SiameseNet
 from metalab.algorithms.metric import relation as relation_module
 from metalab.builders import build_learner, build_optimizer, build_schedule
 from metalab.config import Config, ConfigError
 from metalab.evaluate import evaluate
-from metalab.models import Conv4
-from metalab.tasks import EpisodeSampler, TaskBatch
-from helpers import episode_batch as image_batch
+from metalab.tasks import TaskBatch
 
 METRIC = ("protonet", "matching", "relation", "siamese")
-
-
-
-
 
 
 def vector_task():
@@ -45,7 +41,13 @@ def vector_task():
 @pytest.mark.parametrize("name", METRIC + ("matching_fce",))
 def test_builds_trains_and_predicts_any_number_of_ways(name):
     torch.manual_seed(0)
-    c = Config(benchmark="omniglot", algorithm=name.removesuffix("_fce"), fce=name.endswith("_fce"), ways=6, test_ways=4).resolved()
+    c = Config(
+        benchmark="omniglot",
+        algorithm=name.removesuffix("_fce"),
+        fce=name.endswith("_fce"),
+        ways=6,
+        test_ways=4,
+    ).resolved()
     learner = build_learner(c)
     batch = image_batch(ways=6, shots=2, queries=2)
     loss, metrics = learner.meta_loss(batch)
@@ -77,7 +79,14 @@ def test_metric_learners_refuse_the_sine_benchmark():
 
 
 def test_step_schedule_halves_the_learning_rate():
-    c = Config(benchmark="omniglot", algorithm="protonet", outer_lr=1e-3, lr_schedule="step", lr_decay_every=3, lr_decay_factor=0.5).resolved()
+    c = Config(
+        benchmark="omniglot",
+        algorithm="protonet",
+        outer_lr=1e-3,
+        lr_schedule="step",
+        lr_decay_every=3,
+        lr_decay_factor=0.5,
+    ).resolved()
     learner = build_learner(c)
     optimizer = build_optimizer(c, learner)
     schedule = build_schedule(c, optimizer)
@@ -169,7 +178,9 @@ def test_relation_scores_in_unit_interval_and_kshot_maps_are_summed():
         support_maps = net.encoder(batch.support_x[0])
         class_maps = torch.stack([support_maps[batch.support_y[0] == k].sum(0) for k in range(5)])
         direct = net.scores(class_maps[None], net.encoder(batch.query_x[0])[None])
-        torch.testing.assert_close(net.predict(batch.support_x[:1], batch.support_y[:1], batch.query_x[:1]), direct)
+        torch.testing.assert_close(
+            net.predict(batch.support_x[:1], batch.support_y[:1], batch.query_x[:1]), direct
+        )
 
 
 def test_relation_loss_is_mse_against_one_hot_and_eval_chunks_are_exact(monkeypatch):
@@ -225,7 +236,9 @@ def test_siamese_loss_balances_same_and_different_pairs():
         for j in range(i + 1, len(y)):
             logit = net.similarity(z[i][None, None], z[j][None, None]).reshape(())
             target = float(y[i] == y[j])
-            (same if target else different).append(F.binary_cross_entropy_with_logits(logit, torch.tensor(target)))
+            (same if target else different).append(
+                F.binary_cross_entropy_with_logits(logit, torch.tensor(target))
+            )
     expected = 0.5 * torch.stack(same).mean() + 0.5 * torch.stack(different).mean()
     torch.testing.assert_close(loss, expected)
     assert 0.0 <= metrics["accuracy"] <= 1.0

@@ -1,14 +1,15 @@
 """The memory-augmented neural network (Santoro et al. 2016) and the LSTM meta-learner (Ravi &
 Larochelle 2017): the LRUA memory's arithmetic by hand, shapes, the LSTM update reducing to SGD,
 and short learning runs on real Omniglot (marked `data`)."""
+
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from metalab.algorithms.optimization.lstm_meta import LSTMMetaLearner, preprocess
 from metalab.algorithms.model.mann import MANN, LRUAState, least_used_weights, lrua_init, lrua_step
+from metalab.algorithms.optimization.lstm_meta import LSTMMetaLearner, preprocess
 from metalab.functional import forward, named_params
 from metalab.models import MLP, Conv4
 from metalab.tasks import EpisodeSampler
@@ -65,7 +66,12 @@ def test_lrua_write_then_read_by_hand():
 
 def test_lrua_write_gate_one_writes_where_it_last_read():
     state = lrua_init(1, 4, 2, 1, like=torch.zeros(1))
-    state = LRUAState(state.memory, torch.tensor([[0.5, 0.1, 0.7, 0.3]]), torch.tensor([[[0.0, 0.0, 1.0, 0.0]]]), torch.tensor([[0.0, 1.0, 0.0, 0.0]]))
+    state = LRUAState(
+        state.memory,
+        torch.tensor([[0.5, 0.1, 0.7, 0.3]]),
+        torch.tensor([[[0.0, 0.0, 1.0, 0.0]]]),
+        torch.tensor([[0.0, 1.0, 0.0, 0.0]]),
+    )
     new, _ = lrua_step(state, torch.tensor([[[0.0, 2.0]]]), alpha=torch.full((1, 1), 50.0), gamma=0.9)
     assert torch.allclose(new.memory[0], torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.0, 2.0], [0.0, 0.0]]))
 
@@ -168,7 +174,9 @@ def test_lstm_meta_with_fixed_gates_is_sgd():
         params = {k: v.detach().clone() for k, v in named_params(model).items()}
         for _ in range(3):
             names = list(params)
-            loss = F.cross_entropy(forward(model, {k: params[k].requires_grad_() for k in names}, x[task]), y[task])
+            loss = F.cross_entropy(
+                forward(model, {k: params[k].requires_grad_() for k in names}, x[task]), y[task]
+            )
             grads = torch.autograd.grad(loss, [params[k] for k in names])
             params = {k: (params[k] - lr * g).detach() for k, g in zip(names, grads)}
         adapted = learner.unflatten(theta[task])
@@ -178,7 +186,9 @@ def test_lstm_meta_with_fixed_gates_is_sgd():
 
 def test_lstm_meta_shapes_and_meta_gradients():
     batch = fake_batch(ways=5, shots=1, queries=2, tasks=2)
-    learner = LSTMMetaLearner(Conv4(hidden=8, out_features=5, norm="batch_stats"), inner_steps=2, inner_lr=0.1)
+    learner = LSTMMetaLearner(
+        Conv4(hidden=8, out_features=5, norm="batch_stats"), inner_steps=2, inner_lr=0.1
+    )
     loss, metrics = learner.meta_loss(batch)
     loss.backward()
     assert set(metrics) == {"loss", "accuracy"}
@@ -186,7 +196,9 @@ def test_lstm_meta_shapes_and_meta_gradients():
     # gradient of 0 (a batch-statistics norm follows it), which the first block computes exactly.
     grads = {n: p.grad for n, p in learner.named_parameters()}
     assert all(g is not None for g in grads.values())
-    assert all(g.abs().sum() > 0 for n, g in grads.items() if not n.endswith("features.0.bias")), [n for n, g in grads.items() if g.abs().sum() == 0]
+    assert all(g.abs().sum() > 0 for n, g in grads.items() if not n.endswith("features.0.bias")), [
+        n for n, g in grads.items() if g.abs().sum() == 0
+    ]
     out = learner.predict(batch.support_x, batch.support_y, batch.query_x, steps=1)
     assert out.shape == (2, 10, 5) and not out.requires_grad
 
@@ -223,7 +235,9 @@ def test_lstm_meta_adapts_above_chance_on_omniglot(omniglot):
     # the LSTM starts as near-SGD with step 0.1 from a random theta_0, already far above chance 20%;
     # 87% on 40 episodes after 28 meta-batches).
     torch.manual_seed(0)
-    learner = LSTMMetaLearner(Conv4(hidden=32, out_features=5, norm="batch_stats"), inner_steps=5, inner_lr=0.1)
+    learner = LSTMMetaLearner(
+        Conv4(hidden=32, out_features=5, norm="batch_stats"), inner_steps=5, inner_lr=0.1
+    )
     opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
     source = omniglot.sampler("train", 5, 5, 5, seed=0)
     for _ in range(12):
@@ -232,5 +246,10 @@ def test_lstm_meta_adapts_above_chance_on_omniglot(omniglot):
         loss.backward()
         opt.step()
     batch = omniglot.sampler("test", 5, 5, 5, seed=1).sample(20)
-    accuracy = (learner.predict(batch.support_x, batch.support_y, batch.query_x).argmax(-1) == batch.query_y).float().mean().item()
+    accuracy = (
+        (learner.predict(batch.support_x, batch.support_y, batch.query_x).argmax(-1) == batch.query_y)
+        .float()
+        .mean()
+        .item()
+    )
     assert accuracy > 0.6, accuracy

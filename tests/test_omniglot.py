@@ -1,4 +1,5 @@
 """Omniglot loading: small generated archives (fast, offline) and, when present, the shared real data."""
+
 from __future__ import annotations
 
 import hashlib
@@ -18,10 +19,10 @@ from metalab.data import (
     FewShotDataset,
     download_omniglot,
     load_omniglot,
+    omniglot,
     read_omniglot_zip,
     to_float,
 )
-from metalab.data import omniglot
 
 IMAGES = 3  # per character in the small archives
 
@@ -47,8 +48,12 @@ def png_bytes(seed: int, size: int = 20, fill: int | None = None) -> bytes:
     return buf.getvalue()
 
 
-def write_archive(path: Path, layout: dict[str, list[str]], extra: dict[str, bytes] | None = None,
-                  compression: int = zipfile.ZIP_DEFLATED) -> Path:
+def write_archive(
+    path: Path,
+    layout: dict[str, list[str]],
+    extra: dict[str, bytes] | None = None,
+    compression: int = zipfile.ZIP_DEFLATED,
+) -> Path:
     root = path.name.removesuffix(".zip")
     with zipfile.ZipFile(path, "w", compression) as zf:
         zf.writestr(f"{root}/", b"")
@@ -103,7 +108,9 @@ def test_pixel_convention_blank_and_full(tmp_path: Path) -> None:
 
 
 def test_official_archive_counts_checked_by_default(small_dir: Path) -> None:
-    with pytest.raises(DataIntegrityError, match=r"images_background\.zip.*expected 30 alphabets / 964 characters"):
+    with pytest.raises(
+        DataIntegrityError, match=r"images_background\.zip.*expected 30 alphabets / 964 characters"
+    ):
         read_omniglot_zip(small_dir / "images_background.zip")
     with pytest.raises(DataIntegrityError, match="expected 30 alphabets"):
         load_omniglot(small_dir, cache_dir=small_dir / "cache")
@@ -112,25 +119,39 @@ def test_official_archive_counts_checked_by_default(small_dir: Path) -> None:
 def test_wrong_images_per_character_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Shrink the expected counts to the small archive's, so only the 20-per-character rule fails.
     spec = omniglot.ARCHIVES["images_background"]
-    monkeypatch.setitem(omniglot.ARCHIVES, "images_background", spec._replace(alphabets=2, characters=3, images=9))
+    monkeypatch.setitem(
+        omniglot.ARCHIVES, "images_background", spec._replace(alphabets=2, characters=3, images=9)
+    )
     path = write_archive(tmp_path / "images_background.zip", SMALL["images_background"])
-    with pytest.raises(DataIntegrityError, match=r"images_background/Hebrew/character01 has 3 images, expected 20"):
+    with pytest.raises(
+        DataIntegrityError, match=r"images_background/Hebrew/character01 has 3 images, expected 20"
+    ):
         read_omniglot_zip(path)
 
 
 @pytest.mark.parametrize(
     "entry",
-    ["../evil.png", "/abs/evil.png", "images_background/../../evil.png", "images_background\\..\\evil.png", "C:/evil.png"],
+    [
+        "../evil.png",
+        "/abs/evil.png",
+        "images_background/../../evil.png",
+        "images_background\\..\\evil.png",
+        "C:/evil.png",
+    ],
 )
 def test_unsafe_entry_rejected(tmp_path: Path, entry: str) -> None:
-    path = write_archive(tmp_path / "images_background.zip", {"A": ["character01"]}, extra={entry: png_bytes(1)})
+    path = write_archive(
+        tmp_path / "images_background.zip", {"A": ["character01"]}, extra={entry: png_bytes(1)}
+    )
     assert entry in zipfile.ZipFile(path).namelist()  # the name reached the archive unchanged
     with pytest.raises(DataIntegrityError, match="unsafe entry") as info:
         read_omniglot_zip(path, verify_counts=False)
     assert repr(entry) in str(info.value) and "images_background.zip" in str(info.value)
 
 
-@pytest.mark.parametrize("entry", ["elsewhere/A/character01/x.png", "images_background/A/x.png", "images_background/A/c/x.txt"])
+@pytest.mark.parametrize(
+    "entry", ["elsewhere/A/character01/x.png", "images_background/A/x.png", "images_background/A/c/x.txt"]
+)
 def test_wrong_layout_rejected(tmp_path: Path, entry: str) -> None:
     path = write_archive(tmp_path / "images_background.zip", {"A": ["character01"]}, extra={entry: b"x"})
     with pytest.raises(DataIntegrityError, match=f"images_background.zip.*{entry}"):
@@ -145,20 +166,26 @@ def test_truncated_zip_rejected(small_dir: Path) -> None:
 
 
 def test_crc_error_names_archive_and_entry(tmp_path: Path) -> None:
-    path = write_archive(tmp_path / "images_background.zip", {"A": ["character01"]}, compression=zipfile.ZIP_STORED)
+    path = write_archive(
+        tmp_path / "images_background.zip", {"A": ["character01"]}, compression=zipfile.ZIP_STORED
+    )
     info = zipfile.ZipFile(path).infolist()[-1]
     raw = bytearray(path.read_bytes())
     # Flip a byte in the middle of the last PNG's stored data; the central directory stays intact.
     at = info.header_offset + 30 + len(info.filename) + info.file_size // 2
     raw[at] ^= 0xFF
     path.write_bytes(bytes(raw))
-    with pytest.raises(DataIntegrityError, match=f"images_background.zip: cannot read entry '{info.filename}'"):
+    with pytest.raises(
+        DataIntegrityError, match=f"images_background.zip: cannot read entry '{info.filename}'"
+    ):
         read_omniglot_zip(path, verify_counts=False)
 
 
 def test_undecodable_png_names_entry(tmp_path: Path) -> None:
     bad = "images_background/A/character01/bad.png"
-    path = write_archive(tmp_path / "images_background.zip", {"A": ["character01"]}, extra={bad: b"\x89PNG not really"})
+    path = write_archive(
+        tmp_path / "images_background.zip", {"A": ["character01"]}, extra={bad: b"\x89PNG not really"}
+    )
     with pytest.raises(DataIntegrityError, match=f"cannot read entry '{bad}'"):
         read_omniglot_zip(path, verify_counts=False)
 
@@ -182,16 +209,23 @@ def test_vinyals_small_rotations_and_splits(small_dir: Path, tmp_path: Path) -> 
     assert data.x.shape == (chars * 4 * IMAGES, 1, 28, 28) and data.x.dtype == torch.uint8
     assert data.y.dtype == torch.long and data.image_shape == (1, 28, 28)
     assert torch.bincount(data.y).tolist() == [IMAGES] * (chars * 4)
-    assert data.class_names[:4] == [f"images_background/Hebrew/character01/rot{d:03d}" for d in (0, 90, 180, 270)]
+    assert data.class_names[:4] == [
+        f"images_background/Hebrew/character01/rot{d:03d}" for d in (0, 90, 180, 270)
+    ]
 
     def names(ids: torch.Tensor) -> set[str]:
         return {data.class_names[i].rsplit("/", 1)[0] for i in ids.tolist()}
 
     assert names(data.splits.train) == {
-        "images_background/Latin/character01", "images_background/Latin/character02", "images_evaluation/Gurmukhi/character41"
+        "images_background/Latin/character01",
+        "images_background/Latin/character02",
+        "images_evaluation/Gurmukhi/character41",
     }
     assert names(data.splits.val) == {"images_background/Hebrew/character01"}
-    assert names(data.splits.test) == {"images_evaluation/Gurmukhi/character42", "images_evaluation/Kannada/character01"}
+    assert names(data.splits.test) == {
+        "images_evaluation/Gurmukhi/character42",
+        "images_evaluation/Kannada/character01",
+    }
     all_ids = torch.cat(list(data.splits))
     assert all_ids.numel() == all_ids.unique().numel() == data.num_classes  # disjoint and complete
     for split in data.splits:  # all four rotations of a character share its split
@@ -208,7 +242,10 @@ def test_lake_small_splits(small_dir: Path, tmp_path: Path) -> None:
     data = load_small(small_dir, tmp_path / "cache", split="lake")
     assert data.x.shape == (6 * IMAGES, 1, 28, 28)
     names = lambda ids: {data.class_names[i] for i in ids.tolist()}  # noqa: E731
-    assert names(data.splits.train) == {"images_background/Latin/character01", "images_background/Latin/character02"}
+    assert names(data.splits.train) == {
+        "images_background/Latin/character01",
+        "images_background/Latin/character02",
+    }
     assert names(data.splits.val) == {"images_background/Hebrew/character01"}
     assert names(data.splits.test) == {f"images_evaluation/Gurmukhi/character4{i}" for i in (1, 2)} | {
         "images_evaluation/Kannada/character01"
@@ -222,7 +259,9 @@ def test_sampler_and_to_float(small_dir: Path, tmp_path: Path) -> None:
     sampler = data.sampler("train", ways=3, shots=1, queries=2, seed=0)
     batch = sampler.sample(4)
     assert batch.support_x.shape == (4, 3, 1, 28, 28) and batch.query_x.shape == (4, 6, 1, 28, 28)
-    assert batch.support_x.dtype == torch.float32 and 0 <= batch.support_x.min() and batch.support_x.max() <= 1
+    assert (
+        batch.support_x.dtype == torch.float32 and 0 <= batch.support_x.min() and batch.support_x.max() <= 1
+    )
     _, classes = sampler.sample_indices(8)
     assert set(classes.flatten().tolist()) <= set(data.splits.train.tolist())
     x = torch.tensor([[0, 51, 255]], dtype=torch.uint8)
@@ -236,7 +275,9 @@ def test_sampler_and_to_float(small_dir: Path, tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ cache
 
 
-def test_cache_hit_does_not_read_the_zip(small_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_hit_does_not_read_the_zip(
+    small_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cache = tmp_path / "cache"
     first = load_small(small_dir, cache)
     assert len(list(cache.glob("*.pt"))) == 2 and not list(cache.glob("*.tmp"))
@@ -262,7 +303,9 @@ def test_cache_keyed_by_archive_and_size(small_dir: Path, tmp_path: Path) -> Non
     assert len(list(cache.glob("*.pt"))) == 5 and data.num_classes == 5 * 4
 
 
-def test_default_cache_is_the_users_and_the_data_folder_is_untouched(small_dir: Path, tmp_path: Path, monkeypatch) -> None:
+def test_default_cache_is_the_users_and_the_data_folder_is_untouched(
+    small_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     before = sorted(p.name for p in small_dir.iterdir())
     load_omniglot(small_dir, verify_counts=False)
@@ -314,12 +357,17 @@ def test_download_good_checksum(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     for name, url in official_urls().items():
         payloads[url] = f"fake {name}".encode() * 1000
         spec = omniglot.ARCHIVES[name]
-        monkeypatch.setitem(omniglot.ARCHIVES, name, spec._replace(md5=hashlib.md5(payloads[url]).hexdigest()))
+        monkeypatch.setitem(
+            omniglot.ARCHIVES, name, spec._replace(md5=hashlib.md5(payloads[url]).hexdigest())
+        )
     server = FakeServer(payloads)
     root = download_omniglot(tmp_path / "data", opener=server)
     assert root == tmp_path / "data"
     assert sorted(server.requested) == sorted(payloads)
-    assert sorted(p.name for p in root.iterdir()) == ["images_background.zip", "images_evaluation.zip"]  # no temp left
+    assert sorted(p.name for p in root.iterdir()) == [
+        "images_background.zip",
+        "images_evaluation.zip",
+    ]  # no temp left
     assert (root / "images_background.zip").read_bytes() == payloads[official_urls()["images_background"]]
     # Existing archives are kept, not fetched again.
     server.requested.clear()
@@ -329,7 +377,9 @@ def test_download_good_checksum(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 def test_download_bad_checksum_leaves_nothing(tmp_path: Path) -> None:
     server = FakeServer({url: b"tampered" for url in official_urls().values()})
-    with pytest.raises(DataIntegrityError, match="md5 .* expected 68d2efa1b9178cc56df9314c21c6e718.*nothing was saved"):
+    with pytest.raises(
+        DataIntegrityError, match="md5 .* expected 68d2efa1b9178cc56df9314c21c6e718.*nothing was saved"
+    ):
         download_omniglot(tmp_path, opener=server)
     assert list(tmp_path.iterdir()) == []
 
@@ -370,7 +420,9 @@ def test_shared_vinyals_split(shared) -> None:
     train, val, test = (characters_of(data, s, rotated=True) for s in data.splits)
     assert [len(train), len(val), len(test)] == [1028, 172, 423]
     assert hashlib.sha256("\n".join(sorted(test)).encode()).hexdigest() == VINYALS_TEST_DIGEST
-    assert "images_evaluation/Gurmukhi/character41" in train and "images_evaluation/Gurmukhi/character42" in test
+    assert (
+        "images_evaluation/Gurmukhi/character41" in train and "images_evaluation/Gurmukhi/character42" in test
+    )
     assert "images_background/Bengali/character46" in val and "images_evaluation/ULOG/character26" in test
     assert "images_evaluation/Glagolitic/character01" in train
     # Ink is the minority of pixels: about 1/12 of a 28x28 Omniglot image after resizing.

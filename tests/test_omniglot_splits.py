@@ -1,4 +1,5 @@
 """The split sizes the data package states (`SPLIT_CLASSES`, `EXAMPLES_PER_CLASS`) against the real data."""
+
 from __future__ import annotations
 
 import pytest

@@ -3,6 +3,7 @@
 Everything runs on tiny generated folders and tables, offline, except the acceptance test at the end,
 which meta-trains on the real Omniglot and labels PNGs of new characters written to disk.
 """
+
 import csv
 import io
 import shutil
@@ -14,21 +15,17 @@ import torch
 from PIL import Image
 
 import metalab
+from helpers import classification_csv, regression_csv, run, write_csv
 from metalab import run as train_module
-from metalab.cli import main
 from metalab.config import Config
 from metalab.data import DataIntegrityError, DataNotFoundError, load_csv, load_image_folder, read_image
 from metalab.data.omniglot.archive import _decode_png
 from metalab.train import learner_from_checkpoint, train
 
-from helpers import classification_csv, regression_csv, run, write_csv
-
 QUIET = ["--quiet", "--no-eval", "--threads", "1", "--val-every", "0"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
-
-
 
 
 def make_folder(root, classes=8, per_class=6, rgb=False, seed=0, size=(20, 16)):
@@ -56,7 +53,9 @@ def test_folder_loads_greyscale_and_rgb_as_uint8_split_by_class(tmp_path):
     (root / "class03" / "notes.txt").write_text("not an image: ignored")
     (root / "README.md").write_text("stray files beside the class folders are ignored")
     for channels in (1, 3):
-        data = load_image_folder(root, image_size=24, channels=channels, val_classes=2, test_classes=3, seed=0)
+        data = load_image_folder(
+            root, image_size=24, channels=channels, val_classes=2, test_classes=3, seed=0
+        )
         assert data.x.dtype == torch.uint8 and tuple(data.x.shape) == (40, channels, 24, 24)
         assert data.image_shape == (channels, 24, 24)
         assert data.class_names == [f"class{c:02d}" for c in range(10)]
@@ -64,7 +63,10 @@ def test_folder_loads_greyscale_and_rgb_as_uint8_split_by_class(tmp_path):
         parts = [set(s.tolist()) for s in data.splits]
         assert [len(p) for p in parts] == [5, 2, 3] and set.union(*parts) == set(range(10))
         batch = data.sampler("train", ways=3, shots=1, queries=2, seed=0).sample(4)
-        assert tuple(batch.support_x.shape) == (4, 3, channels, 24, 24) and batch.support_x.dtype == torch.float32
+        assert (
+            tuple(batch.support_x.shape) == (4, 3, channels, 24, 24)
+            and batch.support_x.dtype == torch.float32
+        )
         assert 0.0 <= float(batch.query_x.min()) and float(batch.query_x.max()) <= 1.0
     again = load_image_folder(root, image_size=24, channels=3, val_classes=2, test_classes=3, seed=0)
     other = load_image_folder(root, image_size=24, channels=3, val_classes=2, test_classes=3, seed=1)
@@ -117,15 +119,33 @@ def test_folder_errors_name_the_culprit(tmp_path):
     with pytest.raises(DataIntegrityError, match=r"class folder .*empty_class has no images"):
         load_image_folder(root)
     shutil.rmtree(root / "empty_class")
-    with pytest.raises(ValueError, match="has 3 classes: too few to hold out 1 for meta-validation and 2 for meta-test"):
+    with pytest.raises(
+        ValueError, match="has 3 classes: too few to hold out 1 for meta-validation and 2 for meta-test"
+    ):
         load_image_folder(root, val_classes=1, test_classes=2)
 
 
 def test_folder_benchmark_checks_splits_and_class_sizes_before_training(tmp_path, capsys):
     root = make_folder(tmp_path / "d", classes=9, per_class=3)
-    base = ["train", "--benchmark", "folder", "--data-dir", root, "--algorithm", "protonet", "--ways", "3", "--shots", "1"]
+    base = [
+        "train",
+        "--benchmark",
+        "folder",
+        "--data-dir",
+        root,
+        "--algorithm",
+        "protonet",
+        "--ways",
+        "3",
+        "--shots",
+        "1",
+    ]
     code, _, err = run(capsys, *base, "--queries", "3", *QUIET)  # 1 + 3 > 3 images per class
-    assert code == 2 and "meta-train split: class" in err and "has 3 examples, fewer than shots + queries = 1 + 3 = 4" in err
+    assert (
+        code == 2
+        and "meta-train split: class" in err
+        and "has 3 examples, fewer than shots + queries = 1 + 3 = 4" in err
+    )
     code, _, err = run(capsys, *base, "--queries", "2", "--test-classes", "2", *QUIET)
     assert code == 2 and "config key 'test_classes' (2) must be at least 3 classes" in err
     code, _, err = run(capsys, *base, "--queries", "2", "--val-classes", "3", "--test-classes", "4", *QUIET)
@@ -159,10 +179,41 @@ def test_train_protonet_on_rgb_folder_then_predict(tmp_path, capsys):
     root = make_folder(tmp_path / "d", classes=12, per_class=6, rgb=True)
     run_dir = tmp_path / "run"
     code, out, err = run(
-        capsys, "train", "--benchmark", "folder", "--data-dir", root, "--channels", "3", "--image-size", "20",
-        "--algorithm", "protonet", "--ways", "3", "--shots", "1", "--queries", "2", "--val-classes", "3",
-        "--test-classes", "3", "--iterations", "30", "--meta-batch", "2", "--test-tasks", "20", "--run-dir", run_dir,
-        "--quiet", "--threads", "1", "--val-every", "0",
+        capsys,
+        "train",
+        "--benchmark",
+        "folder",
+        "--data-dir",
+        root,
+        "--channels",
+        "3",
+        "--image-size",
+        "20",
+        "--algorithm",
+        "protonet",
+        "--ways",
+        "3",
+        "--shots",
+        "1",
+        "--queries",
+        "2",
+        "--val-classes",
+        "3",
+        "--test-classes",
+        "3",
+        "--iterations",
+        "30",
+        "--meta-batch",
+        "2",
+        "--test-tasks",
+        "20",
+        "--run-dir",
+        run_dir,
+        "--quiet",
+        "--threads",
+        "1",
+        "--val-every",
+        "0",
     )
     assert code == 0, err
     assert "test accuracy" in out
@@ -171,21 +222,29 @@ def test_train_protonet_on_rgb_folder_then_predict(tmp_path, capsys):
     assert learner.encoder.features[0].in_channels == 3
 
     # 4 classes (the model was trained 3-way: ProtoNets take any number), two of them with 2 shots.
-    support, queries, truth = support_and_queries(root, tmp_path, ["class00", "class04", "class07", "class09"])
+    support, queries, truth = support_and_queries(
+        root, tmp_path, ["class00", "class04", "class07", "class09"]
+    )
     shutil.copy(root / "class04" / "5.jpg", support / "class04" / "extra.jpg")
     code, out, err = run(capsys, "predict", run_dir / "checkpoint.pt", "--support", support, queries)
     assert code == 0, err
     lines = out.strip().splitlines()
-    assert "| query" in lines[0] and "prediction" in lines[0] and "class09" in lines[0] and len(lines) == 2 + 4
+    assert (
+        "| query" in lines[0] and "prediction" in lines[0] and "class09" in lines[0] and len(lines) == 2 + 4
+    )
     predictions = metalab.predict(run_dir / "checkpoint.pt", support, sorted(queries.iterdir()))
     assert [p.query for p in predictions] == sorted(truth)
     for p in predictions:
         assert list(p.probabilities) == ["class00", "class04", "class07", "class09"]
-        assert abs(sum(p.probabilities.values()) - 1) < 1e-5 and p.label == max(p.probabilities, key=p.probabilities.get)
+        assert abs(sum(p.probabilities.values()) - 1) < 1e-5 and p.label == max(
+            p.probabilities, key=p.probabilities.get
+        )
     assert sum(truth[p.query] == p.label for p in predictions) >= 3  # distinct patterns: near perfect
 
     out_csv = tmp_path / "p.csv"
-    code, out, err = run(capsys, "predict", run_dir / "checkpoint.pt", "--support", support, queries, "--csv", out_csv)
+    code, out, err = run(
+        capsys, "predict", run_dir / "checkpoint.pt", "--support", support, queries, "--csv", out_csv
+    )
     assert code == 0 and f"wrote 4 predictions to {out_csv}" in out
     rows = list(csv.DictReader(out_csv.open()))
     assert [r["query"] for r in rows] == [p.query for p in predictions]
@@ -199,12 +258,21 @@ def test_train_protonet_on_rgb_folder_then_predict(tmp_path, capsys):
     shutil.rmtree(support / "class05")
     (queries / "broken.png").write_bytes(b"not a png at all")
     code, _, err = run(capsys, "predict", run_dir / "checkpoint.pt", "--support", support, queries)
-    assert code == 2 and "cannot read image" in err and "broken.png" in err and len(err.strip().splitlines()) == 1
+    assert (
+        code == 2
+        and "cannot read image" in err
+        and "broken.png" in err
+        and len(err.strip().splitlines()) == 1
+    )
     code, _, err = run(capsys, "predict", run_dir / "checkpoint.pt", "--support", tmp_path / "nope", queries)
     assert code == 2 and "image folder not found" in err
-    code, _, err = run(capsys, "predict", run_dir / "checkpoint.pt", "--support", support, tmp_path / "missing.png")
+    code, _, err = run(
+        capsys, "predict", run_dir / "checkpoint.pt", "--support", support, tmp_path / "missing.png"
+    )
     assert code == 2 and "query image or folder not found" in err
-    code, _, err = run(capsys, "predict", run_dir / "checkpoint.pt", "--support", support, queries, "--steps", "3")
+    code, _, err = run(
+        capsys, "predict", run_dir / "checkpoint.pt", "--support", support, queries, "--steps", "3"
+    )
     assert code == 2 and "protonet has no inner loop" in err
 
 
@@ -212,9 +280,33 @@ def test_maml_on_greyscale_folder_needs_exactly_its_ways(tmp_path, capsys):
     root = make_folder(tmp_path / "d", classes=9, per_class=4)
     run_dir = tmp_path / "run"
     code, _, err = run(
-        capsys, "train", "--benchmark", "folder", "--data-dir", root, "--algorithm", "maml", "--ways", "3",
-        "--shots", "1", "--queries", "1", "--inner-lr", "0.4", "--iterations", "3", "--meta-batch", "2",
-        "--val-classes", "3", "--test-classes", "3", "--run-dir", run_dir, *QUIET,
+        capsys,
+        "train",
+        "--benchmark",
+        "folder",
+        "--data-dir",
+        root,
+        "--algorithm",
+        "maml",
+        "--ways",
+        "3",
+        "--shots",
+        "1",
+        "--queries",
+        "1",
+        "--inner-lr",
+        "0.4",
+        "--iterations",
+        "3",
+        "--meta-batch",
+        "2",
+        "--val-classes",
+        "3",
+        "--test-classes",
+        "3",
+        "--run-dir",
+        run_dir,
+        *QUIET,
     )
     assert code == 0, err
     learner, c, _ = learner_from_checkpoint(run_dir / "checkpoint.pt")
@@ -229,15 +321,29 @@ def test_maml_on_greyscale_folder_needs_exactly_its_ways(tmp_path, capsys):
     code, _, err = run(capsys, "predict", run_dir / "checkpoint.pt", "--support", support, queries)
     assert code == 2 and "has 4 (class00, class01, class02, class05)" in err
     shutil.rmtree(support / "class05")
-    code, out, err = run(capsys, "predict", run_dir / "checkpoint.pt", "--support", support, queries, "--steps", "2")
+    code, out, err = run(
+        capsys, "predict", run_dir / "checkpoint.pt", "--support", support, queries, "--steps", "2"
+    )
     assert code == 0, err
     assert len(out.strip().splitlines()) == 2 + 2
 
 
 def test_predict_refuses_a_checkpoint_not_trained_on_images(tmp_path, capsys):
-    assert run(capsys, "train", "--iterations", "2", "--meta-batch", "2", "--run-dir", tmp_path / "sine", *QUIET)[0] == 0
+    assert (
+        run(
+            capsys, "train", "--iterations", "2", "--meta-batch", "2", "--run-dir", tmp_path / "sine", *QUIET
+        )[0]
+        == 0
+    )
     make_folder(tmp_path / "support", classes=2, per_class=1)
-    code, _, err = run(capsys, "predict", tmp_path / "sine" / "checkpoint.pt", "--support", tmp_path / "support", tmp_path / "support")
+    code, _, err = run(
+        capsys,
+        "predict",
+        tmp_path / "sine" / "checkpoint.pt",
+        "--support",
+        tmp_path / "support",
+        tmp_path / "support",
+    )
     assert code == 2 and "was trained on sine; predict labels images" in err
 
 
@@ -261,7 +367,9 @@ def test_csv_classification_source(tmp_path):
 
 
 def test_csv_regression_tasks_are_groups_of_rows(tmp_path):
-    data = load_csv(regression_csv(tmp_path / "r.csv"), target="sales", task="shop", val_classes=2, test_classes=2)
+    data = load_csv(
+        regression_csv(tmp_path / "r.csv"), target="sales", task="shop", val_classes=2, test_classes=2
+    )
     assert data.kind == "regression" and data.feature_names == ["x", "constant"]
     assert torch.all(data.x[:, 1] == 0)  # a constant column is centred, not divided by zero
     source = data.sampler("train", ways=5, shots=3, queries=4, seed=1)
@@ -273,26 +381,34 @@ def test_csv_regression_tasks_are_groups_of_rows(tmp_path):
     y = torch.cat([batch.support_y, batch.query_y], 1)[..., 0].double()
     for xs, ys in zip(x, y):
         fit = torch.linalg.lstsq(torch.stack([xs, torch.ones_like(xs)], 1), ys[:, None]).solution
-        torch.testing.assert_close(torch.stack([xs, torch.ones_like(xs)], 1) @ fit, ys[:, None], atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            torch.stack([xs, torch.ones_like(xs)], 1) @ fit, ys[:, None], atol=1e-4, rtol=0
+        )
     train_shops = set(data.splits.train.tolist())
     state = source.get_state()
     a = source.sample(3)
     source.set_state(state)
     b = source.sample(3)
     assert torch.equal(a.query_x, b.query_x)
-    assert set(torch.unique(data.groups[torch.isin(data.groups, data.splits.test)]).tolist()).isdisjoint(train_shops)
+    assert set(torch.unique(data.groups[torch.isin(data.groups, data.splits.test)]).tolist()).isdisjoint(
+        train_shops
+    )
 
 
 def test_csv_errors_name_the_column_and_line(tmp_path):
     path = classification_csv(tmp_path / "t.csv")
-    with pytest.raises(DataIntegrityError, match=r"has no label column 'species'; its columns are: a, b, c, label"):
+    with pytest.raises(
+        DataIntegrityError, match=r"has no label column 'species'; its columns are: a, b, c, label"
+    ):
         load_csv(path, label="species")
     with pytest.raises(DataIntegrityError, match=r"has no feature column 'd'"):
         load_csv(path, label="label", features=["a", "d"])
     rows = list(csv.reader(path.open()))
     rows[5][1] = "12,5"
     write_csv(tmp_path / "bad.csv", rows[0], rows[1:])
-    with pytest.raises(DataIntegrityError, match=r"bad\.csv, line 6, column 'b': '12,5' is not a finite number"):
+    with pytest.raises(
+        DataIntegrityError, match=r"bad\.csv, line 6, column 'b': '12,5' is not a finite number"
+    ):
         load_csv(tmp_path / "bad.csv", label="label")
     rows[5][1] = ""
     write_csv(tmp_path / "bad.csv", rows[0], rows[1:])
@@ -309,14 +425,29 @@ def test_csv_errors_name_the_column_and_line(tmp_path):
 
 def test_csv_benchmark_configs_and_small_tasks(tmp_path, capsys):
     regression_csv(tmp_path / "r.csv", per_task=10)
-    base = ["train", "--benchmark", "csv", "--data-dir", tmp_path / "r.csv", "--iterations", "2", "--meta-batch", "2", *QUIET]
-    code, _, err = run(capsys, *base, "--csv-target", "sales", "--csv-task", "shop", "--shots", "5", "--queries", "6")
+    base = [
+        "train",
+        "--benchmark",
+        "csv",
+        "--data-dir",
+        tmp_path / "r.csv",
+        "--iterations",
+        "2",
+        "--meta-batch",
+        "2",
+        *QUIET,
+    ]
+    code, _, err = run(
+        capsys, *base, "--csv-target", "sales", "--csv-task", "shop", "--shots", "5", "--queries", "6"
+    )
     assert code == 2 and "task 'shop" in err and "has 10 rows, fewer than shots + queries = 5 + 6 = 11" in err
     code, _, err = run(capsys, *base, "--csv-target", "sales")
     assert code == 2 and "needs either 'csv_label'" in err
     code, _, err = run(capsys, *base, "--csv-label", "shop", "--csv-target", "sales", "--csv-task", "shop")
     assert code == 2 and "needs either 'csv_label'" in err
-    code, _, err = run(capsys, *base, "--csv-target", "sales", "--csv-task", "shop", "--algorithm", "protonet")
+    code, _, err = run(
+        capsys, *base, "--csv-target", "sales", "--csv-task", "shop", "--algorithm", "protonet"
+    )
     assert code == 2 and "protonet' is a few-shot classifier" in err
     code, _, err = run(capsys, "train", "--csv-label", "x", *QUIET)
     assert code == 2 and "apply to the csv benchmark only" in err
@@ -324,31 +455,103 @@ def test_csv_benchmark_configs_and_small_tasks(tmp_path, capsys):
 
 def test_train_maml_and_protonet_on_csv_classification(tmp_path, capsys):
     path = classification_csv(tmp_path / "t.csv", classes=30)
-    common = ["--benchmark", "csv", "--data-dir", path, "--csv-label", "label", "--ways", "3", "--shots", "2",
-              "--queries", "3", "--val-classes", "5", "--test-classes", "5", "--meta-batch", "4", "--test-tasks", "50"]
-    code, out, err = run(capsys, "train", *common, "--algorithm", "maml", "--inner-lr", "0.5", "--eval-inner-steps", "5",
-                         "--iterations", "60", "--run-dir", tmp_path / "maml", "--quiet", "--threads", "1", "--val-every", "30",
-                         "--val-tasks", "10")
+    common = [
+        "--benchmark",
+        "csv",
+        "--data-dir",
+        path,
+        "--csv-label",
+        "label",
+        "--ways",
+        "3",
+        "--shots",
+        "2",
+        "--queries",
+        "3",
+        "--val-classes",
+        "5",
+        "--test-classes",
+        "5",
+        "--meta-batch",
+        "4",
+        "--test-tasks",
+        "50",
+    ]
+    code, out, err = run(
+        capsys,
+        "train",
+        *common,
+        "--algorithm",
+        "maml",
+        "--inner-lr",
+        "0.5",
+        "--eval-inner-steps",
+        "5",
+        "--iterations",
+        "60",
+        "--run-dir",
+        tmp_path / "maml",
+        "--quiet",
+        "--threads",
+        "1",
+        "--val-every",
+        "30",
+        "--val-tasks",
+        "10",
+    )
     assert code == 0, err
     learner, c, _ = learner_from_checkpoint(tmp_path / "maml" / "checkpoint.pt")  # no data needed
-    assert c.csv_features == ["a", "b", "c"] and learner.model.in_features == 3 and learner.model.out_features == 3
+    assert (
+        c.csv_features == ["a", "b", "c"]
+        and learner.model.in_features == 3
+        and learner.model.out_features == 3
+    )
     accuracy = float(out.split("test accuracy after 5 steps:")[1].split("%")[0]) / 100
     assert accuracy > 0.8, out  # well-separated class means (chance: 1/3); measured 100%
-    code, out, err = run(capsys, "train", *common, "--algorithm", "protonet", "--hidden", "32", "16", "--iterations", "20",
-                         "--run-dir", tmp_path / "proto", *QUIET)
+    code, out, err = run(
+        capsys,
+        "train",
+        *common,
+        "--algorithm",
+        "protonet",
+        "--hidden",
+        "32",
+        "16",
+        "--iterations",
+        "20",
+        "--run-dir",
+        tmp_path / "proto",
+        *QUIET,
+    )
     assert code == 0, err
     learner, c, _ = learner_from_checkpoint(tmp_path / "proto" / "checkpoint.pt")
     assert learner.encoder.out_features == 16
     code, out, err = run(capsys, "eval", tmp_path / "proto" / "checkpoint.pt", "--tasks", "10")
     assert code == 0 and "protonet on csv" in out and "test accuracy" in out, err
-    code, _, err = run(capsys, "predict", tmp_path / "proto" / "checkpoint.pt", "--support", tmp_path, tmp_path)
+    code, _, err = run(
+        capsys, "predict", tmp_path / "proto" / "checkpoint.pt", "--support", tmp_path, tmp_path
+    )
     assert code == 2 and "was trained on csv; predict labels images" in err
 
 
 def test_train_and_resume_maml_on_csv_regression(tmp_path):
     path = regression_csv(tmp_path / "r.csv", tasks=16)
-    c = Config(benchmark="csv", data_dir=str(path), csv_target="sales", csv_task="shop", algorithm="maml", shots=4,
-               queries=4, inner_lr=0.05, iterations=8, meta_batch=4, val_every=4, val_tasks=4, checkpoint_every=4, test_tasks=8)
+    c = Config(
+        benchmark="csv",
+        data_dir=str(path),
+        csv_target="sales",
+        csv_task="shop",
+        algorithm="maml",
+        shots=4,
+        queries=4,
+        inner_lr=0.05,
+        iterations=8,
+        meta_batch=4,
+        val_every=4,
+        val_tasks=4,
+        checkpoint_every=4,
+        test_tasks=8,
+    )
     full = train(c, tmp_path / "full", progress=False, log=lambda _: None)
     assert full.config.csv_features == ["x", "constant"] and full.learner.model.out_features == 1
     assert full.last_val.metric == "mse"
@@ -356,7 +559,12 @@ def test_train_and_resume_maml_on_csv_regression(tmp_path):
     resumed = train(c, tmp_path / "part", resume=True, progress=False, log=lambda _: None)
     a, b = full.learner.state_dict(), resumed.learner.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    pretrained = train(Config(**{**c.__dict__, "algorithm": "pretrain"}), tmp_path / "pre", progress=False, log=lambda _: None)
+    pretrained = train(
+        Config(**{**c.__dict__, "algorithm": "pretrain"}),
+        tmp_path / "pre",
+        progress=False,
+        log=lambda _: None,
+    )
     assert pretrained.iteration == 8
 
 
@@ -386,26 +594,68 @@ def omniglot_folders(data, root, seed=0, characters=5, queries_per_character=4):
 
 
 @pytest.mark.data
-def test_acceptance_omniglot_checkpoints_label_new_characters_from_png_files(omniglot, tmp_path, capsys, monkeypatch):
+def test_acceptance_omniglot_checkpoints_label_new_characters_from_png_files(
+    omniglot, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setattr(train_module, "load_dataset", lambda c: omniglot)  # decoded once by the fixture
     support, queries, truth = omniglot_folders(omniglot, tmp_path)
     # The PNGs look like Omniglot's (black on white); prediction inverts them back exactly.
     first = next(iter(sorted(support.iterdir())))
     drawing = read_image(first / "drawing.png", 28, invert=True)
-    assert drawing.mean() < 128 and np.array_equal(np.asarray(Image.open(first / "drawing.png")), 255 - drawing[0])
-    common = dict(benchmark="omniglot", data_dir="unused", shots=1, val_every=0, checkpoint_every=0, log_every=1000, seed=0)
+    assert drawing.mean() < 128 and np.array_equal(
+        np.asarray(Image.open(first / "drawing.png")), 255 - drawing[0]
+    )
+    common = dict(
+        benchmark="omniglot",
+        data_dir="unused",
+        shots=1,
+        val_every=0,
+        checkpoint_every=0,
+        log_every=1000,
+        seed=0,
+    )
     # ProtoNet: trained on 20-way episodes (the paper trains with more ways than it tests), 100 episodes.
-    proto = Config(algorithm="protonet", ways=20, test_ways=5, queries=5, meta_batch=1, iterations=100, outer_lr=1e-3, **common)
+    proto = Config(
+        algorithm="protonet",
+        ways=20,
+        test_ways=5,
+        queries=5,
+        meta_batch=1,
+        iterations=100,
+        outer_lr=1e-3,
+        **common,
+    )
     # MAML, second order, 5-way 1-shot: 100 iterations of 4 tasks; 10 adaptation steps at prediction.
-    maml = Config(algorithm="maml", ways=5, queries=1, meta_batch=4, iterations=100, inner_lr=0.4, outer_lr=3e-3, **common)
+    maml = Config(
+        algorithm="maml",
+        ways=5,
+        queries=1,
+        meta_batch=4,
+        iterations=100,
+        inner_lr=0.4,
+        outer_lr=3e-3,
+        **common,
+    )
     for name, config, extra in (("protonet", proto, []), ("maml", maml, ["--steps", "10"])):
         train(config, tmp_path / name, progress=False, log=lambda _: None)
         out_csv = tmp_path / f"{name}.csv"
-        code, out, err = run(capsys, "predict", tmp_path / name / "checkpoint.pt", "--support", support, queries, "--csv", out_csv, *extra)
+        code, out, err = run(
+            capsys,
+            "predict",
+            tmp_path / name / "checkpoint.pt",
+            "--support",
+            support,
+            queries,
+            "--csv",
+            out_csv,
+            *extra,
+        )
         assert code == 0, err
         rows = list(csv.DictReader(out_csv.open()))
         assert len(rows) == 20 and {r["query"] for r in rows} == set(truth)
-        assert all(abs(sum(float(r[k]) for k in sorted(p.name for p in support.iterdir())) - 1) < 1e-4 for r in rows)
+        assert all(
+            abs(sum(float(r[k]) for k in sorted(p.name for p in support.iterdir())) - 1) < 1e-4 for r in rows
+        )
         correct = sum(r["prediction"] == truth[r["query"]] for r in rows)
         # Measured over 10 random sets of 5 new characters: ProtoNet 13-20 (mean 18.0), MAML 14-19 (mean 16.9).
         assert correct >= 12, f"{name}: {correct}/20 queries right"

@@ -1,4 +1,5 @@
 """The performance benchmarks' smoke runs (CI runs only these; the timed comparisons are benchmarks)."""
+
 import json
 import subprocess
 import sys
@@ -11,7 +12,17 @@ WORKLOADS = ["maml_5w1s_second_order", "maml_20w1s_5steps_second_order", "matchi
 
 def test_perf_benchmark_smoke_checks_gradients_and_writes_results(tmp_path):
     out = tmp_path / "perf.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "perf.py"), "--smoke", "--repeats", "1", "--workloads", *WORKLOADS, "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "perf.py"),
+        "--smoke",
+        "--repeats",
+        "1",
+        "--workloads",
+        *WORKLOADS,
+        "--out",
+        str(out),
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     for workload in WORKLOADS:
@@ -31,13 +42,24 @@ def check(workload: str, rows: dict) -> None:
 
 def test_scaling_benchmark_smoke_writes_every_curve(tmp_path):
     out = tmp_path / "scaling.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "scaling.py"), "--smoke", "--repeats", "1", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "scaling.py"),
+        "--smoke",
+        "--repeats",
+        "1",
+        "--out",
+        str(out),
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     curves = json.loads(out.read_text())["curves"]
     assert set(curves) == {"meta-batch", "inner steps", "ways", "order"}
     steps = {r["implementation"] for r in curves["inner steps"]["rows"]}
-    assert {"metalab", "metalab inner_checkpoint"} <= steps  # the memory-bounding option beside the plain loop
+    assert {
+        "metalab",
+        "metalab inner_checkpoint",
+    } <= steps  # the memory-bounding option beside the plain loop
     for c in curves.values():
         for r in c["rows"]:
             assert r["seconds"] > 0 and r["peak_rss_mb"] > 0

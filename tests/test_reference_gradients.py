@@ -1,5 +1,6 @@
 """Every learner built from its config with a fixed seed gives the same meta-gradient as the code that
 wrote tests/fixtures/meta_gradients.json (float64; see tests/fixtures/make_meta_gradients.py)."""
+
 import json
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """Tasks, the episodic sampler and class splits."""
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -103,7 +104,9 @@ def test_sampler_errors_name_the_problem():
         EpisodeSampler(x, y, ways=5, shots=1, queries=1)
     y2 = y.clone()
     y2[-2:] = 0  # class 3 now has 3 examples
-    with pytest.raises(ValueError, match=r"character_d has 3 examples, fewer than shots \+ queries = 2 \+ 2 = 4"):
+    with pytest.raises(
+        ValueError, match=r"character_d has 3 examples, fewer than shots \+ queries = 2 \+ 2 = 4"
+    ):
         EpisodeSampler(x, y2, ways=2, shots=2, queries=2, class_names=["a", "b", "c", "character_d"])
     with pytest.raises(ValueError, match="shots must be an integer >= 1"):
         EpisodeSampler(x, y, ways=2, shots=-1, queries=1)

@@ -1,4 +1,5 @@
 """The training loop: learning, metrics log, atomic checkpoints, resume equality, evaluation."""
+
 import json
 
 import pytest
@@ -13,7 +14,15 @@ from metalab.train import learner_from_checkpoint, train
 
 
 def small(**kw):
-    values = dict(iterations=40, meta_batch=5, val_every=20, val_tasks=20, checkpoint_every=10, log_every=5, test_tasks=50)
+    values = dict(
+        iterations=40,
+        meta_batch=5,
+        val_every=20,
+        val_tasks=20,
+        checkpoint_every=10,
+        log_every=5,
+        test_tasks=50,
+    )
     values.update(kw)
     return Config(**values)
 
@@ -125,5 +134,11 @@ def test_max_minutes_stops_with_a_checkpoint_and_resume_continues(tmp_path):
     result = train(c, tmp_path, progress=False, log=lambda _: None)
     assert 0 < result.iteration < 10_000
     assert load_checkpoint(tmp_path / "checkpoint.pt")["iteration"] == result.iteration
-    again = train(small(iterations=result.iteration + 5, val_every=0, checkpoint_every=0), tmp_path, progress=False, resume=True, log=lambda _: None)
+    again = train(
+        small(iterations=result.iteration + 5, val_every=0, checkpoint_every=0),
+        tmp_path,
+        progress=False,
+        resume=True,
+        log=lambda _: None,
+    )
     assert again.iteration == result.iteration + 5

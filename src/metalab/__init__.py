@@ -1,7 +1,24 @@
 """metalab: meta-learning ("learning to learn") on PyTorch."""
-from .algorithms import ANIL, MAML, MANN, Baseline, LSTMMetaLearner, MAMLpp, MatchingNet, MetaLearner, MetaNet, MetaSGD, Pretrained, ProtoNet, RelationNet, Reptile, SiameseNet
-from .tasks import ClassSplits, EpisodeSampler, SineTasks, Task, TaskBatch, split_classes
+
+from .algorithms import (
+    ANIL,
+    MAML,
+    MANN,
+    Baseline,
+    LSTMMetaLearner,
+    MAMLpp,
+    MatchingNet,
+    MetaLearner,
+    MetaNet,
+    MetaSGD,
+    Pretrained,
+    ProtoNet,
+    RelationNet,
+    Reptile,
+    SiameseNet,
+)
 from .predict import Prediction, predict  # the function `metalab.predict(checkpoint, support, queries)`
+from .tasks import ClassSplits, EpisodeSampler, SineTasks, Task, TaskBatch, split_classes
 
 __version__ = "0.1.0"
 

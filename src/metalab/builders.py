@@ -67,15 +67,28 @@ def load_dataset(c: Config):
         from .data import load_image_folder
 
         dataset = load_image_folder(
-            c.data_dir, c.image_size, c.channels, c.val_classes, c.test_classes, seed=DATA_SPLIT_SEED,
-            invert=bool(c.invert), min_classes=least,
+            c.data_dir,
+            c.image_size,
+            c.channels,
+            c.val_classes,
+            c.test_classes,
+            seed=DATA_SPLIT_SEED,
+            invert=bool(c.invert),
+            min_classes=least,
         )
     else:
         from .data import load_csv
 
         dataset = load_csv(
-            c.data_dir, label=c.csv_label, target=c.csv_target, task=c.csv_task, features=c.csv_features or None,
-            val_classes=c.val_classes, test_classes=c.test_classes, seed=DATA_SPLIT_SEED, min_classes=least,
+            c.data_dir,
+            label=c.csv_label,
+            target=c.csv_target,
+            task=c.csv_task,
+            features=c.csv_features or None,
+            val_classes=c.val_classes,
+            test_classes=c.test_classes,
+            seed=DATA_SPLIT_SEED,
+            min_classes=least,
         )
     _check_splits(c, dataset)
     return dataset
@@ -121,7 +134,9 @@ def rank_seed(seed: int, rank: int) -> int:
 def build_source(c: Config, split: str, dataset=None, *, rank: int = 0):
     """The task source of one split ("train", "val" or "test"); training draws from `c.seed`
     (shifted per process rank under torch.distributed), in the form the learner asks for."""
-    ways, shots, queries = (c.ways, c.shots, c.queries) if split == "train" else (c.test_ways, c.test_shots, c.test_queries)
+    ways, shots, queries = (
+        (c.ways, c.shots, c.queries) if split == "train" else (c.test_ways, c.test_shots, c.test_queries)
+    )
     seed = rank_seed(c.seed, rank) if split == "train" else SPLIT_SEEDS[split]
     if c.benchmark == "sine":
         return SineTasks(shots, queries, seed=seed)
@@ -171,22 +186,30 @@ class Context:
             return (c.channels, c.image_size, c.image_size)
         return (1,) if c.benchmark == "sine" else (_csv_features(c),)
 
-    def backbone(self, *, out_features: int | None = None, hidden: int | None = None, norm: str = "batch_stats") -> nn.Module:
+    def backbone(
+        self, *, out_features: int | None = None, hidden: int | None = None, norm: str = "batch_stats"
+    ) -> nn.Module:
         c = self.config
         if out_features is None:
             out_features = c.ways if self.kind == "classification" else 1
         if self.images:
             width = {} if hidden is None else {"hidden": hidden}
             return conv4(
-                c.kernels == "auto", in_channels=c.channels, out_features=out_features, image_size=c.image_size,
-                norm=norm, **width,
+                c.kernels == "auto",
+                in_channels=c.channels,
+                out_features=out_features,
+                image_size=c.image_size,
+                norm=norm,
+                **width,
             )
         return MLP(self.input_shape[0], c.hidden, out_features)
 
     def embedding(self) -> tuple[nn.Module, int]:
         c = self.config
         if self.images:
-            encoder = conv4(c.kernels == "auto", in_channels=c.channels, image_size=c.image_size, norm="batch")
+            encoder = conv4(
+                c.kernels == "auto", in_channels=c.channels, image_size=c.image_size, norm="batch"
+            )
             return encoder, encoder.feature_dim
         return MLP(self.input_shape[0], c.hidden[:-1], c.hidden[-1]), c.hidden[-1]
 

@@ -5,6 +5,7 @@ schedule's states, the RNG states, the iteration and the resolved config. It is 
 file in the same folder, flushed to disk, then renamed over the old one, so a crash at any moment
 leaves either the old checkpoint or the new one, never a broken or missing file.
 """
+
 from __future__ import annotations
 
 import os

@@ -4,6 +4,7 @@ Bad input (an unknown algorithm or config key, a negative shot count, a missing 
 checkpoint, a missing data folder) ends with one line on stderr and exit status 2, not a traceback.
 Set METALAB_DEBUG=1 to see the traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,8 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-from .checkpoint import CheckpointError
 from .algorithms.spec import OptionError, algorithm_names, load_plugins, option_keys, specs
+from .checkpoint import CheckpointError
 from .config import GROUPS, Config, ConfigError, config_from_dict, load_config, parse_override
 from .distributed import DistributedError
 from .experiment import default_run_dir, list_runs, meta_test, runs_table, sweep
@@ -61,8 +62,11 @@ def config_flags() -> list[tuple[str, str, list[tuple[str, str, object, bool]]]]
     generic = {f.name: f for f in dataclasses.fields(Config) if f.name != "options"}
     groups = []
     titles = {
-        "tasks": "the tasks", "data": "the data", "model": "the model",
-        "training": "meta-training", "evaluation": "evaluation",
+        "tasks": "the tasks",
+        "data": "the data",
+        "model": "the model",
+        "training": "meta-training",
+        "evaluation": "evaluation",
     }
     for group in GROUPS:
         rows = []
@@ -71,7 +75,9 @@ def config_flags() -> list[tuple[str, str, list[tuple[str, str, object, bool]]]]
                 default, meta = getattr(defaults, name), dict(f.metadata)
                 if name == "algorithm":
                     meta["choices"] = algorithm_names()
-                rows.append((name, _flag_help(meta["help"], meta, default), default, isinstance(default, list)))
+                rows.append(
+                    (name, _flag_help(meta["help"], meta, default), default, isinstance(default, list))
+                )
         groups.append((f"config keys: {titles[group]}", "", rows))
     rows = []
     for name, owners in option_keys().items():
@@ -79,14 +85,22 @@ def config_flags() -> list[tuple[str, str, list[tuple[str, str, object, bool]]]]
         for spec in owners:
             f = next(g for g in dataclasses.fields(spec.options) if g.name == name)
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            parts.append((_flag_help(f.metadata["help"], f.metadata, default), spec.name, isinstance(default, list)))
+            parts.append(
+                (_flag_help(f.metadata["help"], f.metadata, default), spec.name, isinstance(default, list))
+            )
         texts: dict[str, list[str]] = {}
         for text, algorithm, _ in parts:
             texts.setdefault(text, []).append(algorithm)
         help_text = "; ".join(f"{', '.join(algorithms)}: {text}" for text, algorithms in texts.items())
         rows.append((name, help_text, None, parts[0][2]))
     algorithms = "; ".join(f"{s.name} ({s.family})" for s in specs())
-    groups.append(("config keys of the algorithms (each applies to the algorithms named)", f"algorithms: {algorithms}", rows))
+    groups.append(
+        (
+            "config keys of the algorithms (each applies to the algorithms named)",
+            f"algorithms: {algorithms}",
+            rows,
+        )
+    )
     return groups
 
 
@@ -94,8 +108,13 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     for title, description, rows in config_flags():
         g = p.add_argument_group(title, description or None)
         for name, help_text, _, is_list in rows:
-            g.add_argument("--" + name.replace("_", "-"), dest=f"cfg_{name}", metavar=name.upper(),
-                           nargs="+" if is_list else None, help=help_text.replace("%", "%%"))
+            g.add_argument(
+                "--" + name.replace("_", "-"),
+                dest=f"cfg_{name}",
+                metavar=name.upper(),
+                nargs="+" if is_list else None,
+                help=help_text.replace("%", "%%"),
+            )
 
 
 def _config_keys() -> list[str]:
@@ -111,44 +130,83 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    t = sub.add_parser("train", help="meta-train (no arguments: MAML on sine waves)", epilog=_EXAMPLES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    t = sub.add_parser(
+        "train",
+        help="meta-train (no arguments: MAML on sine waves)",
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     t.add_argument("--config", help="a YAML config file (keys as below)")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
-    t.add_argument("--run-dir", help="where to write config.yaml, metrics.jsonl, checkpoint.pt (default: runs/<benchmark>-<algorithm>-<time>)")
+    t.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)"
+    )
+    t.add_argument(
+        "--run-dir",
+        help="where to write config.yaml, metrics.jsonl, checkpoint.pt (default: runs/<benchmark>-<algorithm>-<time>)",
+    )
     t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--no-eval", action="store_true", help="skip the final meta-test")
-    t.add_argument("--nproc", type=int, help="train with N processes on this machine (calls torchrun; see README for several machines)")
+    t.add_argument(
+        "--nproc",
+        type=int,
+        help="train with N processes on this machine (calls torchrun; see README for several machines)",
+    )
     _add_config_flags(t)
 
     e = sub.add_parser("eval", help="meta-test a checkpoint: mean accuracy / MSE with a 95%% CI")
     e.add_argument("checkpoint")
     e.add_argument("--tasks", type=int, help="number of test tasks (default: the config's test_tasks)")
-    e.add_argument("--steps", type=int, nargs="+", help="inner steps to report (default: the config's eval_steps)")
-    e.add_argument("--ways", type=int, help="N at test time (default: the config's test_ways; fixed-head learners can't change it)")
+    e.add_argument(
+        "--steps", type=int, nargs="+", help="inner steps to report (default: the config's eval_steps)"
+    )
+    e.add_argument(
+        "--ways",
+        type=int,
+        help="N at test time (default: the config's test_ways; fixed-head learners can't change it)",
+    )
     e.add_argument("--shots", type=int, help="K at test time (default: the config's test_shots)")
     e.add_argument("--queries", type=int, help="queries at test time")
     e.add_argument("--data-dir", help="data folder, if it moved since training")
     e.add_argument("--json", help="also write the results to this JSON file")
 
-    pr = sub.add_parser("predict", help="adapt a checkpoint to a support folder of your classes and label query images")
+    pr = sub.add_parser(
+        "predict", help="adapt a checkpoint to a support folder of your classes and label query images"
+    )
     pr.add_argument("checkpoint", help="a checkpoint trained on images (omniglot or folder)")
     pr.add_argument("queries", nargs="+", help="query images or folders of them (searched recursively)")
     pr.add_argument("--support", required=True, help="folder of your classes: SUPPORT/<class>/<a few images>")
-    pr.add_argument("--csv", help="write the predictions to this CSV file (query, prediction, one probability column per class)")
-    pr.add_argument("--steps", type=int, help="inner steps for gradient-based learners (default: the checkpoint's eval_inner_steps)")
+    pr.add_argument(
+        "--csv",
+        help="write the predictions to this CSV file (query, prediction, one probability column per class)",
+    )
+    pr.add_argument(
+        "--steps",
+        type=int,
+        help="inner steps for gradient-based learners (default: the checkpoint's eval_inner_steps)",
+    )
 
-    sw = sub.add_parser("sweep", help="train and meta-test a grid of configs, one run folder each, and print a table")
+    sw = sub.add_parser(
+        "sweep", help="train and meta-test a grid of configs, one run folder each, and print a table"
+    )
     sw.add_argument("config", help="the base YAML config")
-    sw.add_argument("--set", action="append", default=[], required=True, metavar="KEY=V1,V2,...", help="an axis of the grid (repeatable)")
+    sw.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        required=True,
+        metavar="KEY=V1,V2,...",
+        help="an axis of the grid (repeatable)",
+    )
     sw.add_argument("--runs", default="runs", help="folder to put the run folders in (default: runs)")
     sw.add_argument("--progress", action="store_true", help="show progress bars")
 
     rl = sub.add_parser("runs", help="list run folders with their iterations and final test figures")
     rl.add_argument("root", nargs="?", default="runs")
 
-    rp = sub.add_parser("report", help="learning curves, accuracy vs shots/ways, sine figure and results table for runs")
+    rp = sub.add_parser(
+        "report", help="learning curves, accuracy vs shots/ways, sine figure and results table for runs"
+    )
     rp.add_argument("runs", nargs="+", help="run folders")
     rp.add_argument("--out", default="report", help="folder for the PNGs, report.md and report.html")
 
@@ -195,7 +253,12 @@ def cmd_train(args, argv=None) -> int:
 
     if args.resume and not args.run_dir:
         raise ConfigError("--resume needs --run-dir, the folder of the run to continue")
-    if args.resume and not args.config and not any(getattr(args, f"cfg_{k}") is not None for k in _config_keys()) and not args.set:
+    if (
+        args.resume
+        and not args.config
+        and not any(getattr(args, f"cfg_{k}") is not None for k in _config_keys())
+        and not args.set
+    ):
         # Resuming with no config given means: the run's own config.
         config = load_config(Path(args.run_dir) / "config.yaml").resolved(saved=True)
     else:
@@ -256,7 +319,16 @@ def cmd_eval(args) -> int:
     from .train import learner_from_checkpoint
 
     learner, c, state = learner_from_checkpoint(args.checkpoint)
-    overrides = {k: v for k, v in {"test_ways": args.ways, "test_shots": args.shots, "test_queries": args.queries, "data_dir": args.data_dir}.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {
+            "test_ways": args.ways,
+            "test_shots": args.shots,
+            "test_queries": args.queries,
+            "data_dir": args.data_dir,
+        }.items()
+        if v is not None
+    }
     c = config_from_dict(overrides, c).resolved()
     tasks = args.tasks if args.tasks is not None else c.test_tasks
     if tasks < 1:
@@ -275,7 +347,11 @@ def cmd_eval(args) -> int:
         results.append(r.to_dict())
         print("test " + str(r))
     if args.json:
-        Path(args.json).write_text(json.dumps({"checkpoint": str(args.checkpoint), "shots": c.test_shots, "results": results}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {"checkpoint": str(args.checkpoint), "shots": c.test_shots, "results": results}, indent=2
+            )
+        )
     return 0
 
 
@@ -347,7 +423,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command == "train":
             return cmd_train(args, argv)
-        commands = {"eval": cmd_eval, "predict": cmd_predict, "plot": cmd_plot, "data": cmd_data, "sweep": cmd_sweep, "runs": cmd_runs, "report": cmd_report}
+        commands = {
+            "eval": cmd_eval,
+            "predict": cmd_predict,
+            "plot": cmd_plot,
+            "data": cmd_data,
+            "sweep": cmd_sweep,
+            "runs": cmd_runs,
+            "report": cmd_report,
+        }
         return commands[command](args)
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError, DistributedError) as e:
         if os.environ.get("METALAB_DEBUG"):

@@ -21,8 +21,8 @@ from typing import Any, Optional
 
 import yaml
 
-from .data.omniglot.splits import SPLIT_CLASSES
 from .algorithms.spec import AlgorithmSpec, OptionError, Options, get_spec, load_plugins, option_keys
+from .data.omniglot.splits import SPLIT_CLASSES
 
 __all__ = [
     "Config",
@@ -48,7 +48,9 @@ class ConfigError(ValueError):
     """A config that cannot be run; the message names the key."""
 
 
-def key(default: Any, help: str, group: str, *, choices: tuple | None = None, allowed: str | None = None) -> Any:
+def key(
+    default: Any, help: str, group: str, *, choices: tuple | None = None, allowed: str | None = None
+) -> Any:
     """A generic config key: its default, one line of help, its group in `--help`, its allowed values."""
     meta = {"help": help, "group": group, "choices": choices, "allowed": allowed}
     if isinstance(default, list):
@@ -66,56 +68,109 @@ class Config:
     benchmark: str = key("sine", "the task family or data set", "tasks", choices=BENCHMARKS)
     ways: int = key(5, "N, classes per task in meta-training (classification)", "tasks", allowed=">= 1")
     test_ways: Optional[int] = key(None, "N at evaluation (default: ways)", "tasks", allowed=">= 1")
-    shots: int = key(10, "K, support examples per class (per task for regression) in meta-training", "tasks", allowed=">= 1")
-    queries: int = key(10, "query examples per class (per task for regression) in meta-training", "tasks", allowed=">= 1")
+    shots: int = key(
+        10,
+        "K, support examples per class (per task for regression) in meta-training",
+        "tasks",
+        allowed=">= 1",
+    )
+    queries: int = key(
+        10, "query examples per class (per task for regression) in meta-training", "tasks", allowed=">= 1"
+    )
     test_shots: Optional[int] = key(None, "K at evaluation (default: shots)", "tasks", allowed=">= 1")
     test_queries: Optional[int] = key(
         None, "queries at evaluation (default: queries; 100 points for sine)", "tasks", allowed=">= 1"
     )
     # --- the data ----------------------------------------------------------------------------------
-    data_dir: Optional[str] = key(None, "folder of the data set's files (csv: the CSV file)", "data", allowed="a path")
+    data_dir: Optional[str] = key(
+        None, "folder of the data set's files (csv: the CSV file)", "data", allowed="a path"
+    )
     split: str = key("vinyals", "Omniglot class split", "data", choices=tuple(SPLIT_CLASSES))
     val_classes: Optional[int] = key(
-        None, "folder/csv: classes (regression: tasks) held out for meta-val (default: a fifth)", "data", allowed=">= 0"
+        None,
+        "folder/csv: classes (regression: tasks) held out for meta-val (default: a fifth)",
+        "data",
+        allowed=">= 0",
     )
     test_classes: Optional[int] = key(
-        None, "folder/csv: classes (regression: tasks) held out for meta-test (default: a fifth)", "data", allowed=">= 1"
+        None,
+        "folder/csv: classes (regression: tasks) held out for meta-test (default: a fifth)",
+        "data",
+        allowed=">= 1",
     )
-    image_size: int = key(28, "images are resized to image_size x image_size (recorded for predict)", "data", allowed=">= 16")
+    image_size: int = key(
+        28, "images are resized to image_size x image_size (recorded for predict)", "data", allowed=">= 16"
+    )
     channels: int = key(1, "1: greyscale, 3: RGB (folder); Omniglot is greyscale", "data", choices=(1, 3))
     invert: Optional[bool] = key(
-        None, "store 255 - pixel, ink bright (default: true for omniglot, else false)", "data", allowed="true, false"
+        None,
+        "store 255 - pixel, ink bright (default: true for omniglot, else false)",
+        "data",
+        allowed="true, false",
     )
-    csv_label: Optional[str] = key(None, "csv classification: the class column", "data", allowed="a column name")
-    csv_target: Optional[str] = key(None, "csv regression: the target column (with csv_task)", "data", allowed="a column name")
+    csv_label: Optional[str] = key(
+        None, "csv classification: the class column", "data", allowed="a column name"
+    )
+    csv_target: Optional[str] = key(
+        None, "csv regression: the target column (with csv_task)", "data", allowed="a column name"
+    )
     csv_task: Optional[str] = key(
         None, "csv regression: the column whose values group rows into tasks", "data", allowed="a column name"
     )
     csv_features: list[str] = key(
-        [], "csv feature columns (default: all others; filled in from the data)", "data", allowed="column names"
+        [],
+        "csv feature columns (default: all others; filled in from the data)",
+        "data",
+        allowed="column names",
     )
     # --- the model ---------------------------------------------------------------------------------
     algorithm: str = key("maml", "the meta-learning algorithm (its own keys are listed below)", "model")
-    hidden: list[int] = key([40, 40], "MLP hidden widths (sine, csv); a metric learner's last width is its embedding", "model", allowed="integers >= 1")
+    hidden: list[int] = key(
+        [40, 40],
+        "MLP hidden widths (sine, csv); a metric learner's last width is its embedding",
+        "model",
+        allowed="integers >= 1",
+    )
     kernels: str = key(
         "auto",
         "Conv-4 fast path: auto (fused blocks and compiled CPU kernels where they apply) or off (the plain reference layers)",
         "model",
         choices=("auto", "off"),
     )
-    plugins: list[str] = key([], "modules or .py files to import first: they register algorithms of their own", "model", allowed="module names or paths")
+    plugins: list[str] = key(
+        [],
+        "modules or .py files to import first: they register algorithms of their own",
+        "model",
+        allowed="module names or paths",
+    )
     # --- meta-training -----------------------------------------------------------------------------
     iterations: int = key(10000, "outer steps (meta-iterations)", "training", allowed=">= 1")
-    meta_batch: int = key(25, "tasks per outer step (mini-batch size for learners that pre-train on batches)", "training", allowed=">= 1")
+    meta_batch: int = key(
+        25,
+        "tasks per outer step (mini-batch size for learners that pre-train on batches)",
+        "training",
+        allowed=">= 1",
+    )
     outer_optimizer: str = key("adam", "the outer optimizer", "training", choices=("adam", "sgd"))
     outer_lr: float = key(0.001, "beta, the outer learning rate", "training", allowed="> 0")
-    lr_schedule: str = key("constant", "outer learning-rate schedule", "training", choices=("constant", "cosine", "step"))
-    lr_decay_every: int = key(2000, "step schedule: multiply the outer lr by lr_decay_factor every N iterations", "training", allowed=">= 1")
+    lr_schedule: str = key(
+        "constant", "outer learning-rate schedule", "training", choices=("constant", "cosine", "step")
+    )
+    lr_decay_every: int = key(
+        2000,
+        "step schedule: multiply the outer lr by lr_decay_factor every N iterations",
+        "training",
+        allowed=">= 1",
+    )
     lr_decay_factor: float = key(0.5, "step schedule: the factor", "training", allowed="in (0, 1]")
     val_every: int = key(500, "validate every N iterations (0: never)", "training", allowed=">= 0")
     val_tasks: int = key(200, "validation tasks", "training", allowed=">= 1")
-    checkpoint_every: int = key(500, "write checkpoint.pt every N iterations (and at the end)", "training", allowed=">= 0")
-    log_every: int = key(10, "append training metrics to metrics.jsonl every N iterations", "training", allowed=">= 1")
+    checkpoint_every: int = key(
+        500, "write checkpoint.pt every N iterations (and at the end)", "training", allowed=">= 0"
+    )
+    log_every: int = key(
+        10, "append training metrics to metrics.jsonl every N iterations", "training", allowed=">= 1"
+    )
     seed: int = key(0, "seeds the initialisation and the training tasks", "training", allowed="an integer")
     threads: Optional[int] = key(None, "torch threads (default: torch's choice)", "training", allowed=">= 1")
     task_threads: Optional[int] = key(
@@ -125,16 +180,27 @@ class Config:
         allowed=">= 1",
     )
     precision: str = key(
-        "fp32", "bf16: meta-training forward passes under CPU autocast (opt-in; docs/performance.md)", "training", choices=("fp32", "bf16")
+        "fp32",
+        "bf16: meta-training forward passes under CPU autocast (opt-in; docs/performance.md)",
+        "training",
+        choices=("fp32", "bf16"),
     )
     max_minutes: Optional[float] = key(
-        None, "stop (with a checkpoint) after this much training wall-clock; --resume continues", "training", allowed="> 0"
+        None,
+        "stop (with a checkpoint) after this much training wall-clock; --resume continues",
+        "training",
+        allowed="> 0",
     )
-    dist_timeout: float = key(300.0, "seconds a collective may wait for a peer before the run stops", "training", allowed="> 0")
+    dist_timeout: float = key(
+        300.0, "seconds a collective may wait for a peer before the run stops", "training", allowed="> 0"
+    )
     # --- evaluation --------------------------------------------------------------------------------
     test_tasks: int = key(1000, "meta-test tasks of the final evaluation", "evaluation", allowed=">= 1")
     eval_steps: list[int] = key(
-        [], "inner-step counts to report (default: the learner's own; none for learners without an inner loop)", "evaluation", allowed="integers >= 0"
+        [],
+        "inner-step counts to report (default: the learner's own; none for learners without an inner loop)",
+        "evaluation",
+        allowed="integers >= 0",
     )
     # --- the algorithm's own keys -----------------------------------------------------------------------
     options: Any = field(default=None, metadata={"group": None})
@@ -146,7 +212,11 @@ class Config:
             if f.name in keys:
                 setattr(self, f.name, keys.pop(f.name))
             else:
-                setattr(self, f.name, f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+                setattr(
+                    self,
+                    f.name,
+                    f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default,
+                )
         if options is not None and keys:
             raise TypeError("give the algorithm's keys either as options or as keywords, not both")
         self.options = options if options is not None else keys
@@ -229,7 +299,11 @@ def _unknown_key(name: str, spec: AlgorithmSpec | None = None) -> ConfigError:
     own = [f.name for f in dataclasses.fields(spec.options)] if spec is not None else list(option_keys())
     close = difflib.get_close_matches(name, [*FIELDS, *own], n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    where = f"{spec.name}'s keys: {', '.join(own) or 'none'}" if spec is not None else "algorithm keys: " + ", ".join(own)
+    where = (
+        f"{spec.name}'s keys: {', '.join(own) or 'none'}"
+        if spec is not None
+        else "algorithm keys: " + ", ".join(own)
+    )
     return ConfigError(f"unknown config key {name!r}{hint}; generic keys: {', '.join(FIELDS)}; {where}")
 
 
@@ -239,7 +313,9 @@ def _options_for(spec: AlgorithmSpec, options: Any, *, lenient: bool = False) ->
     anything else, it is refused: it would do nothing here."""
     shadowing = [f.name for f in dataclasses.fields(spec.options) if f.name in FIELDS]
     if shadowing:
-        raise ConfigError(f"algorithm {spec.name!r} declares {shadowing[0]!r}, a generic config key: rename its option")
+        raise ConfigError(
+            f"algorithm {spec.name!r} declares {shadowing[0]!r}, a generic config key: rename its option"
+        )
     if isinstance(options, spec.options):
         return options
     carried = isinstance(options, Options)  # another algorithm's resolved options

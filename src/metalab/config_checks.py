@@ -15,8 +15,19 @@ def validate(c: Config, spec: AlgorithmSpec) -> None:
     for name, f in FIELDS.items():
         choices = f.metadata.get("choices")
         if choices is not None and getattr(c, name) not in choices:
-            raise ConfigError(f"config key {name!r} must be one of {', '.join(map(str, choices))}; got {getattr(c, name)!r}")
-    positive = ("ways", "test_ways", "shots", "queries", "test_shots", "test_queries", "iterations", "meta_batch")
+            raise ConfigError(
+                f"config key {name!r} must be one of {', '.join(map(str, choices))}; got {getattr(c, name)!r}"
+            )
+    positive = (
+        "ways",
+        "test_ways",
+        "shots",
+        "queries",
+        "test_shots",
+        "test_queries",
+        "iterations",
+        "meta_batch",
+    )
     for name in positive + ("val_tasks", "test_tasks", "log_every"):
         if getattr(c, name) < 1:
             raise ConfigError(f"config key {name!r} must be >= 1, got {getattr(c, name)}")
@@ -26,7 +37,9 @@ def validate(c: Config, spec: AlgorithmSpec) -> None:
     if any(s < 0 for s in c.eval_steps):
         raise ConfigError(f"config key 'eval_steps' must hold steps >= 0, got {c.eval_steps}")
     if c.eval_steps and not spec.learner.inner_loop:
-        raise ConfigError(f"config key 'eval_steps' applies to learners with an inner loop; {spec.name} has none")
+        raise ConfigError(
+            f"config key 'eval_steps' applies to learners with an inner loop; {spec.name} has none"
+        )
     if c.outer_lr <= 0:
         raise ConfigError("config key 'outer_lr' must be > 0")
     for name in ("max_minutes", "dist_timeout"):
@@ -57,7 +70,9 @@ def _validate_needs(c: Config, spec: AlgorithmSpec) -> None:
             f"algorithm {spec.name!r} is defined for regression benchmarks only (sine, csv with csv_target)"
         )
     if needs.images and c.benchmark not in IMAGE_BENCHMARKS:
-        raise ConfigError(f"algorithm {spec.name!r} has a convolutional backbone; it needs an image benchmark (omniglot, folder)")
+        raise ConfigError(
+            f"algorithm {spec.name!r} has a convolutional backbone; it needs an image benchmark (omniglot, folder)"
+        )
     if needs.fixed_head and kind == "classification" and c.test_ways != c.ways:
         raise ConfigError(
             f"config key 'test_ways' ({c.test_ways}) must equal 'ways' ({c.ways}) for {spec.name}, "
@@ -91,7 +106,9 @@ def _validate_data_keys(c: Config, spec: AlgorithmSpec) -> None:
         raise ConfigError(
             f"config keys 'val_classes' and 'test_classes' apply to the folder and csv benchmarks, not {c.benchmark}"
         )
-    csv_keys = {k: getattr(c, k) for k in ("csv_label", "csv_target", "csv_task") if getattr(c, k) is not None}
+    csv_keys = {
+        k: getattr(c, k) for k in ("csv_label", "csv_target", "csv_task") if getattr(c, k) is not None
+    }
     if c.benchmark != "csv":
         if csv_keys or c.csv_features:
             named = list(csv_keys) + ["csv_features"] * bool(c.csv_features)

@@ -6,6 +6,7 @@ backward pass the gradients are averaged across ranks with one all-reduce, so ev
 same outer step, equal to one process's step over the union of all ranks' tasks. Only rank 0 writes
 checkpoints and logs. Backend gloo on CPU, nccl where CUDA is present.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -17,7 +18,18 @@ from typing import Iterable
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistributedError", "setup", "teardown", "rank", "world_size", "is_main", "average_gradients", "agree", "gather_objects", "launch"]
+__all__ = [
+    "DistributedError",
+    "setup",
+    "teardown",
+    "rank",
+    "world_size",
+    "is_main",
+    "average_gradients",
+    "agree",
+    "gather_objects",
+    "launch",
+]
 
 
 class DistributedError(RuntimeError):
@@ -64,7 +76,9 @@ def _collective(fn, what: str):
         return fn()
     except (RuntimeError, dist.DistBackendError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DistributedError(f"rank {rank()}: {what} failed, a peer process stopped or timed out ({first})") from None
+        raise DistributedError(
+            f"rank {rank()}: {what} failed, a peer process stopped or timed out ({first})"
+        ) from None
 
 
 def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
@@ -111,5 +125,15 @@ def broadcast_object(obj):
 
 def launch(nproc: int, argv: list[str], extra: list[str] | None = None) -> int:
     """Run `metalab <argv>` under torchrun with `nproc` processes on this machine."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), *(extra or []), "-m", "metalab.cli", *argv]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(nproc),
+        *(extra or []),
+        "-m",
+        "metalab.cli",
+        *argv,
+    ]
     return subprocess.call(cmd)

@@ -1,4 +1,5 @@
 """Meta-test: the mean figure over many test tasks with its 95% confidence interval."""
+
 from __future__ import annotations
 
 import math
@@ -24,12 +25,22 @@ class EvalResult:
     steps: int | None = None
 
     def __str__(self) -> str:
-        value = f"{100 * self.mean:.2f}% +/- {100 * self.ci95:.2f}%" if self.metric == "accuracy" else f"{self.mean:.3f} +/- {self.ci95:.3f}"
+        value = (
+            f"{100 * self.mean:.2f}% +/- {100 * self.ci95:.2f}%"
+            if self.metric == "accuracy"
+            else f"{self.mean:.3f} +/- {self.ci95:.3f}"
+        )
         steps = f" after {self.steps} step{'s' if self.steps != 1 else ''}" if self.steps is not None else ""
         return f"{self.metric}{steps}: {value} (95% CI, {self.tasks} tasks)"
 
     def to_dict(self) -> dict:
-        return {"metric": self.metric, "mean": self.mean, "ci95": self.ci95, "tasks": self.tasks, "steps": self.steps}
+        return {
+            "metric": self.metric,
+            "mean": self.mean,
+            "ci95": self.ci95,
+            "tasks": self.tasks,
+            "steps": self.steps,
+        }
 
 
 def confidence_interval(values: Tensor) -> tuple[float, float]:
@@ -42,7 +53,9 @@ def confidence_interval(values: Tensor) -> tuple[float, float]:
     return values.mean().item(), 1.96 * std / math.sqrt(n)
 
 
-def evaluate(learner: MetaLearner, source, tasks: int, *, batch_size: int = 25, steps: int | None = None) -> EvalResult:
+def evaluate(
+    learner: MetaLearner, source, tasks: int, *, batch_size: int = 25, steps: int | None = None
+) -> EvalResult:
     """Adapt to `tasks` tasks drawn from `source` and score each on its queries.
 
     Args:
@@ -65,4 +78,3 @@ def evaluate(learner: MetaLearner, source, tasks: int, *, batch_size: int = 25, 
         learner.train(was_training)
     mean, ci = confidence_interval(torch.cat(scores))
     return EvalResult(learner.metric_name(), mean, ci, tasks, steps)
-

@@ -3,6 +3,7 @@
 A run folder holds `config.yaml`, `metrics.jsonl`, `checkpoint.pt` and, once meta-tested,
 `results.json` (every test figure with its 95% CI, the iterations and the wall-clock).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -17,7 +18,16 @@ import yaml
 from .checkpoint import atomic_write_text
 from .config import Config, ConfigError, config_from_dict, parse_override
 
-__all__ = ["default_run_dir", "meta_test", "read_metrics", "read_results", "list_runs", "format_table", "expand_grid", "sweep"]
+__all__ = [
+    "default_run_dir",
+    "meta_test",
+    "read_metrics",
+    "read_results",
+    "list_runs",
+    "format_table",
+    "expand_grid",
+    "sweep",
+]
 
 RESULTS = "results.json"
 
@@ -103,9 +113,16 @@ def format_table(rows: list[list[str]], header: list[str]) -> str:
 
 def runs_table(runs: list[RunSummary]) -> str:
     rows = [
-        [str(r.path), r.config.get("algorithm", "?"), r.config.get("benchmark", "?"),
-         f"{r.config.get('test_ways', '')}w{r.config.get('test_shots', '')}s" if r.config.get("benchmark") != "sine" else f"K={r.config.get('test_shots')}",
-         f"{r.iteration}/{r.config.get('iterations', '?')}", r.headline]
+        [
+            str(r.path),
+            r.config.get("algorithm", "?"),
+            r.config.get("benchmark", "?"),
+            f"{r.config.get('test_ways', '')}w{r.config.get('test_shots', '')}s"
+            if r.config.get("benchmark") != "sine"
+            else f"K={r.config.get('test_shots')}",
+            f"{r.iteration}/{r.config.get('iterations', '?')}",
+            r.headline,
+        ]
         for r in runs
     ]
     return format_table(rows, ["run", "algorithm", "benchmark", "cell", "iterations", "test"])
@@ -124,7 +141,14 @@ def expand_grid(sets: list[str]) -> list[dict]:
     return [dict(combo) for combo in itertools.product(*axes)]
 
 
-def sweep(base: Config, sets: list[str], root: str | Path, *, progress: bool = False, log: Callable[[str], None] = print) -> str:
+def sweep(
+    base: Config,
+    sets: list[str],
+    root: str | Path,
+    *,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> str:
     """Train and meta-test every combination of `sets` on top of `base`, one run folder each,
     one after another; returns the summary table. Every config is validated before the first run."""
     from .train import train
@@ -141,7 +165,13 @@ def sweep(base: Config, sets: list[str], root: str | Path, *, progress: bool = F
         result = train(c, run_dir, progress=progress, log=log)
         record = meta_test(result, log=log)
         t = record["test"][-1]
-        value = f"{100 * t['mean']:.2f} ± {100 * t['ci95']:.2f}%" if t["metric"] == "accuracy" else f"{t['mean']:.3f} ± {t['ci95']:.3f}"
-        rows.append([*[str(v) for v in overrides.values()], value, f"{record['train_seconds']:.0f}", str(run_dir)])
+        value = (
+            f"{100 * t['mean']:.2f} ± {100 * t['ci95']:.2f}%"
+            if t["metric"] == "accuracy"
+            else f"{t['mean']:.3f} ± {t['ci95']:.3f}"
+        )
+        rows.append(
+            [*[str(v) for v in overrides.values()], value, f"{record['train_seconds']:.0f}", str(run_dir)]
+        )
     metric = "accuracy" if configs[0].benchmark != "sine" else "test MSE"
     return format_table(rows, [*grid[0].keys(), metric, "seconds", "run"])

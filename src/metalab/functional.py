@@ -16,6 +16,7 @@ reference). "auto" picks vmap for models without convolutions (the sine MLP runs
 batched) and the loop for convolutional backbones, where a naive vmap is slower than the loop and
 holds every task's activations at once (docs/engine.md gives the measurements).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -69,13 +70,17 @@ def sgd_step(params: Mapping[str, Tensor], grads: Mapping[str, Tensor], lr: Lear
         return {k: p - lr[k] * grads[k] for k, p in params.items()}
     names = list(params)
     values, steps = [params[k] for k in names], [grads[k] for k in names]
-    if isinstance(lr, (int, float)) and not any(torch._C._functorch.is_functorch_wrapped_tensor(v) for v in values + steps):
+    if isinstance(lr, (int, float)) and not any(
+        torch._C._functorch.is_functorch_wrapped_tensor(v) for v in values + steps
+    ):
         # One foreach op (and one backward node) for all parameters instead of a mul and a sub each.
         return dict(zip(names, torch._foreach_add(values, steps, alpha=-lr)))
     return {k: p - lr * grads[k] for k, p in params.items()}
 
 
-def inner_gradients(loss_of: Callable[[Params], Tensor], params: Params, first_order: bool, mode: str) -> Params:
+def inner_gradients(
+    loss_of: Callable[[Params], Tensor], params: Params, first_order: bool, mode: str
+) -> Params:
     """Gradients of `loss_of(params)` w.r.t. each parameter, for one inner step.
 
     mode "func" uses `torch.func.grad` (inside vmap), "autograd" uses `torch.autograd.grad` with
@@ -259,7 +264,7 @@ def adapted_predictions(
 
 
 def resolve_strategy(strategy: str, model: nn.Module) -> str:
-    """"auto" -> "loop" for convolutional backbones, "vmap" otherwise (see the module docstring)."""
+    """ "auto" -> "loop" for convolutional backbones, "vmap" otherwise (see the module docstring)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     if strategy != "auto":

@@ -1,4 +1,5 @@
 """Per-task loss and figure of merit, shared by every algorithm and the evaluation."""
+
 from __future__ import annotations
 
 import torch.nn.functional as F

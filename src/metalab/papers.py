@@ -2,6 +2,7 @@
 
 Omniglot test accuracy (%) by (ways, shots); sine-wave MSE after 1 / 5 / 10 steps with K=5.
 """
+
 from __future__ import annotations
 
 __all__ = ["OMNIGLOT", "SINE", "MANN_BY_INSTANCE", "paper_figure", "CITATIONS"]
@@ -29,7 +30,14 @@ OMNIGLOT["metanet"] = {(5, 1): 98.95, (20, 1): 97.00}
 # Santoro et al. 2016 report MANN accuracy by instance within 50-step episodes (5-way: 36.4 / 82.8 /
 # 91.0 / 92.6 / 94.9 / 98.1% at the 1st / 2nd / 3rd / 4th / 5th / 10th instance), not per (ways, shots)
 # cell; Ravi & Larochelle 2017 (lstm_meta) report miniImageNet only. Neither is listed here.
-MANN_BY_INSTANCE = {1: 36.4, 2: 82.8, 3: 91.0, 4: 92.6, 5: 94.9, 10: 98.1}  # Santoro et al. table 1, 5 classes
+MANN_BY_INSTANCE = {
+    1: 36.4,
+    2: 82.8,
+    3: 91.0,
+    4: 92.6,
+    5: 94.9,
+    10: 98.1,
+}  # Santoro et al. table 1, 5 classes
 SINE = {"maml": {1: 0.67, 5: 0.38, 10: 0.35}, "pretrain": {1: 2.41, 5: 2.23, 10: 2.19}}
 CITATIONS = {
     "maml": "Finn et al. 2017",

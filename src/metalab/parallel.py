@@ -20,6 +20,7 @@ It applies to learners whose meta-loss is a mean over tasks with no state writte
 forward pass and no random numbers drawn in it (`MetaLearner.task_parallel`): MAML, first-order
 MAML, Meta-SGD, ANIL, MAML++ and Reptile.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -66,7 +67,9 @@ class TaskThreads:
 
     def __init__(self, learner: MetaLearner, workers: int, autocast: torch.dtype | None = None) -> None:
         if not getattr(learner, "task_parallel", False):
-            raise ValueError(f"{type(learner).__name__} does not support task-parallel threads (its meta-loss is not a plain mean over tasks)")
+            raise ValueError(
+                f"{type(learner).__name__} does not support task-parallel threads (its meta-loss is not a plain mean over tasks)"
+            )
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.learner, self.workers, self.autocast = learner, workers, autocast
@@ -114,7 +117,9 @@ class TaskThreads:
         tasks = batch.num_tasks
         n = min(self.workers, tasks)
         bounds = [round(i * tasks / n) for i in range(n + 1)]
-        results = list(self._pool.map(lambda i: self._slice_gradients(i, batch, bounds[i], bounds[i + 1]), range(n)))
+        results = list(
+            self._pool.map(lambda i: self._slice_gradients(i, batch, bounds[i], bounds[i + 1]), range(n))
+        )
         params = [p for p in self.learner.parameters() if p.requires_grad]
         for j, p in enumerate(params):
             parts = [r[2][j] for r in results if r[2][j] is not None]

@@ -1,4 +1,5 @@
 """Figures drawn with matplotlib (headless: the Agg backend)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,7 +15,9 @@ from .tasks import SineTasks  # noqa: E402
 __all__ = ["sine_adaptation_figure"]
 
 
-def sine_adaptation_figure(learners: dict, out: str | Path, *, shots: int = 5, steps=(1, 10), seed: int = 0) -> Path:
+def sine_adaptation_figure(
+    learners: dict, out: str | Path, *, shots: int = 5, steps=(1, 10), seed: int = 0
+) -> Path:
     """Figure 2 of Finn et al. 2017: one held-out sine task, its K support points, and each learner's
     prediction before adaptation and after each number of gradient steps in `steps`.
 
@@ -37,7 +40,15 @@ def sine_adaptation_figure(learners: dict, out: str | Path, *, shots: int = 5, s
                 pred = learner.predict(support_x, support_y, grid, steps=n)
             label = "pre-update" if n == 0 else f"{n} grad step{'s' if n > 1 else ''}"
             ax.plot(grid[0, :, 0], pred[0, :, 0], style, lw=1.5, label=label)
-        ax.scatter(support_x[0, :, 0], support_y[0, :, 0], marker="^", color="purple", s=60, zorder=5, label=f"{shots} points used for grad")
+        ax.scatter(
+            support_x[0, :, 0],
+            support_y[0, :, 0],
+            marker="^",
+            color="purple",
+            s=60,
+            zorder=5,
+            label=f"{shots} points used for grad",
+        )
         ax.set_title(f"{title}, K={shots}")
         ax.set_ylim(-6, 6)
         ax.legend(fontsize=8, loc="lower right")

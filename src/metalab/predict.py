@@ -17,6 +17,7 @@ numbers of images per class, except Relation Networks, which sum a class's featu
 the same number of images in every class. Learners that normalise with batch statistics (the MAML
 family's Conv-4) normalise the queries together, as in meta-testing: pass the queries in one call.
 """
+
 from __future__ import annotations
 
 import csv
@@ -51,7 +52,9 @@ class Prediction(NamedTuple):
     probabilities: dict[str, float]
 
 
-def load_queries(queries: PathLike | Sequence[PathLike], image_size: int, channels: int, invert: bool) -> tuple[list[str], torch.Tensor]:
+def load_queries(
+    queries: PathLike | Sequence[PathLike], image_size: int, channels: int, invert: bool
+) -> tuple[list[str], torch.Tensor]:
     """Query images from files and folders (searched recursively, sorted), prepared by `read_image`.
 
     Returns:
@@ -64,8 +67,10 @@ def load_queries(queries: PathLike | Sequence[PathLike], image_size: int, channe
     for item in map(Path, items):
         if item.is_dir():
             found = sorted(
-                p for p in item.rglob("*")
-                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                p
+                for p in item.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_EXTENSIONS
                 and not any(part.startswith(".") for part in p.relative_to(item).parts)
             )
             if not found:
@@ -79,7 +84,9 @@ def load_queries(queries: PathLike | Sequence[PathLike], image_size: int, channe
     return [str(p) for p in paths], torch.from_numpy(x)
 
 
-def _check_support(checkpoint: PathLike, c: Config, support: PathLike, names: list[str], counts: list[int]) -> None:
+def _check_support(
+    checkpoint: PathLike, c: Config, support: PathLike, names: list[str], counts: list[int]
+) -> None:
     listed, needs = ", ".join(names), c.spec().needs
     if needs.fixed_head and len(names) != c.ways:
         raise ConfigError(
@@ -87,7 +94,9 @@ def _check_support(checkpoint: PathLike, c: Config, support: PathLike, names: li
             f"so the support folder needs exactly {c.ways} class folders; {support} has {len(names)} ({listed})"
         )
     if len(names) < 2:
-        raise ConfigError(f"the support folder {support} needs at least 2 class folders to choose between; it has {len(names)} ({listed})")
+        raise ConfigError(
+            f"the support folder {support} needs at least 2 class folders to choose between; it has {len(names)} ({listed})"
+        )
     if needs.equal_shots and len(set(counts)) > 1:
         raise ConfigError(
             f"{c.algorithm} needs the same number of support images in every class (relation networks sum each "
@@ -96,7 +105,11 @@ def _check_support(checkpoint: PathLike, c: Config, support: PathLike, names: li
 
 
 def predict(
-    checkpoint: PathLike, support: PathLike, queries: PathLike | Sequence[PathLike], *, steps: int | None = None
+    checkpoint: PathLike,
+    support: PathLike,
+    queries: PathLike | Sequence[PathLike],
+    *,
+    steps: int | None = None,
 ) -> list[Prediction]:
     """Adapt a trained image checkpoint to the classes of `support` and label every query image.
 
@@ -124,7 +137,9 @@ def predict(
 
     learner, c, _ = learner_from_checkpoint(checkpoint)
     if c.benchmark not in IMAGE_BENCHMARKS:
-        raise ConfigError(f"{checkpoint} was trained on {c.benchmark}; predict labels images and needs a checkpoint trained on omniglot or folder")
+        raise ConfigError(
+            f"{checkpoint} was trained on {c.benchmark}; predict labels images and needs a checkpoint trained on omniglot or folder"
+        )
     if steps is not None and not learner.inner_loop:
         raise ConfigError(f"steps applies to gradient-based learners; {c.algorithm} has no inner loop")
     if steps is not None and steps < 0:
@@ -136,7 +151,9 @@ def predict(
     learner.eval()
     kwargs = {} if steps is None else {"steps": steps}
     with torch.no_grad():
-        logits = learner.predict(to_float(support_x)[None], support_y[None], to_float(query_x)[None], **kwargs)[0]
+        logits = learner.predict(
+            to_float(support_x)[None], support_y[None], to_float(query_x)[None], **kwargs
+        )[0]
     probabilities = logits.float().softmax(-1)
     return [
         Prediction(q, names[int(p.argmax())], {n: float(v) for n, v in zip(names, p)})

@@ -1,6 +1,7 @@
 """`metalab report RUN...`: learning curves, accuracy against shots and ways, the sine adaptation
 figure and the results table beside the papers, as PNGs plus a markdown page and a self-contained
 HTML page (images embedded) that opens without a server."""
+
 from __future__ import annotations
 
 import base64
@@ -25,7 +26,12 @@ def _load(run: Path) -> RunSummary:
     if not cfg.exists():
         raise FileNotFoundError(f"{run} is not a run folder (no config.yaml)")
     metrics = read_metrics(run)
-    return RunSummary(run, yaml.safe_load(cfg.read_text()) or {}, metrics[-1]["iteration"] if metrics else 0, read_results(run))
+    return RunSummary(
+        run,
+        yaml.safe_load(cfg.read_text()) or {},
+        metrics[-1]["iteration"] if metrics else 0,
+        read_results(run),
+    )
 
 
 def _label(r: RunSummary) -> str:
@@ -56,14 +62,20 @@ def learning_curves(runs: list[RunSummary], out: Path) -> Path:
         line = None
         if train:
             it, loss = zip(*train)
-            raw, = ax_loss.plot(it, loss, lw=0.5, alpha=0.25)
-            line, = ax_loss.plot(it, _smooth(loss), lw=1.5, color=raw.get_color(), label=_label(r))
+            (raw,) = ax_loss.plot(it, loss, lw=0.5, alpha=0.25)
+            (line,) = ax_loss.plot(it, _smooth(loss), lw=1.5, color=raw.get_color(), label=_label(r))
         if val_key:
             pts = [(m["iteration"], m[val_key], m.get("val_ci95", 0.0)) for m in rows if val_key in m]
             it, mean, ci = zip(*pts)
             color = line.get_color() if line is not None else None
             ax_val.plot(it, mean, marker="o", ms=3, color=color, label=_label(r))
-            ax_val.fill_between(it, [m - c for m, c in zip(mean, ci)], [m + c for m, c in zip(mean, ci)], color=color, alpha=0.2)
+            ax_val.fill_between(
+                it,
+                [m - c for m, c in zip(mean, ci)],
+                [m + c for m, c in zip(mean, ci)],
+                color=color,
+                alpha=0.2,
+            )
             ax_val.set_ylabel(val_key.replace("_", " ") + " (95% CI band)")
     ax_loss.set(xlabel="iteration", ylabel="training meta-loss (moving average)", title="meta-training")
     ax_val.set(xlabel="iteration", title="validation")
@@ -81,7 +93,9 @@ def shots_ways_figure(runs: list[RunSummary], out: Path) -> Path | None:
     for r in runs:
         if r.results and r.results["test"] and r.results["test"][-1]["metric"] == "accuracy":
             t = r.results["test"][-1]
-            points.setdefault((r.config["algorithm"], r.results["ways"]), []).append((r.results["shots"], 100 * t["mean"], 100 * t["ci95"]))
+            points.setdefault((r.config["algorithm"], r.results["ways"]), []).append(
+                (r.results["shots"], 100 * t["mean"], 100 * t["ci95"])
+            )
     if not points:
         return None
     fig, ax = plt.subplots(figsize=(6, 4.2))
@@ -126,8 +140,20 @@ def results_table(runs: list[RunSummary]) -> str:
                 cell = f"K={res['shots']}, {t['steps']} step(s)"
                 ours = f"{t['mean']:.3f} ± {t['ci95']:.3f}" if math.isfinite(t["mean"]) else "diverges"
                 paper = SINE.get(c["algorithm"], {}).get(t["steps"]) if res["shots"] == 5 else None
-            seconds = f"{res['train_seconds']:.0f}" if res.get("train_seconds") else "-"  # unknown for old checkpoints
-            rows.append([r.path.name, c["algorithm"], cell, str(res["iterations"]), seconds, ours, "-" if paper is None else str(paper)])
+            seconds = (
+                f"{res['train_seconds']:.0f}" if res.get("train_seconds") else "-"
+            )  # unknown for old checkpoints
+            rows.append(
+                [
+                    r.path.name,
+                    c["algorithm"],
+                    cell,
+                    str(res["iterations"]),
+                    seconds,
+                    ours,
+                    "-" if paper is None else str(paper),
+                ]
+            )
     return format_table(rows, ["run", "algorithm", "task", "iterations", "train s", "ours (95% CI)", "paper"])
 
 
@@ -139,7 +165,10 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = [("Learning curves", learning_curves(runs, out_dir / "learning_curves.png"))]
-    for title, maker, name in (("Accuracy against shots and ways", shots_ways_figure, "shots_ways.png"), ("Sine-wave adaptation (Finn et al. 2017, figure 2)", sine_figure, "sine_adaptation.png")):
+    for title, maker, name in (
+        ("Accuracy against shots and ways", shots_ways_figure, "shots_ways.png"),
+        ("Sine-wave adaptation (Finn et al. 2017, figure 2)", sine_figure, "sine_adaptation.png"),
+    ):
         path = maker(runs, out_dir / name)
         if path is not None:
             figures.append((title, path))
@@ -151,7 +180,13 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
     body = [f"<h1>metalab report</h1><h2>Results</h2><pre>{html.escape(table)}</pre>"]
     for title, path in figures:
         data = base64.b64encode(path.read_bytes()).decode()
-        body.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>")
+        body.append(
+            f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>"
+        )
     page = out_dir / "report.html"
-    page.write_text("<!doctype html><html><head><meta charset='utf-8'><title>metalab report</title></head><body>" + "".join(body) + "</body></html>")
+    page.write_text(
+        "<!doctype html><html><head><meta charset='utf-8'><title>metalab report</title></head><body>"
+        + "".join(body)
+        + "</body></html>"
+    )
     return page

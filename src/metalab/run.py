@@ -31,8 +31,16 @@ CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 # Keys that may change between an interrupted run and its resumption without changing its result.
 _RESUMABLE_CHANGES = {
-    "iterations", "max_minutes", "val_every", "checkpoint_every", "log_every", "test_tasks", "eval_steps",
-    "threads", "task_threads", "data_dir",
+    "iterations",
+    "max_minutes",
+    "val_every",
+    "checkpoint_every",
+    "log_every",
+    "test_tasks",
+    "eval_steps",
+    "threads",
+    "task_threads",
+    "data_dir",
 }
 
 
@@ -84,19 +92,32 @@ class Run:
         distributed.setup(c.dist_timeout)
         rank, world = distributed.rank(), distributed.world_size()
         if c.meta_batch % world:
-            raise ConfigError(f"config key 'meta_batch' ({c.meta_batch}) must be divisible by the number of processes ({world})")
+            raise ConfigError(
+                f"config key 'meta_batch' ({c.meta_batch}) must be divisible by the number of processes ({world})"
+            )
         # The data first: some config keys come from it (a CSV's feature columns size the model).
         dataset = load_dataset(c)
         c = bind_dataset(c, dataset)
         torch.manual_seed(c.seed)
         learner = build_learner(c)
         optimizer = build_optimizer(c, learner)
-        run = cls(c, run_dir, learner, optimizer, build_schedule(c, optimizer), build_source(c, "train", dataset, rank=rank),
-                  dataset, rank, world)
+        run = cls(
+            c,
+            run_dir,
+            learner,
+            optimizer,
+            build_schedule(c, optimizer),
+            build_source(c, "train", dataset, rank=rank),
+            dataset,
+            rank,
+            world,
+        )
         if resume:
             run.restore(log)
         elif run.checkpoint_path.exists():
-            raise CheckpointError(f"{run.checkpoint_path} exists: pass --resume to continue that run, or choose another run folder")
+            raise CheckpointError(
+                f"{run.checkpoint_path} exists: pass --resume to continue that run, or choose another run folder"
+            )
         if run.main:
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(c.to_dict(), sort_keys=False))
@@ -126,7 +147,9 @@ class Run:
         torch.set_rng_state(state["rng"]["torch"])
         task_states = state["rng"].get("rank_tasks", [state["rng"]["tasks"]])
         if len(task_states) != self.world:
-            raise CheckpointError(f"cannot resume {path}: it was written by {len(task_states)} process(es), this run has {self.world}")
+            raise CheckpointError(
+                f"cannot resume {path}: it was written by {len(task_states)} process(es), this run has {self.world}"
+            )
         self.source.set_state(task_states[self.rank])
         self.start_iteration = state["iteration"]
         self.seconds_before = state.get("seconds", 0.0)

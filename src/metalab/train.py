@@ -48,7 +48,9 @@ def learner_from_checkpoint(path: str | Path) -> tuple[MetaLearner, Config, dict
     try:
         learner.load_state_dict(state["learner"])
     except (RuntimeError, KeyError) as e:
-        raise CheckpointError(f"checkpoint {path} does not fit its own config: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"checkpoint {path} does not fit its own config: {str(e).splitlines()[0]}"
+        ) from None
     return learner, config, state
 
 
@@ -67,7 +69,9 @@ class MetricsLog:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            log("tensorboard is not installed: metrics go to metrics.jsonl only (pip install 'metalab[tracking]')")
+            log(
+                "tensorboard is not installed: metrics go to metrics.jsonl only (pip install 'metalab[tracking]')"
+            )
         else:
             self.writer = SummaryWriter(str(run.run_dir / "tensorboard"))
 
@@ -124,8 +128,14 @@ def train(
     metrics_log = MetricsLog(run, log)
     result = TrainResult(run.learner, c, run.run_dir, start, 0.0, history=metrics_log.history)
     end = c.iterations if stop_after is None else min(stop_after, c.iterations)
-    bar = tqdm(range(start, end), initial=start, total=c.iterations, disable=not (progress and run.main),
-               dynamic_ncols=True, desc=f"{c.algorithm} {c.benchmark}")
+    bar = tqdm(
+        range(start, end),
+        initial=start,
+        total=c.iterations,
+        disable=not (progress and run.main),
+        dynamic_ncols=True,
+        desc=f"{c.algorithm} {c.benchmark}",
+    )
     running, t0 = None, time.perf_counter()
     seconds = lambda: run.seconds_before + time.perf_counter() - t0  # noqa: E731
     run.learner.train()
@@ -138,19 +148,27 @@ def train(
             if on_step is not None:
                 on_step(n, run.learner)
             running = metrics["loss"] if running is None else 0.98 * running + 0.02 * metrics["loss"]
-            record = {"iteration": n, **metrics, "lr": run.optimizer.param_groups[0]["lr"]} if n % c.log_every == 0 or n == end else None
+            record = (
+                {"iteration": n, **metrics, "lr": run.optimizer.param_groups[0]["lr"]}
+                if n % c.log_every == 0 or n == end
+                else None
+            )
             if run.main and c.val_every and (n % c.val_every == 0 or n == c.iterations):
                 v = result.last_val = run.validate()
                 record = {**(record or {"iteration": n}), f"val_{v.metric}": v.mean, "val_ci95": v.ci95}
             if record is not None:
                 metrics_log.write({**record, "seconds": round(seconds(), 3)})
             bar.set_postfix({"loss": f"{running:.4f}", **_val_postfix(result.last_val)}, refresh=False)
-            out_of_time = c.max_minutes is not None and distributed.agree(time.perf_counter() - t0 > 60 * c.max_minutes)
+            out_of_time = c.max_minutes is not None and distributed.agree(
+                time.perf_counter() - t0 > 60 * c.max_minutes
+            )
             if (c.checkpoint_every and n % c.checkpoint_every == 0) or n == end or out_of_time:
                 run.save(n, seconds())
             result.iteration = n
             if out_of_time:
-                log(f"stopping at iteration {n}: max_minutes={c.max_minutes} reached (continue with --resume)")
+                log(
+                    f"stopping at iteration {n}: max_minutes={c.max_minutes} reached (continue with --resume)"
+                )
                 break
         bar.close()
     result.seconds = seconds()

@@ -54,7 +54,9 @@ class MetaLearner(nn.Module, abc.ABC):
         """The meta-objective of one meta-batch and its metrics ({"loss": ..., metric_name(): ...})."""
 
     @abc.abstractmethod
-    def predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, *, steps: int | None = None) -> Tensor:
+    def predict(
+        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, *, steps: int | None = None
+    ) -> Tensor:
         """Adapt to each task's support set and answer its queries.
 
         Args:
@@ -80,4 +82,6 @@ class MetaLearner(nn.Module, abc.ABC):
     @torch.no_grad()
     def evaluate_batch(self, batch: TaskBatch) -> Tensor:
         """Per-task accuracy or MSE on the queries after adapting on the support, of shape (T,)."""
-        return task_metric(self.kind, self.predict(batch.support_x, batch.support_y, batch.query_x), batch.query_y)
+        return task_metric(
+            self.kind, self.predict(batch.support_x, batch.support_y, batch.query_x), batch.query_y
+        )

@@ -60,7 +60,12 @@ class OptionError(ValueError):
 
 
 def option(
-    default: Any, help: str, *, choices: tuple | None = None, minimum: float | None = None, allowed: str | None = None
+    default: Any,
+    help: str,
+    *,
+    choices: tuple | None = None,
+    minimum: float | None = None,
+    allowed: str | None = None,
 ) -> Any:
     """A field of an options dataclass: its default, one line of help, and its allowed values.
 
@@ -115,7 +120,9 @@ def option_fields(options: type[Options]) -> list[dataclasses.Field]:
 def _check_field(f: dataclasses.Field, value: Any) -> None:
     choices, minimum = f.metadata.get("choices"), f.metadata.get("minimum")
     if choices is not None and value not in choices:
-        raise OptionError(f"config key {f.name!r} must be one of {', '.join(map(str, choices))}; got {value!r}")
+        raise OptionError(
+            f"config key {f.name!r} must be one of {', '.join(map(str, choices))}; got {value!r}"
+        )
     if minimum is not None and value is not None:
         values = value if isinstance(value, list) else [value]
         if any(v < minimum for v in values):
@@ -168,7 +175,9 @@ class BuildContext(Protocol):
     input_shape: tuple[int, ...]
     images: bool
 
-    def backbone(self, *, out_features: int | None = None, hidden: int | None = None, norm: str = "batch_stats") -> nn.Module:
+    def backbone(
+        self, *, out_features: int | None = None, hidden: int | None = None, norm: str = "batch_stats"
+    ) -> nn.Module:
         """The task's model: Conv-4 for images (`hidden` filters; `norm` "batch_stats" for the MAML
         family's transductive statistics, "batch" for running statistics), else an MLP with the
         config's `hidden` widths. `out_features` defaults to N for classification, 1 for regression."""
@@ -210,7 +219,9 @@ class AlgorithmSpec:
         if not (isinstance(self.learner, type) and issubclass(self.learner, MetaLearner)):
             raise TypeError(f"{self.name}: learner must be a MetaLearner subclass, got {self.learner!r}")
         if not (dataclasses.is_dataclass(self.options) and issubclass(self.options, Options)):
-            raise TypeError(f"{self.name}: options must be a dataclass subclassing Options, got {self.options!r}")
+            raise TypeError(
+                f"{self.name}: options must be a dataclass subclassing Options, got {self.options!r}"
+            )
 
     def make_options(self, values: dict[str, Any], coerce: Callable[[str, Any, Any], Any]) -> Options:
         """The options from raw key -> value pairs (`coerce(key, value, type_hint)` checks each type)."""
@@ -233,7 +244,9 @@ def register(spec: AlgorithmSpec, *, replace: bool = False) -> AlgorithmSpec:
     hints = typing.get_type_hints(spec.options)
     for f in dataclasses.fields(spec.options):
         if "help" not in f.metadata:
-            raise ValueError(f"{spec.name}: option {f.name!r} has no help text (declare it with metalab's option())")
+            raise ValueError(
+                f"{spec.name}: option {f.name!r} has no help text (declare it with metalab's option())"
+            )
         for other in _REGISTRY.values():
             same = {g.name: g for g in dataclasses.fields(other.options)}.get(f.name)
             if same is not None and typing.get_type_hints(other.options)[f.name] != hints[f.name]:
@@ -274,7 +287,9 @@ def get_spec(name: str) -> AlgorithmSpec:
     if name not in _REGISTRY:
         close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise OptionError(f"config key 'algorithm' must be one of {', '.join(algorithm_names())}; got {name!r}{hint}")
+        raise OptionError(
+            f"config key 'algorithm' must be one of {', '.join(algorithm_names())}; got {name!r}{hint}"
+        )
     return _REGISTRY[name]
 
 

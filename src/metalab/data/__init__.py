@@ -6,6 +6,7 @@
 - `folder`: a folder of images, one subfolder per class;
 - `tabular`: a CSV file, as classification episodes or regression tasks.
 """
+
 from .dataset import DataIntegrityError, DataNotFoundError, FewShotDataset, to_float
 from .folder import load_image_folder
 from .images import read_image

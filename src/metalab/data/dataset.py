@@ -5,6 +5,7 @@ and hands back a `FewShotDataset`: uint8 examples, one class id per example and 
 each of the meta-train / meta-val / meta-test splits. Episodes are drawn from it by
 `EpisodeSampler`, which turns the uint8 images into floats in [0, 1] with `to_float`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -73,8 +74,14 @@ class FewShotDataset:
             seed: the sampler's seed.
         """
         return EpisodeSampler(
-            self.x, self.y, ways=ways, shots=shots, queries=queries,
-            classes=self._classes(split_name), seed=seed, transform=to_float,
+            self.x,
+            self.y,
+            ways=ways,
+            shots=shots,
+            queries=queries,
+            classes=self._classes(split_name),
+            seed=seed,
+            transform=to_float,
             class_names=self.class_names,
         )
 
@@ -83,7 +90,11 @@ class FewShotDataset:
         the order of `splits.<split_name>`), for pre-training a classifier over all of them
         (Baseline / Baseline++, Chen et al. 2019); float images in [0, 1], empty query part."""
         return ClassBatchSampler(
-            self.x, self.y, classes=self._classes(split_name), batch_size=batch_size, seed=seed,
+            self.x,
+            self.y,
+            classes=self._classes(split_name),
+            batch_size=batch_size,
+            seed=seed,
             transform=to_float,
         )
 

@@ -10,6 +10,7 @@ Every image is prepared once by `read_image` (see `metalab.data.images`), the sa
 The result is kept as uint8 of shape (M, C, S, S); `to_float` maps it to [0, 1] when episodes are drawn.
 The classes are shuffled with a fixed seed and cut into meta-train / meta-val / meta-test classes.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,7 +23,14 @@ from ..tasks.splits import split_classes
 from .dataset import DataIntegrityError, DataNotFoundError, FewShotDataset
 from .images import IMAGE_EXTENSIONS, list_images, read_image
 
-__all__ = ["IMAGE_EXTENSIONS", "default_split_size", "list_images", "load_image_folder", "read_class_folders", "read_image"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "default_split_size",
+    "list_images",
+    "load_image_folder",
+    "read_class_folders",
+    "read_image",
+]
 
 
 def default_split_size(num: int, least: int) -> int:
@@ -48,7 +56,9 @@ def read_class_folders(
         raise DataNotFoundError(f"image folder not found: {root} (expected {root}/<class>/<image>)")
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
-        raise DataNotFoundError(f"{root} has no class folders; expected {root}/<class>/<image>, one folder per class")
+        raise DataNotFoundError(
+            f"{root} has no class folders; expected {root}/<class>/<image>, one folder per class"
+        )
     files = []
     for d in class_dirs:
         images = list_images(d)
@@ -110,4 +120,6 @@ def load_image_folder(
             f"{root} has {n} classes: too few to hold out {val} for meta-validation and {test} for meta-test "
             "and keep some for meta-training; add classes or set val_classes / test_classes"
         )
-    return FewShotDataset(x, y, names, split_classes(n, val, test, seed=seed), (channels, image_size, image_size))
+    return FewShotDataset(
+        x, y, names, split_classes(n, val, test, seed=seed), (channels, image_size, image_size)
+    )

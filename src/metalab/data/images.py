@@ -11,6 +11,7 @@ Every image is prepared once, the same way for a folder of images and in `metala
    stay dark. Omniglot's loader inverts its black-on-white PNGs so that ink is 255, and a checkpoint
    trained on Omniglot records `invert: true`, so that prediction inverts a user's drawings alike.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,7 +31,8 @@ IMAGE_EXTENSIONS = frozenset(ext for ext, fmt in Image.registered_extensions().i
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """The image files directly inside `folder` (by extension, hidden files skipped), sorted by name."""
     return sorted(
-        p for p in Path(folder).iterdir()
+        p
+        for p in Path(folder).iterdir()
         if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
     )
 

@@ -12,6 +12,7 @@ floats and standardised with the mean and standard deviation of the meta-train r
 column is left centred), so that an MLP sees inputs of unit scale whatever their units.
 Only the standard library's `csv` module and torch are used.
 """
+
 from __future__ import annotations
 
 import csv
@@ -27,8 +28,8 @@ from torch import Tensor
 from ..tasks.episode import TaskBatch
 from ..tasks.sampler import EpisodeSampler, class_index
 from ..tasks.splits import ClassSplits, split_classes
-from .folder import default_split_size
 from .dataset import DataIntegrityError, DataNotFoundError
+from .folder import default_split_size
 
 __all__ = ["RowTasks", "TabularData", "load_csv", "read_csv"]
 
@@ -52,24 +53,34 @@ def read_csv(path: str | os.PathLike) -> tuple[list[str], list[list[str]], list[
             if not row or all(not cell.strip() for cell in row):
                 continue  # blank lines
             if len(row) != len(header):
-                raise DataIntegrityError(f"{path}, line {reader.line_num}: {len(row)} fields, but the header has {len(header)}")
+                raise DataIntegrityError(
+                    f"{path}, line {reader.line_num}: {len(row)} fields, but the header has {len(header)}"
+                )
             rows.append(row)
             lines.append(reader.line_num)
     if not header or not rows:
-        raise DataIntegrityError(f"{path}: no {'header' if not header else 'data rows'}; expected a header line naming the columns, then one row per example")
+        raise DataIntegrityError(
+            f"{path}: no {'header' if not header else 'data rows'}; expected a header line naming the columns, then one row per example"
+        )
     repeated = sorted({n for n in header if header.count(n) > 1})
     if repeated:
-        raise DataIntegrityError(f"{path}: column name(s) {', '.join(map(repr, repeated))} appear more than once in the header")
+        raise DataIntegrityError(
+            f"{path}: column name(s) {', '.join(map(repr, repeated))} appear more than once in the header"
+        )
     return header, rows, lines
 
 
 def _column(path: Path, header: list[str], name: str, role: str) -> int:
     if name not in header:
-        raise DataIntegrityError(f"{path} has no {role} column {name!r}; its columns are: {', '.join(header)}")
+        raise DataIntegrityError(
+            f"{path} has no {role} column {name!r}; its columns are: {', '.join(header)}"
+        )
     return header.index(name)
 
 
-def _numbers(path: Path, header: list[str], rows: list[list[str]], lines: list[int], columns: list[int]) -> Tensor:
+def _numbers(
+    path: Path, header: list[str], rows: list[list[str]], lines: list[int], columns: list[int]
+) -> Tensor:
     """The given columns as float32 of shape (rows, columns); the first bad cell is named."""
     out = torch.empty(len(rows), len(columns), dtype=torch.float32)
     for i, row in enumerate(rows):
@@ -118,8 +129,26 @@ class TabularData:
             raise ValueError(f"split_name must be one of {ClassSplits._fields}, got {split_name!r}")
         groups = getattr(self.splits, split_name)
         if self.kind == "classification":
-            return EpisodeSampler(self.x, self.y, ways=ways, shots=shots, queries=queries, classes=groups, seed=seed, class_names=self.group_names)
-        return RowTasks(self.x, self.y, self.groups, shots=shots, queries=queries, tasks=groups, seed=seed, task_names=self.group_names)
+            return EpisodeSampler(
+                self.x,
+                self.y,
+                ways=ways,
+                shots=shots,
+                queries=queries,
+                classes=groups,
+                seed=seed,
+                class_names=self.group_names,
+            )
+        return RowTasks(
+            self.x,
+            self.y,
+            self.groups,
+            shots=shots,
+            queries=queries,
+            tasks=groups,
+            seed=seed,
+            task_names=self.group_names,
+        )
 
 
 class RowTasks:
@@ -141,8 +170,16 @@ class RowTasks:
     """
 
     def __init__(
-        self, x: Tensor, y: Tensor, groups: Tensor, *, shots: int, queries: int,
-        tasks: Tensor | None = None, seed: int = 0, task_names: Sequence[str] | None = None,
+        self,
+        x: Tensor,
+        y: Tensor,
+        groups: Tensor,
+        *,
+        shots: int,
+        queries: int,
+        tasks: Tensor | None = None,
+        seed: int = 0,
+        task_names: Sequence[str] | None = None,
     ) -> None:
         for name, value in (("shots", shots), ("queries", queries)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -226,10 +263,14 @@ def load_csv(
     special = [_column(path, header, name, role) for role, name in roles.items()]
     names = list(features) if features else [h for h in header if header.index(h) not in special]
     if not names:
-        raise DataIntegrityError(f"{path} has no feature columns besides {', '.join(map(repr, roles.values()))}")
+        raise DataIntegrityError(
+            f"{path} has no feature columns besides {', '.join(map(repr, roles.values()))}"
+        )
     for name in names:
         if name in roles.values():
-            raise ValueError(f"column {name!r} cannot be both a feature and the {next(r for r, n in roles.items() if n == name)} column")
+            raise ValueError(
+                f"column {name!r} cannot be both a feature and the {next(r for r, n in roles.items() if n == name)} column"
+            )
     x = _numbers(path, header, rows, lines, [_column(path, header, n, "feature") for n in names])
     group_values = [row[special[0] if label is not None else special[1]].strip() for row in rows]
     group_names = sorted(set(group_values))

@@ -7,6 +7,7 @@ This is the reference model: every block runs as the PyTorch layers listed in `C
 `metalab.models.fast.FastConv4` is the same model (same parameters and state_dict) computed on fused
 paths, with the same values and derivatives.
 """
+
 from __future__ import annotations
 
 import torch

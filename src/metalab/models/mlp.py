@@ -1,4 +1,5 @@
 """Multi-layer perceptron: the 1-40-40-1 ReLU regressor of the MAML sine-wave benchmark."""
+
 from __future__ import annotations
 
 from typing import Sequence

@@ -7,6 +7,7 @@ cannot use. `ClassBatchSampler` has the same surface (`sample`, `get_state`, `se
 a `TaskBatch` whose support holds examples drawn uniformly at random from the split's classes with
 their *global* labels, remapped to 0..C-1 in the order of `classes`; the query part is empty.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence

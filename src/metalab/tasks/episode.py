@@ -3,6 +3,7 @@
 Every algorithm consumes a `TaskBatch`; the shapes are checked once here so that a wrong shape fails
 with a message naming the field, not deep inside a convolution.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,15 +18,16 @@ _FIELDS = ("support_x", "support_y", "query_x", "query_y")
 
 def _check_pair(name_x: str, x: Tensor, name_y: str, y: Tensor, lead: int) -> None:
     if not isinstance(x, Tensor) or not isinstance(y, Tensor):
-        raise TypeError(f"{name_x} and {name_y} must be tensors, got {type(x).__name__} and {type(y).__name__}")
+        raise TypeError(
+            f"{name_x} and {name_y} must be tensors, got {type(x).__name__} and {type(y).__name__}"
+        )
     if x.dim() < lead + 1:
         raise ValueError(f"{name_x} must have at least {lead + 1} dimensions, got shape {tuple(x.shape)}")
     if y.dim() < lead + 1:
         raise ValueError(f"{name_y} must have at least {lead + 1} dimensions, got shape {tuple(y.shape)}")
     if x.shape[: lead + 1] != y.shape[: lead + 1]:
         raise ValueError(
-            f"{name_x} and {name_y} disagree on the number of examples: "
-            f"{tuple(x.shape)} vs {tuple(y.shape)}"
+            f"{name_x} and {name_y} disagree on the number of examples: {tuple(x.shape)} vs {tuple(y.shape)}"
         )
 
 

@@ -5,6 +5,7 @@ ids `y` of shape (M,), and the classes it may draw from (one side of a meta-trai
 Its constructor checks that the data can supply the requested episodes and names the class and the
 counts where it cannot. Sampling is seeded by an explicit `torch.Generator`, never by global state.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -88,7 +89,9 @@ class EpisodeSampler:
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
         y = torch.as_tensor(y, dtype=torch.long)
         if y.dim() != 1 or x.shape[0] != y.shape[0]:
-            raise ValueError(f"y must have shape (M,) matching x's first dimension: x {tuple(x.shape)}, y {tuple(y.shape)}")
+            raise ValueError(
+                f"y must have shape (M,) matching x's first dimension: x {tuple(x.shape)}, y {tuple(y.shape)}"
+            )
         classes = torch.unique(y) if classes is None else torch.as_tensor(classes, dtype=torch.long)
         if classes.numel() != torch.unique(classes).numel():
             raise ValueError("classes contains duplicates")

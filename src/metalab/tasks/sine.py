@@ -3,6 +3,7 @@
 Each task regresses y = A sin(x - phi) with amplitude A ~ U[0.1, 5.0] and phase phi ~ U[0, pi];
 inputs x ~ U[-5, 5]; K support points and a query set per task; the loss is the mean squared error.
 """
+
 from __future__ import annotations
 
 import math

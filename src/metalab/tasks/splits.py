@@ -1,4 +1,5 @@
 """Disjoint meta-train / meta-val / meta-test class splits."""
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -26,7 +27,9 @@ def split_classes(classes: Tensor | int, num_val: int, num_test: int, seed: int 
         num_test: classes for meta-test.
         seed: the shuffle's seed; the same seed always gives the same split.
     """
-    classes = torch.arange(classes) if isinstance(classes, int) else torch.as_tensor(classes, dtype=torch.long)
+    classes = (
+        torch.arange(classes) if isinstance(classes, int) else torch.as_tensor(classes, dtype=torch.long)
+    )
     if num_val < 0 or num_test < 0 or num_val + num_test >= classes.numel():
         raise ValueError(
             f"cannot take {num_val} validation and {num_test} test classes from {classes.numel()} "

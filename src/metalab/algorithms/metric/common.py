@@ -44,7 +44,11 @@ def embed_tasks(encoder: nn.Module, *xs: Tensor, chunk: int | None = None) -> li
     """
     t = xs[0].shape[0]
     sizes = [x.shape[1] for x in xs]
-    flat = torch.cat([x.reshape(t * x.shape[1], *x.shape[2:]) for x in xs]) if len(xs) > 1 else xs[0].flatten(0, 1)
+    flat = (
+        torch.cat([x.reshape(t * x.shape[1], *x.shape[2:]) for x in xs])
+        if len(xs) > 1
+        else xs[0].flatten(0, 1)
+    )
     if chunk is None or flat.shape[0] <= chunk:
         z = encoder(flat)
     else:
@@ -60,5 +64,7 @@ def check_embedding(ctx: BuildContext) -> tuple[nn.Module, int]:
     """The context's embedding network and its output size; on vectors (a CSV's features) the
     config's `hidden` widths must name at least one layer, the last being the embedding size."""
     if not ctx.images and not ctx.config.hidden:
-        raise OptionError("config key 'hidden' must name at least one layer: its last width is the embedding size")
+        raise OptionError(
+            "config key 'hidden' must name at least one layer: its last width is the embedding size"
+        )
     return ctx.embedding()

@@ -9,6 +9,7 @@ References:
     g(S), K), an LSTM that reads the support set K times with content-based attention (A.1, eq. 3-6).
     Training maximises log P(y | x_hat, S) of the query labels.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,7 +28,11 @@ __all__ = ["MatchingNet", "MatchingOptions", "FullContextEmbedding"]
 
 @dataclass
 class MatchingOptions(Options):
-    fce: bool = option(False, "full-context embeddings: a bidirectional LSTM over the support set, an attention LSTM for queries")
+    fce: bool = option(
+        False,
+        "full-context embeddings: a bidirectional LSTM over the support set, an attention LSTM for queries",
+    )
+
 
 # P(y | x_hat, S) is a weighted sum of one-hot labels and can be exactly 0 in float arithmetic;
 # its log is taken after clamping here.
@@ -115,7 +120,9 @@ class MatchingNet(MetaLearner):
 
     kind = "classification"
 
-    def __init__(self, encoder: nn.Module, *, fce: bool = False, feature_dim: int | None = None, fce_steps: int = 5) -> None:
+    def __init__(
+        self, encoder: nn.Module, *, fce: bool = False, feature_dim: int | None = None, fce_steps: int = 5
+    ) -> None:
         super().__init__()
         if fce and feature_dim is None:
             raise ValueError("full context embeddings need feature_dim, the size of the encoder's output")
@@ -133,7 +140,9 @@ class MatchingNet(MetaLearner):
         cosine = F.normalize(f, dim=-1) @ F.normalize(g, dim=-1).transpose(1, 2)
         return torch.softmax(cosine, dim=-1)
 
-    def predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, *, steps: int | None = None) -> Tensor:
+    def predict(
+        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, *, steps: int | None = None
+    ) -> Tensor:
         """log P(y = k | x_hat, S) for every query and class (eq. 1), usable as logits.
 
         Args:

@@ -7,18 +7,19 @@ References:
     Euclidean distance. The loss is the negative log-probability of the true class of each query,
     averaged over the queries of the episode.
 """
+
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...tasks.episode import TaskBatch
 from ..base import MetaLearner
-from ..spec import AlgorithmSpec, BuildContext, Needs, register
+from ..spec import AlgorithmSpec, Needs, register
 from .common import EVAL_CHUNK, check_embedding, embed_tasks, num_ways, one_hot_support
 
 __all__ = ["ProtoNet", "class_prototypes", "squared_distances"]
+
 
 def class_prototypes(support_z: Tensor, support_y: Tensor, ways: int) -> Tensor:
     """Eq. 1: the mean embedding of each class's support examples.
@@ -77,7 +78,9 @@ class ProtoNet(MetaLearner):
         super().__init__()
         self.encoder = encoder
 
-    def predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, *, steps: int | None = None) -> Tensor:
+    def predict(
+        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, *, steps: int | None = None
+    ) -> Tensor:
         """Logits -d(f(x), c_k) of every query for every class (eq. 2 before the softmax).
 
         Args:

@@ -13,6 +13,7 @@ References:
     Paddings follow the authors' Omniglot code (floodsung/LearningToCompare_FSL): the first two
     embedding convolutions unpadded, the others padded, so 28x28 -> 64x5x5 feature maps -> 64x1x1.
 """
+
 from __future__ import annotations
 
 import torch
@@ -63,7 +64,9 @@ class RelationModule(nn.Module):
 
     def __init__(self, channels: int = 64, map_size: tuple[int, int] = (5, 5), hidden: int = 8) -> None:
         super().__init__()
-        self.convs = nn.Sequential(*_block(2 * channels, channels, 1, True), *_block(channels, channels, 1, True))
+        self.convs = nn.Sequential(
+            *_block(2 * channels, channels, 1, True), *_block(channels, channels, 1, True)
+        )
         h, w = map_size
         for _ in range(2):
             h, w = h // 2, w // 2
@@ -100,7 +103,13 @@ class RelationNet(MetaLearner):
 
     kind = "classification"
 
-    def __init__(self, encoder: nn.Module | None = None, relation: nn.Module | None = None, *, input_shape: tuple[int, ...] = (1, 28, 28)) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module | None = None,
+        relation: nn.Module | None = None,
+        *,
+        input_shape: tuple[int, ...] = (1, 28, 28),
+    ) -> None:
         super().__init__()
         self.encoder = encoder if encoder is not None else RelationEmbedding(input_shape[0])
         if relation is None:
@@ -128,21 +137,28 @@ class RelationNet(MetaLearner):
         if self.training:
             return self._pair_scores(class_maps, query_maps)
         per_piece = max(1, _EVAL_PAIRS // class_maps.shape[1])  # queries per piece
-        return torch.cat([
-            torch.cat([self._pair_scores(c, part) for part in q.split(per_piece, dim=1)], dim=1)
-            for c, q in zip(class_maps.split(1), query_maps.split(1))
-        ])
+        return torch.cat(
+            [
+                torch.cat([self._pair_scores(c, part) for part in q.split(per_piece, dim=1)], dim=1)
+                for c, q in zip(class_maps.split(1), query_maps.split(1))
+            ]
+        )
 
     def _pair_scores(self, class_maps: Tensor, query_maps: Tensor) -> Tensor:
         t, n = class_maps.shape[:2]
         q = query_maps.shape[1]
         pairs = torch.cat(
-            [class_maps[:, None].expand(t, q, *class_maps.shape[1:]), query_maps[:, :, None].expand(t, q, n, *query_maps.shape[2:])],
+            [
+                class_maps[:, None].expand(t, q, *class_maps.shape[1:]),
+                query_maps[:, :, None].expand(t, q, n, *query_maps.shape[2:]),
+            ],
             dim=3,
         ).flatten(0, 2)  # (T*Q*N, 2C, H, W), the class map first as in C(f(x_i), f(x_j))
         return self.relation(pairs).reshape(t, q, n)
 
-    def predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, *, steps: int | None = None) -> Tensor:
+    def predict(
+        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, *, steps: int | None = None
+    ) -> Tensor:
         """Relation scores of every query with every class; the argmax is the prediction.
 
         Args:

@@ -15,6 +15,7 @@ pairs come from each episode's support and query examples (all pairs, the same-c
 different-class ones weighted equally) rather than from a fixed set of sampled pairs with affine
 distortions. For K > 1 shots a class scores as its most similar support example.
 """
+
 from __future__ import annotations
 
 import torch
@@ -74,7 +75,9 @@ class SiameseNet(MetaLearner):
         masked = pair_logits[..., None].masked_fill(~member[:, None], float("-inf"))  # (T, Q, S, N)
         return masked.amax(dim=2)
 
-    def predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, *, steps: int | None = None) -> Tensor:
+    def predict(
+        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, *, steps: int | None = None
+    ) -> Tensor:
         """Score every query against every class by its most similar support example.
 
         Args:
@@ -91,7 +94,12 @@ class SiameseNet(MetaLearner):
         if self.training:
             pair_logits = self.similarity(query_z.flatten(2), support_z.flatten(2))
         else:  # one task at a time: the (T, Q, S, d) differences of a whole evaluation batch are large
-            pair_logits = torch.cat([self.similarity(q, s) for q, s in zip(query_z.flatten(2).split(1), support_z.flatten(2).split(1))])
+            pair_logits = torch.cat(
+                [
+                    self.similarity(q, s)
+                    for q, s in zip(query_z.flatten(2).split(1), support_z.flatten(2).split(1))
+                ]
+            )
         return self._class_scores(pair_logits, support_y, num_ways(support_y))
 
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:

@@ -19,6 +19,7 @@ keys are tanh(W_k h_t) and the gate alpha is a linear map of h_t, one of each pe
 "least used" are broken by slot index, so w^lu has exactly n ones; images are downsampled from
 28x28 to 20x20 inside the learner by area averaging (`F.interpolate(mode="area")`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,7 +38,8 @@ __all__ = ["MANN", "MANNOptions", "LRUAState", "lrua_init", "lrua_step", "least_
 @dataclass
 class MANNOptions(Options):
     mann_labels: str = option(
-        "onehot", "how labels are fed back: one-hot, or the paper's 5-character strings (for 15 classes)",
+        "onehot",
+        "how labels are fed back: one-hot, or the paper's 5-character strings (for 15 classes)",
         choices=("onehot", "string"),
     )
 
@@ -60,7 +62,12 @@ class LRUAState:
 
     def repeat_interleave(self, repeats: int) -> "LRUAState":
         """Each sequence's memory copied `repeats` times (to continue it with several candidates)."""
-        return LRUAState(*(t.repeat_interleave(repeats, dim=0) for t in (self.memory, self.usage, self.read_weights, self.least_used)))
+        return LRUAState(
+            *(
+                t.repeat_interleave(repeats, dim=0)
+                for t in (self.memory, self.usage, self.read_weights, self.least_used)
+            )
+        )
 
 
 def least_used_weights(usage: Tensor, n: int) -> Tensor:
@@ -72,10 +79,17 @@ def least_used_weights(usage: Tensor, n: int) -> Tensor:
 def lrua_init(batch: int, slots: int, width: int, heads: int, *, like: Tensor) -> LRUAState:
     """An empty memory (zeros; the cosine similarity of a key with an empty slot is 0)."""
     usage = like.new_zeros(batch, slots)
-    return LRUAState(like.new_zeros(batch, slots, width), usage, like.new_zeros(batch, heads, slots), least_used_weights(usage, heads))
+    return LRUAState(
+        like.new_zeros(batch, slots, width),
+        usage,
+        like.new_zeros(batch, heads, slots),
+        least_used_weights(usage, heads),
+    )
 
 
-def lrua_step(state: LRUAState, keys: Tensor, alpha: Tensor, gamma: float, eps: float = 1e-8) -> tuple[LRUAState, Tensor]:
+def lrua_step(
+    state: LRUAState, keys: Tensor, alpha: Tensor, gamma: float, eps: float = 1e-8
+) -> tuple[LRUAState, Tensor]:
     """One LRUA write then read (Santoro et al. 2016, eqs. 2-7).
 
     Args:
@@ -91,10 +105,14 @@ def lrua_step(state: LRUAState, keys: Tensor, alpha: Tensor, gamma: float, eps: 
     lowest = least_used_weights(state.usage, 1)
     memory = state.memory * (1.0 - lowest)[..., None]
     gate = torch.sigmoid(alpha)[..., None]  # (B, heads, 1)
-    write = gate * state.read_weights + (1.0 - gate) * state.least_used[:, None, :]  # (B, heads, slots), eq. 6
+    write = (
+        gate * state.read_weights + (1.0 - gate) * state.least_used[:, None, :]
+    )  # (B, heads, slots), eq. 6
     memory = memory + write.transpose(1, 2) @ keys  # eq. 7, summed over the heads
     # Cosine similarity of every key with every slot (eq. 2), softmax over the slots (eq. 3).
-    similarity = (keys @ memory.transpose(1, 2)) / (keys.norm(dim=-1)[..., None] * memory.norm(dim=-1)[:, None, :] + eps)
+    similarity = (keys @ memory.transpose(1, 2)) / (
+        keys.norm(dim=-1)[..., None] * memory.norm(dim=-1)[:, None, :] + eps
+    )
     read = similarity.softmax(dim=-1)
     reads = read @ memory  # eq. 4
     usage = gamma * state.usage + read.sum(1) + write.sum(1)  # eq. 5
@@ -168,7 +186,11 @@ class MANN(MetaLearner):
         label_dim = ways if labels == "onehot" else string_length * alphabet
         self.ways, self.input_shape = ways, tuple(input_shape)
         self.image_size = image_size if len(self.input_shape) == 3 else None
-        features = self.input_shape[0] * image_size * image_size if self.image_size else int(torch.tensor(self.input_shape).prod())
+        features = (
+            self.input_shape[0] * image_size * image_size
+            if self.image_size
+            else int(torch.tensor(self.input_shape).prod())
+        )
         self.slots, self.width, self.heads, self.gamma, self.seed = slots, width, heads, gamma, seed
         self.controller = nn.LSTMCell(features + label_dim + heads * width, hidden)
         self.key = nn.Linear(hidden, heads * width)
@@ -189,7 +211,11 @@ class MANN(MetaLearner):
 
     def _init(self, batch: int, like: Tensor):
         h = like.new_zeros(batch, self.controller.hidden_size)
-        return (h, h.clone()), lrua_init(batch, self.slots, self.width, self.heads, like=like), like.new_zeros(batch, self.heads * self.width)
+        return (
+            (h, h.clone()),
+            lrua_init(batch, self.slots, self.width, self.heads, like=like),
+            like.new_zeros(batch, self.heads * self.width),
+        )
 
     def _step(self, x: Tensor, prev_label: Tensor, carry):
         """One time step for B sequences: x (B, features), prev_label (B, N) -> logits (B, N), carry."""
@@ -206,7 +232,12 @@ class MANN(MetaLearner):
         if self.labels == "onehot":
             return None
         g = torch.Generator().manual_seed(seed)
-        numbers = torch.stack([torch.randperm(self.alphabet**self.string_length, generator=g)[: self.ways] for _ in range(tasks)])
+        numbers = torch.stack(
+            [
+                torch.randperm(self.alphabet**self.string_length, generator=g)[: self.ways]
+                for _ in range(tasks)
+            ]
+        )
         powers = self.alphabet ** torch.arange(self.string_length - 1, -1, -1)
         return numbers[..., None] // powers % self.alphabet
 
@@ -290,7 +321,11 @@ class MANN(MetaLearner):
         _, carry = self._sequence(sx, sy, codes)
         t, q = query_x.shape[:2]
         (h, c), memory, reads = carry
-        carry = ((h.repeat_interleave(q, 0), c.repeat_interleave(q, 0)), memory.repeat_interleave(q), reads.repeat_interleave(q, 0))
+        carry = (
+            (h.repeat_interleave(q, 0), c.repeat_interleave(q, 0)),
+            memory.repeat_interleave(q),
+            reads.repeat_interleave(q, 0),
+        )
         last = self._encode(sy[:, -1:], codes, sx.dtype)[:, 0].repeat_interleave(q, 0)
         logits, _ = self._step(self._inputs(query_x).flatten(0, 1), last, carry)
         return self.class_logits(logits.view(t, q, -1), codes)

@@ -30,6 +30,7 @@ Fitted to this library (deviations from the paper):
       one gradient per pair, and that gradient is detached (an input, not differentiated through).
     - The tasks of a meta-batch are processed in a per-task loop.
 """
+
 from __future__ import annotations
 
 import math
@@ -70,7 +71,9 @@ def attention_read(keys: Tensor, memory: Tensor, queries: Tensor) -> Tensor:
     Returns:
         of shape (n_query, *value_shape).
     """
-    attention = torch.softmax(F.normalize(queries, dim=-1) @ F.normalize(keys, dim=-1).T, dim=-1)  # (n_query, n_support)
+    attention = torch.softmax(
+        F.normalize(queries, dim=-1) @ F.normalize(keys, dim=-1).T, dim=-1
+    )  # (n_query, n_support)
     return (attention @ memory.flatten(1)).reshape(queries.shape[0], *memory.shape[1:])
 
 
@@ -90,7 +93,9 @@ class AugmentedConv4(nn.Module):
 
     def __init__(self, in_channels: int = 1, hidden: int = 64) -> None:
         super().__init__()
-        self.convs = nn.ModuleList(nn.Conv2d(c, hidden, 3, padding=1) for c in (in_channels, hidden, hidden, hidden))
+        self.convs = nn.ModuleList(
+            nn.Conv2d(c, hidden, 3, padding=1) for c in (in_channels, hidden, hidden, hidden)
+        )
 
     def slow_parameters(self) -> list[Tensor]:
         return [p for conv in self.convs for p in (conv.weight, conv.bias)]
@@ -144,7 +149,13 @@ class MetaNet(MetaLearner):
         self.ways, self.margin = ways, margin
         self.representation = AugmentedConv4(in_channels, hidden)  # u, slow weights Q
         self.rep_generator = FastWeightGenerator(generator_hidden)  # d, generates Q*
-        trunk = Conv4(in_channels=in_channels, hidden=hidden, image_size=image_size, norm="batch_stats", channels_last=False)
+        trunk = Conv4(
+            in_channels=in_channels,
+            hidden=hidden,
+            image_size=image_size,
+            norm="batch_stats",
+            channels_last=False,
+        )
         self.base_trunk = trunk  # b's conv blocks (slow weights only)
         self.base_head = nn.Linear(trunk.feature_dim, ways)  # b's output layer, slow W
         self.base_generator = FastWeightGenerator(generator_hidden)  # m, generates W*_i
@@ -165,15 +176,22 @@ class MetaNet(MetaLearner):
         with torch.enable_grad():
             loss_emb = self.embedding_loss(self.representation(support_x), support_y)
             grads = torch.autograd.grad(loss_emb, slow_q, allow_unused=True)
-        fast_q = [self.rep_generator(torch.zeros_like(p) if g is None else g.detach()) for p, g in zip(slow_q, grads)]
+        fast_q = [
+            self.rep_generator(torch.zeros_like(p) if g is None else g.detach())
+            for p, g in zip(slow_q, grads)
+        ]
         # 2. Example-level fast weights of b: per-example output-layer gradients, in closed form.
         n_s = support_x.shape[0]
         h = self.base_trunk(torch.cat([support_x, query_x]))
         h = torch.cat([h, torch.ones_like(h[:, :1])], dim=1)  # [features, 1]: the bias as a weight column
         slow_w = torch.cat([self.base_head.weight, self.base_head.bias[:, None]], dim=1)  # (N, d+1)
         h_s, h_q = h[:n_s], h[n_s:]
-        error = torch.softmax(h_s @ slow_w.T, dim=-1) - F.one_hot(support_y, self.ways).to(h.dtype)  # (n_s, N)
-        gradients = error[:, :, None] * h_s[:, None, :]  # nabla_i of cross-entropy w.r.t. [W, b], (n_s, N, d+1)
+        error = torch.softmax(h_s @ slow_w.T, dim=-1) - F.one_hot(support_y, self.ways).to(
+            h.dtype
+        )  # (n_s, N)
+        gradients = (
+            error[:, :, None] * h_s[:, None, :]
+        )  # nabla_i of cross-entropy w.r.t. [W, b], (n_s, N, d+1)
         memory = self.base_generator(gradients)  # M: W*_i, (n_s, N, d+1)
         # 3. Keys and queries from u with slow and fast weights; read W* for every query.
         r = self.representation(torch.cat([support_x, query_x]), fast_q)
@@ -181,9 +199,13 @@ class MetaNet(MetaLearner):
         # Output layer augmentation: slow and fast outputs summed before the softmax.
         return h_q @ slow_w.T + torch.einsum("qnd,qd->qn", fast_w, h_q)
 
-    def predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, *, steps: int | None = None) -> Tensor:
+    def predict(
+        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, *, steps: int | None = None
+    ) -> Tensor:
         """Logits of shape (T, n_query, N), one task at a time (`steps` is ignored)."""
-        return torch.stack([self.task_logits(sx, sy, qx) for sx, sy, qx in zip(support_x, support_y, query_x)])
+        return torch.stack(
+            [self.task_logits(sx, sy, qx) for sx, sy, qx in zip(support_x, support_y, query_x)]
+        )
 
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
         """Mean cross-entropy of the queries' true classes over all tasks of the batch."""

@@ -12,6 +12,7 @@ Because the body is not adapted, its features are computed once per task (suppor
 the inner loop only touches the tiny linear head: on a Conv-4 this removes the inner backward passes
 through the convolutions, which is ANIL's whole point.
 """
+
 from __future__ import annotations
 
 import torch
@@ -39,7 +40,9 @@ class ANIL(MAML):
         >>> anil = ANIL(Conv4(out_features=5), "classification", inner_lr=0.4)
     """
 
-    def __init__(self, model: nn.Module, kind: str, *, head: str = "head", body: str = "features", **kwargs) -> None:
+    def __init__(
+        self, model: nn.Module, kind: str, *, head: str = "head", body: str = "features", **kwargs
+    ) -> None:
         for name in (head, body):
             if not isinstance(getattr(model, name, None), nn.Module):
                 raise ValueError(
@@ -49,14 +52,16 @@ class ANIL(MAML):
         super().__init__(model, kind, **kwargs)
         self.head_name, self.body_name = head, body
         self._head_prefix, self._body_prefix = head + ".", body + "."
-        other = [k for k, _ in model.named_parameters() if not k.startswith((self._head_prefix, self._body_prefix))]
+        other = [
+            k for k, _ in model.named_parameters() if not k.startswith((self._head_prefix, self._body_prefix))
+        ]
         if other:
             raise ValueError(f"ANIL: parameters outside {body!r} and {head!r} would be ignored: {other}")
 
     def split(self, params: Params) -> tuple[Params, Params]:
         """(body, head) parameter dicts, with the submodule prefixes removed."""
-        body = {k[len(self._body_prefix):]: v for k, v in params.items() if k.startswith(self._body_prefix)}
-        head = {k[len(self._head_prefix):]: v for k, v in params.items() if k.startswith(self._head_prefix)}
+        body = {k[len(self._body_prefix) :]: v for k, v in params.items() if k.startswith(self._body_prefix)}
+        head = {k[len(self._head_prefix) :]: v for k, v in params.items() if k.startswith(self._head_prefix)}
         return body, head
 
     def features(self, body: Params, x: Tensor) -> Tensor:
@@ -64,13 +69,29 @@ class ANIL(MAML):
         return forward(getattr(self.model, self.body_name), body, x)
 
     def adapt_head(
-        self, head: Params, z: Tensor, y: Tensor, *, steps: int, first_order: bool, mode: str, rule: UpdateRule | None = None
+        self,
+        head: Params,
+        z: Tensor,
+        y: Tensor,
+        *,
+        steps: int,
+        first_order: bool,
+        mode: str,
+        rule: UpdateRule | None = None,
     ) -> Params:
         """The inner loop on the head alone, on support features z of shape (n, feature_dim)."""
         rule = self.update_rule() if rule is None else rule
         return inner_loop(
-            getattr(self.model, self.head_name), head, z, y, kind=self.kind, steps=steps, rule=rule, first_order=first_order,
-            mode=mode, checkpoint=self.inner_checkpoint,
+            getattr(self.model, self.head_name),
+            head,
+            z,
+            y,
+            kind=self.kind,
+            steps=steps,
+            rule=rule,
+            first_order=first_order,
+            mode=mode,
+            checkpoint=self.inner_checkpoint,
         )
 
     def _task(self, params, sx, sy, qx, qy, *, mode: str):
@@ -78,11 +99,15 @@ class ANIL(MAML):
         # The body runs once per task on each set; its parameters get outer-loop gradients only,
         # through the query features and (second order) through the head's inner gradients.
         zs, zq = self.features(body, sx), self.features(body, qx)
-        adapted = self.adapt_head(head, zs, sy, steps=self.inner_steps, first_order=self.first_order, mode=mode)
+        adapted = self.adapt_head(
+            head, zs, sy, steps=self.inner_steps, first_order=self.first_order, mode=mode
+        )
         out = forward(getattr(self.model, self.head_name), adapted, zq)
         return task_loss(self.kind, out, qy), task_metric(self.kind, out, qy, batched=False).detach()
 
-    def predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, *, steps: int | None = None) -> Tensor:
+    def predict(
+        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, *, steps: int | None = None
+    ) -> Tensor:
         """Adapt the head on each support set with `steps` inner steps (default `eval_inner_steps`)."""
         steps = self.eval_inner_steps if steps is None else steps
         rule = self.update_rule(detach=True)

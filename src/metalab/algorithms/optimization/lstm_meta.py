@@ -18,6 +18,7 @@ Deviations: every inner step uses the whole support set (the paper draws minibat
 it is larger than the batch size; with Omniglot's 5 or 25 support images the two coincide for its
 batch sizes 5 and 25); the initial input-gate bias is set so that i_0 = `inner_lr`.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,7 +42,8 @@ class LSTMMetaOptions(InnerLoop):
     """The LSTM meta-learner's keys: its updates, and the learned rate's starting value."""
 
     inner_lr: float = option(
-        0.01, "the input gate's initial value i_0, the learned rate at the start (its bias is logit(inner_lr))",
+        0.01,
+        "the input gate's initial value i_0, the learned rate at the start (its bias is logit(inner_lr))",
         allowed="0 < inner_lr < 1",
     )
 
@@ -61,7 +63,9 @@ def preprocess(x: Tensor, p: float = 10.0) -> Tensor:
     """
     big = x.abs() >= math.exp(-p)
     log = x.abs().clamp_min(math.exp(-p)).log() / p
-    return torch.stack([torch.where(big, log, -torch.ones_like(x)), torch.where(big, x.sign(), math.exp(p) * x)], -1)
+    return torch.stack(
+        [torch.where(big, log, -torch.ones_like(x)), torch.where(big, x.sign(), math.exp(p) * x)], -1
+    )
 
 
 class LSTMMetaLearner(MetaLearner):
@@ -111,7 +115,9 @@ class LSTMMetaLearner(MetaLearner):
         if inner_steps < 0 or (eval_inner_steps is not None and eval_inner_steps < 0):
             raise ValueError("inner steps must be >= 0")
         if not 0.0 < inner_lr < 1.0:
-            raise ValueError(f"the LSTM meta-learner's inner_lr is its input gate's initial value, in (0, 1); got {inner_lr}")
+            raise ValueError(
+                f"the LSTM meta-learner's inner_lr is its input gate's initial value, in (0, 1); got {inner_lr}"
+            )
         self.model, self.kind = model, kind
         self.inner_steps = inner_steps
         self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
@@ -150,7 +156,9 @@ class LSTMMetaLearner(MetaLearner):
         hidden = h.shape[-1]
         return (h @ w[:hidden]) + theta * w[hidden] + previous * w[hidden + 1] + linear.bias[0]
 
-    def update(self, theta: Tensor, grad: Tensor, loss: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
+    def update(
+        self, theta: Tensor, grad: Tensor, loss: Tensor, state: tuple[Tensor, ...]
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
         """One step of the meta-learner LSTM: theta_t = f_t * theta_{t-1} - i_t * grad (eq. 2).
 
         Args:
@@ -171,13 +179,17 @@ class LSTMMetaLearner(MetaLearner):
         i = torch.sigmoid(self._gate(self.input_gate, h, theta, i))
         return f * theta - i * grad, (h, c, f, i)
 
-    def _support_gradients(self, theta: Tensor, support_x: Tensor, support_y: Tensor) -> tuple[Tensor, Tensor]:
+    def _support_gradients(
+        self, theta: Tensor, support_x: Tensor, support_y: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """The learner's support loss and its gradient at each task's theta, both constants: (T,), (T, n)."""
         losses, grads = [], []
         with torch.enable_grad():
             for k in range(theta.shape[0]):
                 p = theta[k].detach().requires_grad_(True)
-                loss = task_loss(self.kind, forward(self.model, self.unflatten(p), support_x[k]), support_y[k])
+                loss = task_loss(
+                    self.kind, forward(self.model, self.unflatten(p), support_x[k]), support_y[k]
+                )
                 (g,) = torch.autograd.grad(loss, p)
                 losses.append(loss.detach())
                 grads.append(g)
@@ -193,18 +205,24 @@ class LSTMMetaLearner(MetaLearner):
         return theta
 
     def _answer(self, theta: Tensor, query_x: Tensor) -> Tensor:
-        return torch.stack([forward(self.model, self.unflatten(theta[k]), query_x[k]) for k in range(theta.shape[0])])
+        return torch.stack(
+            [forward(self.model, self.unflatten(theta[k]), query_x[k]) for k in range(theta.shape[0])]
+        )
 
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
         """The query loss after `inner_steps` updates, averaged over tasks, differentiated into the
         meta-learner LSTM and theta_0 through the updates (not through the learner's gradients)."""
         theta = self.adapt(batch.support_x, batch.support_y, self.inner_steps)
         out = self._answer(theta, batch.query_x)
-        loss = torch.stack([task_loss(self.kind, out[k], batch.query_y[k]) for k in range(out.shape[0])]).mean()
+        loss = torch.stack(
+            [task_loss(self.kind, out[k], batch.query_y[k]) for k in range(out.shape[0])]
+        ).mean()
         metric = task_metric(self.kind, out.detach(), batch.query_y).mean()
         return loss, {"loss": loss.item(), self.metric_name(): metric.item()}
 
-    def predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, *, steps: int | None = None) -> Tensor:
+    def predict(
+        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, *, steps: int | None = None
+    ) -> Tensor:
         """Train the learner on each support set with `steps` updates (default `eval_inner_steps`), answer the queries.
 
         Returns:

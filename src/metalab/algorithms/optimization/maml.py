@@ -7,10 +7,9 @@ References:
     First-order MAML (section 5.2) drops the second derivatives by treating the inner gradients as
     constants.
 """
+
 from __future__ import annotations
 
-
-import torch
 from torch import Tensor, nn
 
 from ...functional import (
@@ -79,7 +78,9 @@ class MAML(MetaLearner):
         self.first_order = first_order
         self.strategy = resolve_strategy(strategy, model)
         if inner_checkpoint and self.strategy == "vmap":
-            raise ValueError("inner_checkpoint works on the per-task loop; use strategy 'loop' (vmap was chosen for this model)")
+            raise ValueError(
+                "inner_checkpoint works on the per-task loop; use strategy 'loop' (vmap was chosen for this model)"
+            )
         self.inner_checkpoint = inner_checkpoint
 
     @property
@@ -92,12 +93,28 @@ class MAML(MetaLearner):
         return SGD(self.inner_lr)
 
     def adapt(
-        self, params: Params, x: Tensor, y: Tensor, *, steps: int, first_order: bool, mode: str, rule: UpdateRule | None = None
+        self,
+        params: Params,
+        x: Tensor,
+        y: Tensor,
+        *,
+        steps: int,
+        first_order: bool,
+        mode: str,
+        rule: UpdateRule | None = None,
     ) -> Params:
         """Inner loop on one task's support set (x, y)."""
         rule = self.update_rule() if rule is None else rule
         return inner_loop(
-            self.model, params, x, y, kind=self.kind, steps=steps, rule=rule, first_order=first_order, mode=mode,
+            self.model,
+            params,
+            x,
+            y,
+            kind=self.kind,
+            steps=steps,
+            rule=rule,
+            first_order=first_order,
+            mode=mode,
             checkpoint=self.inner_checkpoint,
         )
 
@@ -108,16 +125,27 @@ class MAML(MetaLearner):
 
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
         losses, metric = map_tasks(
-            self._task, named_params(self.model), (batch.support_x, batch.support_y, batch.query_x, batch.query_y), self.strategy
+            self._task,
+            named_params(self.model),
+            (batch.support_x, batch.support_y, batch.query_x, batch.query_y),
+            self.strategy,
         )
         loss = losses.mean()
         return loss, {"loss": loss.item(), self.metric_name(): metric.mean().item()}
 
-    def predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, *, steps: int | None = None) -> Tensor:
+    def predict(
+        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, *, steps: int | None = None
+    ) -> Tensor:
         """Adapt on each support set with `steps` inner steps (default `eval_inner_steps`), answer the queries."""
         steps = self.eval_inner_steps if steps is None else steps
         return adapted_predictions(
-            self.model, self.update_rule(detach=True), support_x, support_y, query_x, kind=self.kind, steps=steps,
+            self.model,
+            self.update_rule(detach=True),
+            support_x,
+            support_y,
+            query_x,
+            kind=self.kind,
+            steps=steps,
             strategy=self.strategy,
         )
 

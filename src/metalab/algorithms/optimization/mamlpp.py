@@ -30,6 +30,7 @@ References:
 The learner needs the training iteration for MSL and DA: the loop calls `set_iteration(t)` before
 every `meta_loss`; without it the iteration stays 0 (uniform MSL weights, first order if DA is on).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,12 +38,21 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ...functional import PerStepRates, Params, UpdateRule, detached_params, forward, inner_step, map_tasks, named_params
+from ...functional import (
+    Params,
+    PerStepRates,
+    UpdateRule,
+    detached_params,
+    forward,
+    inner_step,
+    map_tasks,
+    named_params,
+)
 from ...losses import task_loss, task_metric
 from ...models.conv4 import BatchStatNorm2d
 from ..spec import AlgorithmSpec, BuildContext, Needs, OptionError, option, register
 from .maml import MAML
-from .options import InnerRate, SecondOrder, TaskMapping, InnerLoop
+from .options import InnerLoop, InnerRate, SecondOrder, TaskMapping
 
 __all__ = ["MAMLpp", "MAMLppOptions", "msl_weights"]
 
@@ -52,9 +62,13 @@ class MAMLppOptions(SecondOrder, InnerRate, TaskMapping, InnerLoop):
     """MAML++'s keys: MAML's, with inner_lr the initial value of every learned per-step rate, and
     the two schedules over training."""
 
-    inner_lr: float = option(0.01, "the initial value of every learned per-layer, per-step rate (LSLR)", allowed="> 0")
+    inner_lr: float = option(
+        0.01, "the initial value of every learned per-layer, per-step rate (LSLR)", allowed="> 0"
+    )
     msl_iterations: int = option(
-        0, "iterations over which the multi-step loss weights anneal to the last step (0: last step only)", minimum=0
+        0,
+        "iterations over which the multi-step loss weights anneal to the last step (0: last step only)",
+        minimum=0,
     )
     first_order_iterations: int = option(
         0, "derivative-order annealing: first order for this many iterations, then second order", minimum=0
@@ -64,6 +78,7 @@ class MAMLppOptions(SecondOrder, InnerRate, TaskMapping, InnerLoop):
         super().check(config)
         if self.inner_steps < 1:
             raise OptionError("MAML++ needs config key 'inner_steps' >= 1")
+
 
 # The layers whose affine parameters become per-step (BNWB).
 _NORMS = (BatchStatNorm2d, nn.modules.batchnorm._NormBase)
@@ -141,14 +156,18 @@ class MAMLpp(MAML):
         if self.per_step_bn:
             for name, p in model.named_parameters():
                 if name in norm_names:
-                    self.bn[name.replace(".", "/")] = nn.Parameter(p.detach().clone().unsqueeze(0).repeat(steps, *([1] * p.dim())))
+                    self.bn[name.replace(".", "/")] = nn.Parameter(
+                        p.detach().clone().unsqueeze(0).repeat(steps, *([1] * p.dim()))
+                    )
                     # The backbone's own copy is replaced by the per-step ones in every forward.
                     p.requires_grad_(False)
         self.lslr = lslr
         self.rates = nn.ParameterDict()
         if lslr:
             for name, p in named_params(model).items():
-                self.rates[name.replace(".", "/")] = nn.Parameter(torch.full((steps,), float(self.inner_lr), dtype=p.dtype))
+                self.rates[name.replace(".", "/")] = nn.Parameter(
+                    torch.full((steps,), float(self.inner_lr), dtype=p.dtype)
+                )
 
     def set_iteration(self, iteration: int) -> None:
         self.iteration = int(iteration)
@@ -170,10 +189,24 @@ class MAMLpp(MAML):
         """LSLR: `PerStepRates` of the learned rates (plain SGD at inner_lr without `lslr`)."""
         if not self.lslr:
             return super().update_rule(detach)
-        return PerStepRates({k.replace("/", "."): (r.detach() if detach else r) for k, r in self.rates.items()})
+        return PerStepRates(
+            {k.replace("/", "."): (r.detach() if detach else r) for k, r in self.rates.items()}
+        )
 
     # --- the task ----------------------------------------------------------------------------------
-    def _run(self, params: Params, sx, sy, qx, *, steps: int, first_order: bool, mode: str, detach: bool, query_after):
+    def _run(
+        self,
+        params: Params,
+        sx,
+        sy,
+        qx,
+        *,
+        steps: int,
+        first_order: bool,
+        mode: str,
+        detach: bool,
+        query_after,
+    ):
         """`steps` inner steps on (sx, sy); after step s, `query_after(s)` says whether to answer qx.
 
         Returns the list of (step, query output) and the final adapted parameters.
@@ -188,7 +221,14 @@ class MAMLpp(MAML):
                 return task_loss(self.kind, forward(self.model, {**p, **bn}, sx), sy)
 
             params, state = inner_step(
-                loss_of, params, rule, state, s, first_order=first_order, mode=mode, checkpoint=self.inner_checkpoint
+                loss_of,
+                params,
+                rule,
+                state,
+                s,
+                first_order=first_order,
+                mode=mode,
+                checkpoint=self.inner_checkpoint,
             )
             if query_after(s):
                 outs.append((s, forward(self.model, {**params, **bn}, qx)))
@@ -197,19 +237,38 @@ class MAMLpp(MAML):
     def _task(self, params, sx, sy, qx, qy, *, mode: str):
         weights = self.loss_weights().tolist()
         outs, _ = self._run(
-            params, sx, sy, qx, steps=self.inner_steps, first_order=self.first_order_now(), mode=mode, detach=False,
+            params,
+            sx,
+            sy,
+            qx,
+            steps=self.inner_steps,
+            first_order=self.first_order_now(),
+            mode=mode,
+            detach=False,
             query_after=lambda s: weights[s] > 0,
         )
         loss = sum(weights[s] * task_loss(self.kind, out, qy) for s, out in outs)
         return loss, task_metric(self.kind, outs[-1][1], qy, batched=False).detach()
 
-    def predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, *, steps: int | None = None) -> Tensor:
+    def predict(
+        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, *, steps: int | None = None
+    ) -> Tensor:
         steps = self.eval_inner_steps if steps is None else steps
 
         def task(p, sx, sy, qx, *, mode):
             if steps == 0:
                 return forward(self.model, {**p, **self.step_bn(0, True)}, qx).detach()
-            outs, _ = self._run(p, sx, sy, qx, steps=steps, first_order=True, mode=mode, detach=True, query_after=lambda s: s == steps - 1)
+            outs, _ = self._run(
+                p,
+                sx,
+                sy,
+                qx,
+                steps=steps,
+                first_order=True,
+                mode=mode,
+                detach=True,
+                query_after=lambda s: s == steps - 1,
+            )
             return outs[-1][1].detach()
 
         with torch.enable_grad():

@@ -64,7 +64,9 @@ class SecondOrder(Options):
     def check(self, config) -> None:
         super().check(config)
         if self.inner_checkpoint and self.first_order:
-            raise OptionError("config key 'inner_checkpoint' applies to second-order inner loops, not with first_order")
+            raise OptionError(
+                "config key 'inner_checkpoint' applies to second-order inner loops, not with first_order"
+            )
         if self.inner_checkpoint and getattr(self, "strategy", None) == "vmap":
             raise OptionError(
                 "config key 'inner_checkpoint' works on the per-task loop: set 'strategy' to loop or auto, not vmap"

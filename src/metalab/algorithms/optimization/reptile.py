@@ -8,6 +8,7 @@ References:
     update above, and with Adam it is the paper's "treat theta - W as a gradient" variant.
     The inner loop runs on the support set (in the paper: the task's training examples).
 """
+
 from __future__ import annotations
 
 from torch import Tensor
@@ -33,7 +34,11 @@ class Reptile(MAML):
         adapted = self.adapt(params, sx, sy, steps=self.inner_steps, first_order=True, mode=mode)
         out = forward(self.model, adapted, qx)
         adapted = {k: v.detach() for k, v in adapted.items()}
-        return adapted, task_loss(self.kind, out, qy).detach(), task_metric(self.kind, out, qy, batched=False).detach()
+        return (
+            adapted,
+            task_loss(self.kind, out, qy).detach(),
+            task_metric(self.kind, out, qy, batched=False).detach(),
+        )
 
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
         params = named_params(self.model)

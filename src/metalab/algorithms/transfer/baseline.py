@@ -19,6 +19,7 @@ mini-batches (`training_source = "batches"`), so `meta_loss` reads a `TaskBatch`
 `ClassBatchSampler` (`FewShotDataset.batches`), whose support labels are global class ids remapped
 to 0..C-1 and whose query part is empty; validation and test use episodes.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -121,9 +122,16 @@ class Baseline(MetaLearner):
     ) -> None:
         super().__init__()
         self.encoder, self.feature_dim, self.cosine = encoder, feature_dim, cosine
-        self.classifier = CosineClassifier(feature_dim, num_classes) if cosine else nn.Linear(feature_dim, num_classes)
+        self.classifier = (
+            CosineClassifier(feature_dim, num_classes) if cosine else nn.Linear(feature_dim, num_classes)
+        )
         self.finetune_epochs, self.finetune_batch = finetune_epochs, finetune_batch
-        self.finetune_lr, self.momentum, self.dampening, self.weight_decay = finetune_lr, momentum, dampening, weight_decay
+        self.finetune_lr, self.momentum, self.dampening, self.weight_decay = (
+            finetune_lr,
+            momentum,
+            dampening,
+            weight_decay,
+        )
 
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
         """Cross-entropy of the pre-training classifier over all base classes on one mini-batch.
@@ -155,7 +163,9 @@ class Baseline(MetaLearner):
             return cosine_scale(weight.shape[1]) * F.normalize(z, dim=-1) @ w.transpose(1, 2)
         return z @ weight.transpose(1, 2) + bias[:, None, :]
 
-    def predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, *, steps: int | None = None) -> Tensor:
+    def predict(
+        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, *, steps: int | None = None
+    ) -> Tensor:
         """Fit a new N-way classifier on each task's frozen support features; its query logits.
 
         Args:
@@ -170,7 +180,9 @@ class Baseline(MetaLearner):
         """
         chunk = None if self.training else EVAL_CHUNK
         with torch.no_grad():
-            support_z, query_z = (z.flatten(2) for z in embed_tasks(self.encoder, support_x, query_x, chunk=chunk))
+            support_z, query_z = (
+                z.flatten(2) for z in embed_tasks(self.encoder, support_x, query_x, chunk=chunk)
+            )
         t, n_support, d = support_z.shape
         ways = num_ways(support_y)
         g = torch.Generator().manual_seed(0)
@@ -186,7 +198,12 @@ class Baseline(MetaLearner):
                 for pick in order.split(self.finetune_batch, dim=1):  # (T, <= batch)
                     logits = self._logits(params[0], params[1], support_z[rows, pick])
                     # Summed over tasks: each task's classifier gets exactly its own mean loss's gradient.
-                    loss = F.cross_entropy(logits.flatten(0, 1), support_y[rows, pick].flatten(), reduction="sum") / pick.shape[1]
+                    loss = (
+                        F.cross_entropy(
+                            logits.flatten(0, 1), support_y[rows, pick].flatten(), reduction="sum"
+                        )
+                        / pick.shape[1]
+                    )
                     grads = torch.autograd.grad(loss, params)
                     with torch.no_grad():
                         for i, (p, grad) in enumerate(zip(params, grads)):
@@ -194,7 +211,11 @@ class Baseline(MetaLearner):
                             # starts as the first gradient, then buf = momentum buf + (1 - dampening) grad.
                             grad = grad + self.weight_decay * p
                             v = velocity[i]
-                            velocity[i] = grad.clone() if v is None else v.mul_(self.momentum).add_(grad, alpha=1 - self.dampening)
+                            velocity[i] = (
+                                grad.clone()
+                                if v is None
+                                else v.mul_(self.momentum).add_(grad, alpha=1 - self.dampening)
+                            )
                             p.sub_(self.finetune_lr * velocity[i])
         with torch.no_grad():
             return self._logits(params[0], params[1], query_z)

@@ -3,12 +3,11 @@
 One network trained by plain regression on samples pooled from all tasks (no inner loop), then, at
 test time, fine-tuned on a task's support set by the same gradient steps MAML takes.
 """
+
 from __future__ import annotations
 
 import torch
-from torch import Tensor
-
-from torch import nn
+from torch import Tensor, nn
 
 from ...functional import SGD, adapted_predictions, forward, named_params, resolve_strategy
 from ...losses import task_loss, task_metric
@@ -54,11 +53,19 @@ class Pretrained(MetaLearner):
         self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
         self.strategy = resolve_strategy(strategy, model)
 
-    def predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, *, steps: int | None = None) -> Tensor:
+    def predict(
+        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, *, steps: int | None = None
+    ) -> Tensor:
         """Fine-tune on each support set with `steps` SGD steps (default `eval_inner_steps`), answer the queries."""
         steps = self.eval_inner_steps if steps is None else steps
         return adapted_predictions(
-            self.model, SGD(self.inner_lr), support_x, support_y, query_x, kind=self.kind, steps=steps,
+            self.model,
+            SGD(self.inner_lr),
+            support_x,
+            support_y,
+            query_x,
+            kind=self.kind,
+            steps=steps,
             strategy=self.strategy,
         )
 

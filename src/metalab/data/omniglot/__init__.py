@@ -12,6 +12,7 @@ References: Lake, Salakhutdinov & Tenenbaum, "Human-level concept learning throu
 program induction", Science 2015; Vinyals et al., "Matching Networks for One Shot Learning",
 NeurIPS 2016; Snell, Swersky & Zemel, "Prototypical Networks for Few-shot Learning", NeurIPS 2017.
 """
+
 from __future__ import annotations
 
 import os

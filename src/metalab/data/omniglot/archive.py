@@ -9,6 +9,7 @@ that ink is 255 and background 0.
 References: Lake, Salakhutdinov & Tenenbaum, "Human-level concept learning through probabilistic
 program induction", Science 2015.
 """
+
 from __future__ import annotations
 
 import io
@@ -41,12 +42,18 @@ class _ArchiveSpec(NamedTuple):
 _BASE_URL = "https://github.com/brendenlake/omniglot/raw/master/python"
 ARCHIVES: dict[str, _ArchiveSpec] = {
     "images_background": _ArchiveSpec(
-        f"{_BASE_URL}/images_background.zip", "68d2efa1b9178cc56df9314c21c6e718",
-        30, 964, 964 * EXAMPLES_PER_CLASS,
+        f"{_BASE_URL}/images_background.zip",
+        "68d2efa1b9178cc56df9314c21c6e718",
+        30,
+        964,
+        964 * EXAMPLES_PER_CLASS,
     ),
     "images_evaluation": _ArchiveSpec(
-        f"{_BASE_URL}/images_evaluation.zip", "6b91aef0f799c5bb55b94e3f2daec811",
-        20, 659, 659 * EXAMPLES_PER_CLASS,
+        f"{_BASE_URL}/images_evaluation.zip",
+        "6b91aef0f799c5bb55b94e3f2daec811",
+        20,
+        659,
+        659 * EXAMPLES_PER_CLASS,
     ),
 }
 _IGNORED_PREFIXES = ("__MACOSX/",)  # resource forks some zip tools add; never image data

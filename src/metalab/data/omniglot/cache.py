@@ -5,6 +5,7 @@ Decoding both archives takes seconds; loading the cache a fraction of one. A cac
 size and the decoded tensors, all checked on load, so that a changed archive, another image size or
 a damaged file is never served. Files are written atomically.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -73,11 +74,14 @@ def _read_cache(cache_file: Path, sha256: str, image_size: int) -> OmniglotArchi
     ok = (
         blob.get("sha256") == sha256
         and blob.get("image_size") == image_size
-        and isinstance(images, Tensor) and images.dtype == torch.uint8
+        and isinstance(images, Tensor)
+        and images.dtype == torch.uint8
         and tuple(images.shape[1:]) == (image_size, image_size)
-        and isinstance(character, Tensor) and character.dtype == torch.long
+        and isinstance(character, Tensor)
+        and character.dtype == torch.long
         and character.shape == images.shape[:1]
-        and isinstance(characters, list) and all(isinstance(c, str) for c in characters)
+        and isinstance(characters, list)
+        and all(isinstance(c, str) for c in characters)
         and (character.numel() == 0 or 0 <= int(character.min()) <= int(character.max()) < len(characters))
     )
     if not ok:

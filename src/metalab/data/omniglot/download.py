@@ -1,4 +1,5 @@
 """Downloading the two official Omniglot archives, each checked against its published md5."""
+
 from __future__ import annotations
 
 import hashlib

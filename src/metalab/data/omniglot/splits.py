@@ -11,6 +11,7 @@ Two splits of the characters into meta-train / meta-val / meta-test classes (see
 the loader checks the data against them, and code that needs the figures (e.g. limits on ways, shots
 and queries) imports them from `metalab.data.omniglot` rather than restating them.
 """
+
 from __future__ import annotations
 
 import re
@@ -49,8 +50,18 @@ ROTATIONS = (0, 90, 180, 270)  # degrees counter-clockwise, as np.rot90 / torch.
 # evaluation alphabets plus the last four Gurmukhi characters; everything else is meta-train.
 VINYALS_VAL_ALPHABETS = ("Armenian", "Bengali", "Early_Aramaic", "Hebrew", "Mkhedruli_(Georgian)")
 VINYALS_TEST_ALPHABETS = (
-    "Kannada", "Keble", "Malayalam", "Manipuri", "Mongolian", "Old_Church_Slavonic_(Cyrillic)",
-    "Oriya", "Sylheti", "Syriac_(Serto)", "Tengwar", "Tibetan", "ULOG",
+    "Kannada",
+    "Keble",
+    "Malayalam",
+    "Manipuri",
+    "Mongolian",
+    "Old_Church_Slavonic_(Cyrillic)",
+    "Oriya",
+    "Sylheti",
+    "Syriac_(Serto)",
+    "Tengwar",
+    "Tibetan",
+    "ULOG",
 )
 _VINYALS_TEST_GURMUKHI_FROM = 42  # Gurmukhi/character42..45 are test, character01..41 train
 

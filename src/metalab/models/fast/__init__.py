@@ -7,6 +7,7 @@ The kernels (`_conv4_kernels.cpp`) are compiled on first use (`_kernels.py`); wi
 compiler, or with `METALAB_KERNELS=0` in the environment, `FastConv4` runs their Python fallbacks,
 with the same results.
 """
+
 from __future__ import annotations
 
 from ..conv4 import Conv4

@@ -10,6 +10,7 @@ once: the library is cached under `TORCH_EXTENSIONS_DIR`, default ~/.cache/torch
 shared by later processes). It is built for the CPU it runs on (`-march=native`), so the cache
 name carries a digest of the CPU's feature flags and the torch version.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -58,14 +59,21 @@ def _build() -> ModuleType | None:
         name = f"metalab_conv4_{_build_digest()}"
         built = Path(_get_build_directory(name, verbose=False)) / f"{name}.so"
         if not built.exists() or built.stat().st_mtime < _SOURCE.stat().st_mtime:
-            print("metalab: compiling the Conv-4 CPU kernels (first use on this machine, ~30 s) ...",
-                  file=sys.stderr, flush=True)
+            print(
+                "metalab: compiling the Conv-4 CPU kernels (first use on this machine, ~30 s) ...",
+                file=sys.stderr,
+                flush=True,
+            )
         flags = ["-O3", "-fopenmp-simd"]
         if platform.machine().lower() in ("x86_64", "amd64"):
             flags += ["-march=native", "-mprefer-vector-width=512"]  # AVX-512 where the CPU has it
         return load(name=name, sources=[str(_SOURCE)], extra_cflags=flags, verbose=False)
     except Exception as error:  # no compiler, headers or ninja: the PyTorch ops answer instead
         first_line = str(error).splitlines()[0] if str(error) else ""
-        print(f"metalab: Conv-4 CPU kernels unavailable ({type(error).__name__}: {first_line}); "
-              "using the plain PyTorch ops (same results, slower)", file=sys.stderr, flush=True)
+        print(
+            f"metalab: Conv-4 CPU kernels unavailable ({type(error).__name__}: {first_line}); "
+            "using the plain PyTorch ops (same results, slower)",
+            file=sys.stderr,
+            flush=True,
+        )
         return None

@@ -5,6 +5,7 @@ Each Function's own backward is first order. When a backward runs with `create_g
 second-order inner step that did not say so through `second_order_forward`), it differentiates the
 plain ops on the saved inputs instead (`_plain_gradients`), so any order of derivative is right.
 """
+
 from __future__ import annotations
 
 import torch
@@ -78,8 +79,14 @@ class _PooledProductBlock(torch.autograd.Function):
             rows = slice(i0 * h2 * w2, (i0 + k) * h2 * w2)
             product = torch.mm(cols[i0 * hw : (i0 + k) * hw], weight_t, out=buffer[: k * hw])
             torch.ops.aten.max_pool2d_with_indices.out(
-                _as_image(product, k, h, w), [2, 2], [2, 2], [0, 0], [1, 1], False,
-                out=_as_image(pooled[rows], k, h2, w2), indices=_as_image(index[rows], k, h2, w2),
+                _as_image(product, k, h, w),
+                [2, 2],
+                [2, 2],
+                [0, 0],
+                [1, 1],
+                False,
+                out=_as_image(pooled[rows], k, h2, w2),
+                indices=_as_image(index[rows], k, h2, w2),
             )
             torch.addcmul(shift, pooled[rows], scale, out=out[rows]).clamp_(min=0)
         ctx.save_for_backward(cols, weight_t, scale, shift, pooled, index, out)
@@ -93,7 +100,9 @@ class _PooledProductBlock(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: differentiate the plain graph
             grads = _plain_gradients(
                 lambda *p: _pooled_product_block(cols, *p, n, h, w),
-                (weight_t, scale, shift), ctx.needs_input_grad[1:4], grad,
+                (weight_t, scale, shift),
+                ctx.needs_input_grad[1:4],
+                grad,
             )
             return (None, *grads, None, None, None)
         c, hw, h2, w2 = weight_t.shape[1], h * w, h // 2, w // 2
@@ -111,8 +120,15 @@ class _PooledProductBlock(torch.autograd.Function):
             through.mul_(scale)
             unpooled = _as_image(buffer[: k * hw], k, h, w)
             torch.ops.aten.max_pool2d_with_indices_backward.grad_input(
-                _as_image(through, k, h2, w2), unpooled, [2, 2], [2, 2], [0, 0], [1, 1], False,
-                _as_image(index[rows], k, h2, w2), grad_input=unpooled,
+                _as_image(through, k, h2, w2),
+                unpooled,
+                [2, 2],
+                [2, 2],
+                [0, 0],
+                [1, 1],
+                False,
+                _as_image(index[rows], k, h2, w2),
+                grad_input=unpooled,
             )
             grad_weight.addmm_(cols[i0 * hw : (i0 + k) * hw].t(), buffer[: k * hw])
         return None, grad_weight, grad_scale, grad_shift, None, None, None
@@ -140,7 +156,9 @@ class _FirstBlockKernel(torch.autograd.Function):
             centred = _image_columns(image[:, None]) - mu
             grad_weight, grad_scale, grad_shift = _plain_gradients(
                 lambda *p: _pooled_product_block(centred, *p, n, h, w),
-                (weight_t, scale, shift), (wanted[1], wanted[3], wanted[4]), grad,
+                (weight_t, scale, shift),
+                (wanted[1], wanted[3], wanted[4]),
+                grad,
             )
             return None, grad_weight, None, grad_scale, grad_shift
         rows = grad.permute(0, 2, 3, 1).contiguous()
@@ -172,6 +190,7 @@ class _NormPoolReLUKernel(torch.autograd.Function):
     def backward(ctx, grad):  # noqa: D102
         y, gamma, beta, mean, var, invstd, sign, out, chosen = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: differentiate the plain ops
+
             def plain(y, gamma, beta):
                 if ctx.batch_stats:
                     normed = batch_norm_2d(y, gamma, beta, ctx.eps)

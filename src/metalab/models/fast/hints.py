@@ -2,6 +2,7 @@
 `create_graph=True`, so that layers whose fast backward is first order only build their plain
 differentiable graph at once. `metalab.functional.inner_gradients` sets it for second-order inner
 steps; `FastConv4` reads it."""
+
 from __future__ import annotations
 
 import threading

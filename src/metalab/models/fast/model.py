@@ -14,6 +14,7 @@ Each path computes the same values and first and second derivatives as the plain
 statistics included (tests/test_functional.py, tests/test_kernels.py); docs/performance.md
 ("Conv-4 fast path") says what each one gains.
 """
+
 from __future__ import annotations
 
 import torch
