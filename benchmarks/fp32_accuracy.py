@@ -68,7 +68,8 @@ def main() -> int:
             }
             r = rows[label]
             print(
-                f"{name} ({tasks} tasks): {label}: max |error| {r['max_abs_error']:.2e}, relative {r['relative_norm_error']:.2e}, cosine {r['cosine']:.10f}"
+                f"{name} ({tasks} tasks): {label}: max |error| {r['max_abs_error']:.2e}, "
+                f"relative {r['relative_norm_error']:.2e}, cosine {r['cosine']:.10f}"
             )
         report["workloads"][name] = {"tasks": tasks, "rows": rows}
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

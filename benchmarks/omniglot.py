@@ -121,7 +121,8 @@ def cmd_train(args) -> None:
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / f"{cell_path.stem}.json").write_text(json.dumps(record, indent=2) + "\n")
         print(
-            f"{cell_path.stem}: {r} after {result.iteration} iterations ({result.seconds / 60:.0f} min of training)",
+            f"{cell_path.stem}: {r} after {result.iteration} iterations "
+            f"({result.seconds / 60:.0f} min of training)",
             flush=True,
         )
 
@@ -163,12 +164,15 @@ def cmd_table(args) -> None:
         "",
         "Produced by `python benchmarks/omniglot.py train CONFIG` (one per trained model) and",
         "`python benchmarks/omniglot.py table`; every figure is the mean accuracy over the stated number of",
-        "meta-test episodes (15 queries per class unless the row says otherwise) on the 423 Vinyals meta-test",
+        "meta-test episodes (15 queries per class unless the row says otherwise) "
+        "on the 423 Vinyals meta-test",
         "characters x 4 rotations,",
-        "with its 95% confidence interval. Training ran on this project's 2-core CPU machine, so most budgets",
+        "with its 95% confidence interval. Training ran on this project's 2-core CPU machine, "
+        "so most budgets",
         "are a small fraction of the papers'; the columns say what each figure cost.",
         "",
-        "| method | task | ours (95% CI) | paper | iterations (of planned) | training wall-clock, torch threads | config |",
+        "| method | task | ours (95% CI) | paper | iterations (of planned) "
+        "| training wall-clock, torch threads | config |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -177,8 +181,10 @@ def cmd_table(args) -> None:
         source = "" if r["trained_by"] == r["cell"] else f" (model trained by {r['trained_by']})"
         lines.append(
             f"| {r['algorithm']} | {r['ways']}-way {r['shots']}-shot | {r['accuracy']:.2f} ± {r['ci95']:.2f} "
-            f"({r['test_episodes']} episodes{_queries(r)}) | {paper_text} | {r['iterations']:,} of {r['planned_iterations']:,} | "
-            f"{r['train_seconds'] / 60:.0f} min, {_threads(r)} | `configs/omniglot/{r['cell']}.yaml`{source} |"
+            f"({r['test_episodes']} episodes{_queries(r)}) | {paper_text} | "
+            f"{r['iterations']:,} of {r['planned_iterations']:,} | "
+            f"{r['train_seconds'] / 60:.0f} min, {_threads(r)} | "
+            f"`configs/omniglot/{r['cell']}.yaml`{source} |"
         )
     for r in rows:
         if "by_instance" not in r:
@@ -186,10 +192,13 @@ def cmd_table(args) -> None:
         ks = [k for k in ("1", "2", "3", "4", "5", "10") if k in r["by_instance"]]
         lines += [
             "",
-            f"## {r['algorithm']}: accuracy by instance ({r['ways']} classes, `configs/omniglot/{r['cell']}.yaml`)",
+            f"## {r['algorithm']}: accuracy by instance "
+            f"({r['ways']} classes, `configs/omniglot/{r['cell']}.yaml`)",
             "",
-            f"Accuracy at the k-th presentation of a class within an episode sequence, over {r['test_episodes']:,}",
-            f"meta-test episodes, after {r['iterations']:,} iterations ({r['train_seconds'] / 60:.0f} min of training);",
+            "Accuracy at the k-th presentation of a class within an episode sequence, "
+            f"over {r['test_episodes']:,}",
+            f"meta-test episodes, after {r['iterations']:,} iterations "
+            f"({r['train_seconds'] / 60:.0f} min of training);",
             f"the paper's figures are {CITATIONS['mann']}, table 1 (MANN, LSTM controller).",
             "",
             "| instance | " + " | ".join(ks) + " |",

@@ -295,7 +295,7 @@ def metric_impls(method, hidden, size, names=None):
     modules, same weights): the same backbone and episodes; speed only, as the scores differ by
     design (metric, FCE details, and batch norm over support and query together or apart)."""
     from metalab import MatchingNet, RelationNet
-    from metalab.algorithms.relation import RelationEmbedding
+    from metalab.algorithms.metric.relation import RelationEmbedding
 
     torch.manual_seed(0)
     if method == "relation":
@@ -379,7 +379,8 @@ def gradient_check(impls: dict, batch: TaskBatch, tolerance: float) -> dict[str,
         diffs[name] = max((a - b).abs().max().item() for a, b in zip(grads[first], g))
         if diffs[name] > tolerance:
             print(
-                f"  {name}: NOT TIMED, its meta-gradient differs from {first}'s by {diffs[name]:.2e} > {tolerance}"
+                f"  {name}: NOT TIMED, its meta-gradient differs from {first}'s "
+                f"by {diffs[name]:.2e} > {tolerance}"
             )
             del impls[name]
     return diffs
@@ -478,7 +479,8 @@ def main() -> int:
     p.add_argument(
         "--memory-only",
         action="store_true",
-        help="measure again the peak memory of every row of the results file (--out), then rewrite it and the page",
+        help="measure again the peak memory of every row of the results file (--out), "
+        "then rewrite it and the page",
     )
     p.add_argument("--memory-of", help=argparse.SUPPRESS)
     p.add_argument("--workload", help=argparse.SUPPRESS)
@@ -562,7 +564,8 @@ def main() -> int:
             "share_of_metalab_step": round(statistics.median(draws) / ours, 4),
         }
         print(
-            f"  sampling one step's episodes: {1e3 * statistics.median(draws):.2f} ms, {100 * statistics.median(draws) / ours:.1f}% of metalab's step",
+            f"  sampling one step's episodes: {1e3 * statistics.median(draws):.2f} ms, "
+            f"{100 * statistics.median(draws) / ours:.1f}% of metalab's step",
             flush=True,
         )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -575,16 +578,21 @@ def main() -> int:
 
 # The line of docs/performance.md from which the page is written by hand: write_doc rewrites what
 # is above it and keeps it and everything below as it is.
-HAND_WRITTEN = "<!-- Written by hand from here on: `python benchmarks/perf.py` rewrites the page above this line from benchmarks/results/*.json and keeps the rest as it is. -->"
+HAND_WRITTEN = (
+    "<!-- Written by hand from here on: `python benchmarks/perf.py` rewrites the page above this line "
+    "from benchmarks/results/*.json and keeps the rest as it is. -->"
+)
 
 
 def write_doc(report: dict) -> None:
-    """docs/performance.md: the measured tables, then the page's hand-written part (from HAND_WRITTEN on)."""
+    """docs/performance.md: the measured tables, then the page's hand-written part (from
+    HAND_WRITTEN on)."""
     lines = [
         "# Performance",
         "",
         f"Measured by `{report['command']}` on {report['date']} ({report['machine']}); median seconds per",
-        f"step over {report['repeats']} alternating timed steps per implementation, peak RSS of a fresh process",
+        f"step over {report['repeats']} alternating timed steps per implementation, "
+        "peak RSS of a fresh process",
         "while it builds the implementation and takes three steps (torch and the episodes already in memory;",
         "the mark is reset after loading the data)"
         + (f", measured by `{report['memory_command']}`" if "memory_command" in report else "")
@@ -592,7 +600,8 @@ def write_doc(report: dict) -> None:
         "metalab's on the same weights and real Omniglot batch, in float64 (checked before timing; in fp32",
         "rounding alone moves entries of this ill-conditioned meta-gradient by up to ~1e-4, see the fp32",
         "accuracy section below). Ratios are against the peer",
-        "(learn2learn on its default 2 threads for MAML, easyfsl for the metric-based learners) in the same run.",
+        "(learn2learn on its default 2 threads for MAML, easyfsl for the metric-based learners) "
+        "in the same run.",
     ]
     for workload, rows in report["workloads"].items():
         lines += [
@@ -622,7 +631,8 @@ def write_doc(report: dict) -> None:
         ]
         for workload, r in report["sampling"].items():
             lines.append(
-                f"| {workload} | {1e3 * r['seconds_per_draw']:.2f} | {100 * r['share_of_metalab_step']:.1f}% |"
+                f"| {workload} | {1e3 * r['seconds_per_draw']:.2f} | "
+                f"{100 * r['share_of_metalab_step']:.1f}% |"
             )
     precision = ROOT / "benchmarks" / "results" / "precision.json"
     if precision.exists():
@@ -631,9 +641,12 @@ def write_doc(report: dict) -> None:
             "",
             "## bf16 on Omniglot",
             "",
-            f"`python benchmarks/precision.py --iterations {r['iterations']} --test-tasks {r['test_episodes']} --threads {r['task_threads']}`"
-            f" on {r['date']} ({r['machine']}): the same MAML run ({r['config']}, same seed and tasks) in both precisions,",
-            f"{r['iterations']} iterations on {r['task_threads']} task thread(s), each meta-tested in fp32 on the same {r['test_episodes']} test episodes.",
+            f"`python benchmarks/precision.py --iterations {r['iterations']} "
+            f"--test-tasks {r['test_episodes']} --threads {r['task_threads']}`"
+            f" on {r['date']} ({r['machine']}): the same MAML run ({r['config']}, same seed and tasks) "
+            "in both precisions,",
+            f"{r['iterations']} iterations on {r['task_threads']} task thread(s), "
+            f"each meta-tested in fp32 on the same {r['test_episodes']} test episodes.",
             "",
             "| precision | test accuracy (95% CI) | seconds per iteration |",
             "|---|---|---|",
@@ -650,7 +663,8 @@ def write_doc(report: dict) -> None:
             "## Scaling curves",
             "",
             "Time and peak memory per MAML meta-iteration against meta-batch, inner steps (with and without",
-            f"`inner_checkpoint`), ways and order, metalab against learn2learn, measured by `{r['command']}` on",
+            "`inner_checkpoint`), ways and order, metalab against learn2learn, "
+            f"measured by `{r['command']}` on",
             f"{r['date']}; the numbers behind the plot are in [scaling.md](scaling.md).",
             "",
             "![time and peak memory per meta-iteration](scaling.png)",

@@ -65,7 +65,8 @@ def main() -> int:
             "seconds_per_iteration": round(result.seconds / args.iterations, 3),
         }
         print(
-            f"{precision}: {r} after {args.iterations} iterations, {result.seconds / args.iterations:.2f} s/iteration",
+            f"{precision}: {r} after {args.iterations} iterations, "
+            f"{result.seconds / args.iterations:.2f} s/iteration",
             flush=True,
         )
     out = ROOT / "benchmarks" / "results" / "precision.json"

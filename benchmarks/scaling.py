@@ -15,10 +15,10 @@ Adam outer step, second order unless stated. Four curves, each varying one thing
 - first against second order.
 
 Every point runs in a fresh process (its peak RSS is the process's peak while it builds the model
-and steps, torch and the episodes already in memory) and reports the median seconds over the timed meta-iterations after one warm-up. metalab runs
-its default engine (task threads, one per core); learn2learn its default 2 intra-op threads, the
-fastest peer in benchmarks/perf.py. Results go to benchmarks/results/scaling.json, docs/scaling.md
-and docs/scaling.png.
+and steps, torch and the episodes already in memory) and reports the median seconds over the timed
+meta-iterations after one warm-up. metalab runs its default engine (task threads, one per core);
+learn2learn its default 2 intra-op threads, the fastest peer in benchmarks/perf.py. Results go to
+benchmarks/results/scaling.json, docs/scaling.md and docs/scaling.png.
 """
 
 from __future__ import annotations
@@ -132,7 +132,8 @@ def main() -> int:
                 r = run_point(point, name, args.repeats, args.smoke)
                 rows.append({"implementation": name, key: value, **r})
                 print(
-                    f"{curve:12s} {key}={value!s:5s} {name:26s} {r['seconds']:8.3f} s/iteration {r['peak_rss_mb']:6d} MB",
+                    f"{curve:12s} {key}={value!s:5s} {name:26s} "
+                    f"{r['seconds']:8.3f} s/iteration {r['peak_rss_mb']:6d} MB",
                     flush=True,
                 )
         report["curves"][curve] = {"key": key, "base": {**BASE, **changes}, "rows": rows}
@@ -184,8 +185,10 @@ def write_doc(report: dict, docs: Path) -> None:
         "# Scaling: time and memory per MAML meta-iteration",
         "",
         f"Measured by `{report['command']}` on {report['date']} ({report['machine']}); each point is a fresh",
-        f"process: median seconds over {report['repeats']} meta-iterations after one warm-up, and the process's",
-        "peak RSS while building and stepping (torch and the episodes already loaded). Conv-4, 28x28 Omniglot, N-way 1-shot, 15 queries per class,",
+        f"process: median seconds over {report['repeats']} meta-iterations after one warm-up, "
+        "and the process's",
+        "peak RSS while building and stepping (torch and the episodes already loaded). "
+        "Conv-4, 28x28 Omniglot, N-way 1-shot, 15 queries per class,",
         "second order unless stated. The benchmark's docstring (`benchmarks/scaling.py`) gives the settings.",
         "",
         "![time and peak memory per meta-iteration](scaling.png)",

@@ -41,7 +41,10 @@ def _own_keys(algorithm, **values):
 @pytest.fixture
 def fake_data(monkeypatch):
     data = fake_omniglot()
-    fake = lambda c: data if c.benchmark == "omniglot" else None
+
+    def fake(c):
+        return data if c.benchmark == "omniglot" else None
+
     monkeypatch.setattr(builders, "load_dataset", fake)
     monkeypatch.setattr(train_module, "load_dataset", fake)
     return data

@@ -194,7 +194,8 @@ def test_pretraining_learns_omniglot(name, omniglot, one_thread):
         after = net.meta_loss(probe)[0].item()
     result = evaluate(net, omniglot.sampler("test", ways=5, shots=1, queries=5, seed=20_000), 50)
     print(
-        f"{name}: global loss {before:.3f} -> {after:.3f} (ln C = {math.log(c.options.base_classes):.3f}); {result}"
+        f"{name}: global loss {before:.3f} -> {after:.3f} "
+        f"(ln C = {math.log(c.options.base_classes):.3f}); {result}"
     )
     assert after < before - 0.1, f"{name}: pre-training did not lower the loss ({before:.3f} -> {after:.3f})"
     assert result.mean >= LEAST, f"{name} after {STEPS} pre-training steps: {result}"

@@ -242,7 +242,7 @@ def test_vmap_and_loop_meta_losses_agree_in_float32():
         results[strategy] = (loss, torch.autograd.grad(loss, list(model.parameters())), metrics)
         pred = learner.predict(batch.support_x, batch.support_y, batch.query_x, steps=3)
         results[strategy] += (pred,)
-    (lv, gv, mv, pv), (ll, gl, ml, pl) = results["vmap"], results["loop"]
+    (lv, gv, _, pv), (ll, gl, _, pl) = results["vmap"], results["loop"]
     assert torch.allclose(lv, ll, atol=1e-5)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(gv, gl))
     assert torch.allclose(pv, pl, atol=1e-5)

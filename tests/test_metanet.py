@@ -88,7 +88,7 @@ def test_a_query_equal_to_a_support_example_reads_mostly_its_fast_weights():
     torch.manual_seed(0)
     net = MetaNet(ways=3, hidden=8).eval()
     batch = image_batch(ways=3, shots=1, queries=1, tasks=1)
-    sx, sy = batch.support_x[0], batch.support_y[0]
+    sx = batch.support_x[0]
     r = net.representation(torch.cat([sx, sx]))
     cos = torch.nn.functional.normalize(r[3:], dim=-1) @ torch.nn.functional.normalize(r[:3], dim=-1).T
     assert torch.equal(cos.argmax(1), torch.arange(3))

@@ -582,7 +582,10 @@ def omniglot_folders(data, root, seed=0, characters=5, queries_per_character=4):
     for c in picked:
         name = "_".join(data.class_names[c].split("/")[1:3])  # e.g. Tengwar_character07
         images = torch.nonzero(data.y == c).flatten().tolist()
-        png = lambda i: Image.fromarray(255 - data.x[i, 0].numpy())
+
+        def png(i):
+            return Image.fromarray(255 - data.x[i, 0].numpy())
+
         (root / "support" / name).mkdir(parents=True)
         png(images[0]).save(root / "support" / name / "drawing.png")
         (root / "queries").mkdir(exist_ok=True)
@@ -657,5 +660,6 @@ def test_acceptance_omniglot_checkpoints_label_new_characters_from_png_files(
             abs(sum(float(r[k]) for k in sorted(p.name for p in support.iterdir())) - 1) < 1e-4 for r in rows
         )
         correct = sum(r["prediction"] == truth[r["query"]] for r in rows)
-        # Measured over 10 random sets of 5 new characters: ProtoNet 13-20 (mean 18.0), MAML 14-19 (mean 16.9).
+        # Measured over 10 random sets of 5 new characters: ProtoNet 13-20 (mean 18.0), MAML 14-19
+        # (mean 16.9).
         assert correct >= 12, f"{name}: {correct}/20 queries right"

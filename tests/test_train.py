@@ -65,7 +65,10 @@ def test_resume_equals_uninterrupted_run(tmp_path, algorithm):
         assert torch.equal(a, b), k
     full_log = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
     cut_log = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
-    strip = lambda lines: [{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in lines]
+
+    def strip(lines):
+        return [{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in lines]
+
     assert strip(full_log) == strip(cut_log)
 
 

@@ -103,9 +103,12 @@ def _check_splits(c: Config, dataset) -> None:
         have = len(getattr(dataset.splits, split))
         if task_kind(c) == "classification" and have < ways:
             raise ValueError(
-                f"{c.data_dir}: the meta-{split} split has {have} classes, fewer than the {ways} ways of its episodes "
-                f"(of {sum(len(s) for s in dataset.splits)} classes, {len(dataset.splits.val)} are held out for meta-val "
-                f"and {len(dataset.splits.test)} for meta-test: set val_classes / test_classes, or add classes)"
+                f"{c.data_dir}: the meta-{split} split has {have} classes, fewer than the {ways} ways of "
+                "its episodes "
+                f"(of {sum(len(s) for s in dataset.splits)} classes, {len(dataset.splits.val)} are held out "
+                "for meta-val "
+                f"and {len(dataset.splits.test)} for meta-test: set val_classes / test_classes, or add "
+                "classes)"
             )
         try:
             build_source(c, split, dataset)
@@ -151,7 +154,8 @@ def build_source(c: Config, split: str, dataset=None, *, rank: int = 0):
 def _csv_features(c: Config) -> int:
     if not c.csv_features:
         raise ConfigError(
-            "the csv benchmark's input size comes from the data: fill csv_features with builders.bind_dataset (train does)"
+            "the csv benchmark's input size comes from the data: fill csv_features with "
+            "builders.bind_dataset (train does)"
         )
     return len(c.csv_features)
 

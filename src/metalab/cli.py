@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
-from pathlib import Path
 
 from .algorithms.spec import OptionError, algorithm_names, load_plugins, option_keys, specs
 from .checkpoint import CheckpointError
-from .config import GROUPS, Config, ConfigError, config_from_dict, load_config, parse_override
+from .config import GROUPS, Config, ConfigError, load_config
 from .distributed import DistributedError
-from .experiment import default_run_dir, list_runs, meta_test, runs_table, sweep
 
-__all__ = ["main"]
+__all__ = ["main", "parser", "config_flags", "config_keys"]
 
 _EXAMPLES = """examples:
   metalab train --nproc 2                         # two processes, the meta-batch split between them
@@ -117,14 +114,17 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
             )
 
 
-def _config_keys() -> list[str]:
+def config_keys() -> list[str]:
     return [f.name for f in dataclasses.fields(Config) if f.name != "options"] + list(option_keys())
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="metalab",
-        description="Meta-learning on PyTorch: meta-train on many small tasks, adapt to a new one from a few examples.",
+        description=(
+            "Meta-learning on PyTorch: meta-train on many small tasks, adapt to a new one from a "
+            "few examples."
+        ),
         epilog=_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -142,7 +142,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--run-dir",
-        help="where to write config.yaml, metrics.jsonl, checkpoint.pt (default: runs/<benchmark>-<algorithm>-<time>)",
+        help=(
+            "where to write config.yaml, metrics.jsonl, checkpoint.pt (default: "
+            "runs/<benchmark>-<algorithm>-<time>)"
+        ),
     )
     t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -225,174 +228,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _yaml(text: str):
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def _train_config(args) -> Config:
-    config = load_config(args.config) if args.config else Config()
-    values = {}
-    for name in _config_keys():
-        raw = getattr(args, f"cfg_{name}")
-        if raw is not None:
-            values[name] = [_yaml(v) for v in raw] if isinstance(raw, list) else _yaml(raw)
-    for text in args.set:
-        key, value = parse_override(text)
-        values[key] = value
-    return config_from_dict(values, config).resolved()
-
-
-def cmd_train(args, argv=None) -> int:
-    from . import distributed
-    from .train import train
-
-    if args.resume and not args.run_dir:
-        raise ConfigError("--resume needs --run-dir, the folder of the run to continue")
-    if (
-        args.resume
-        and not args.config
-        and not any(getattr(args, f"cfg_{k}") is not None for k in _config_keys())
-        and not args.set
-    ):
-        # Resuming with no config given means: the run's own config.
-        config = load_config(Path(args.run_dir) / "config.yaml").resolved(saved=True)
-    else:
-        config = _train_config(args)
-    if args.nproc and args.nproc > 1 and not distributed.launched_by_torchrun():
-        # Re-run this very command under torchrun; every rank gets the same run folder.
-        argv = list(sys.argv[1:] if argv is None else argv)
-        for i, token in enumerate(argv):  # the ranks must not launch again
-            if token == "--nproc":
-                del argv[i : i + 2]
-                break
-            if token.startswith("--nproc="):
-                del argv[i]
-                break
-        if not args.run_dir:
-            argv += ["--run-dir", str(default_run_dir(config))]
-        return distributed.launch(args.nproc, argv)
-    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(config)
-    result = train(config, run_dir, resume=args.resume, progress=not args.quiet)
-    if not distributed.is_main():
-        return 0
-    c = result.config
-    summary = f"trained {c.algorithm} on {c.benchmark} for {result.iteration} iterations in {result.seconds:.0f} s -> {run_dir}/checkpoint.pt"
-    if result.last_val is not None:
-        summary += f"; last validation {result.last_val}"
-    print(summary)
-    if not args.no_eval:
-        meta_test(result)
-    return 0
-
-
-def cmd_sweep(args) -> int:
-    table = sweep(load_config(args.config), args.set, args.runs, progress=args.progress)
-    print(table)
-    return 0
-
-
-def cmd_runs(args) -> int:
-    runs = list_runs(args.root)
-    if not runs:
-        print(f"no runs under {args.root}")
-        return 0
-    print(runs_table(runs))
-    return 0
-
-
-def cmd_report(args) -> int:
-    from .report import write_report
-
-    page = write_report(args.runs, args.out)
-    print(f"wrote {page} and {Path(args.out) / 'report.md'}")
-    return 0
-
-
-def cmd_eval(args) -> int:
-    from .builders import build_source, load_dataset
-    from .evaluate import evaluate
-    from .train import learner_from_checkpoint
-
-    learner, c, state = learner_from_checkpoint(args.checkpoint)
-    overrides = {
-        k: v
-        for k, v in {
-            "test_ways": args.ways,
-            "test_shots": args.shots,
-            "test_queries": args.queries,
-            "data_dir": args.data_dir,
-        }.items()
-        if v is not None
-    }
-    c = config_from_dict(overrides, c).resolved()
-    tasks = args.tasks if args.tasks is not None else c.test_tasks
-    if tasks < 1:
-        raise ConfigError(f"--tasks must be >= 1, got {tasks}")
-    if args.steps and not learner.inner_loop:
-        raise ConfigError(f"--steps applies to learners with an inner loop; {c.algorithm} has none")
-    steps_list = (args.steps or c.eval_steps) if learner.inner_loop else [None]
-    if any(s is not None and s < 0 for s in steps_list):
-        raise ConfigError(f"--steps must be >= 0, got {steps_list}")
-    dataset = load_dataset(c)
-    cell = f"{c.test_ways}-way {c.test_shots}-shot" if c.benchmark != "sine" else f"K={c.test_shots}"
-    print(f"{args.checkpoint}: {c.algorithm} on {c.benchmark}, iteration {state['iteration']}, {cell}")
-    results = []
-    for steps in steps_list:
-        r = evaluate(learner, build_source(c, "test", dataset), tasks, steps=steps)
-        results.append(r.to_dict())
-        print("test " + str(r))
-    if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {"checkpoint": str(args.checkpoint), "shots": c.test_shots, "results": results}, indent=2
-            )
-        )
-    return 0
-
-
-def cmd_predict(args) -> int:
-    from .predict import format_predictions, predict, write_predictions_csv
-
-    predictions = predict(args.checkpoint, args.support, args.queries, steps=args.steps)
-    if args.csv:
-        write_predictions_csv(predictions, args.csv)
-        print(f"wrote {len(predictions)} predictions to {args.csv}")
-    else:
-        print(format_predictions(predictions))
-    return 0
-
-
-def cmd_plot(args) -> int:
-    from .plots import sine_adaptation_figure
-    from .train import learner_from_checkpoint
-
-    learners = {}
-    for path in [args.checkpoint] + ([args.baseline] if args.baseline else []):
-        learner, c, _ = learner_from_checkpoint(path)
-        if c.benchmark != "sine":
-            raise ConfigError(f"plot draws sine-wave tasks; {path} was trained on {c.benchmark}")
-        label = type(learner).__name__  # MAML, Pretrained, MetaSGD, ...
-        learners[label if label not in learners else c.algorithm] = learner
-    if args.shots < 1:
-        raise ConfigError(f"--shots must be >= 1, got {args.shots}")
-    sine_adaptation_figure(learners, args.out, shots=args.shots, steps=args.steps, seed=args.seed)
-    print(f"wrote {args.out}")
-    return 0
-
-
-def cmd_data(args) -> int:
-    from .data import download_omniglot
-
-    path = download_omniglot(args.data_dir)
-    print(f"Omniglot ready in {path}")
-    return 0
-
-
 def _preload_plugins(argv: list[str]) -> None:
     """Import the plugins named by `--plugins` or by the `--config` file first, so that their
     algorithms' keys are flags of `metalab train` and their names are known."""
@@ -416,23 +251,25 @@ def main(argv: list[str] | None = None) -> int:
     except (OptionError, ValueError) as e:
         print(f"metalab: error: {e}", file=sys.stderr)
         return 2
-    parser = _parser()
+    parser_ = parser()
     # No command at all means the built-in default job: `metalab train`.
-    args = parser.parse_args(argv or ["train"])
+    args = parser_.parse_args(argv or ["train"])
     command = args.command
+    from . import commands  # the subcommands import this module's key list
+
     try:
         if command == "train":
-            return cmd_train(args, argv)
-        commands = {
-            "eval": cmd_eval,
-            "predict": cmd_predict,
-            "plot": cmd_plot,
-            "data": cmd_data,
-            "sweep": cmd_sweep,
-            "runs": cmd_runs,
-            "report": cmd_report,
+            return commands.cmd_train(args, argv)
+        handlers = {
+            "eval": commands.cmd_eval,
+            "predict": commands.cmd_predict,
+            "plot": commands.cmd_plot,
+            "data": commands.cmd_data,
+            "sweep": commands.cmd_sweep,
+            "runs": commands.cmd_runs,
+            "report": commands.cmd_report,
         }
-        return commands[command](args)
+        return handlers[command](args)
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError, DistributedError) as e:
         if os.environ.get("METALAB_DEBUG"):
             raise

@@ -5,15 +5,13 @@ overrides stay short. The generic keys (tasks, data, model, training, evaluation
 `Config`, each with a one-line help text and its allowed values; the keys of the chosen algorithm
 are the fields of its options dataclass (`metalab.algorithms.spec`), held in `Config.options`.
 `resolved()` fills the defaults that depend on other keys and checks everything, naming the key.
-Keys of other registered algorithms are ignored, so one file can serve a sweep over algorithms.
-The resolved config is saved beside every checkpoint and inside it.
+A key of another registered algorithm is dropped where it holds its default and refused otherwise
+(it would do nothing). The resolved config is saved beside every checkpoint and inside it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,31 +19,29 @@ from typing import Any, Optional
 
 import yaml
 
-from .algorithms.spec import AlgorithmSpec, OptionError, Options, get_spec, load_plugins, option_keys
+from .algorithms.spec import AlgorithmSpec, Options, get_spec, option_keys
+from .config_values import ConfigError, coerce, load_plugins_named, option_errors, options_for, unknown_key
 from .data.omniglot.splits import SPLIT_CLASSES
 
 __all__ = [
     "Config",
     "ConfigError",
-    "load_config",
-    "config_from_dict",
-    "parse_override",
-    "task_kind",
+    "key",
     "key_help",
-    "GROUPS",
+    "task_kind",
     "FIELDS",
+    "GROUPS",
     "BENCHMARKS",
     "IMAGE_BENCHMARKS",
+    "config_from_dict",
+    "load_config",
+    "parse_override",
 ]
 
 BENCHMARKS = ("sine", "omniglot", "folder", "csv")
 # Benchmarks whose examples are images (Conv-4 backbones; `metalab predict` applies to them).
 IMAGE_BENCHMARKS = ("omniglot", "folder")
 GROUPS = ("tasks", "data", "model", "training", "evaluation")
-
-
-class ConfigError(ValueError):
-    """A config that cannot be run; the message names the key."""
 
 
 def key(
@@ -133,7 +129,8 @@ class Config:
     )
     kernels: str = key(
         "auto",
-        "Conv-4 fast path: auto (fused blocks and compiled CPU kernels where they apply) or off (the plain reference layers)",
+        "Conv-4 fast path: auto (fused blocks and compiled CPU kernels where they apply) or off (the plain "
+        "reference layers)",
         "model",
         choices=("auto", "off"),
     )
@@ -175,7 +172,8 @@ class Config:
     threads: Optional[int] = key(None, "torch threads (default: torch's choice)", "training", allowed=">= 1")
     task_threads: Optional[int] = key(
         None,
-        "worker threads for the meta-batch of learners that map tasks on the per-task loop (default: threads, else cores / processes; 1: off)",
+        "worker threads for the meta-batch of learners that map tasks on the per-task loop (default: "
+        "threads, else cores / processes; 1: off)",
         "training",
         allowed=">= 1",
     )
@@ -222,7 +220,7 @@ class Config:
         self.options = options if options is not None else keys
 
     def spec(self) -> AlgorithmSpec:
-        return _spec(self.algorithm)
+        return option_errors(lambda: get_spec(self.algorithm))
 
     def resolved(self, *, saved: bool = False) -> Config:
         """Fill the defaults that depend on other keys and check the whole config.
@@ -231,10 +229,12 @@ class Config:
         (they would do nothing here); with `saved` (a config read back from a run or a checkpoint,
         which may hold every key of an older version) they are dropped.
         """
-        _load_plugins(self.plugins)
+        from .config_checks import validate  # the checks read this module's keys
+
+        load_plugins_named(self.plugins)
         spec = self.spec()
         c = dataclasses.replace(self)
-        c.options = _options_for(spec, self.options, lenient=saved)
+        c.options = options_for(spec, self.options, generic=FIELDS, lenient=saved)
         if c.test_ways is None:
             c.test_ways = c.ways
         if c.test_shots is None:
@@ -246,8 +246,6 @@ class Config:
         c.options = option_errors(lambda: c.options.resolved(c))
         if not c.eval_steps:
             c.eval_steps = c.options.eval_steps()
-        from .config_checks import validate  # the checks read this module's keys
-
         validate(c, spec)
         return c
 
@@ -266,7 +264,7 @@ class Config:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config) if f.name != "options"}
-_HINTS = typing.get_type_hints(Config)
+HINTS = typing.get_type_hints(Config)
 
 
 def key_help(name: str) -> dict[str, Any]:
@@ -278,111 +276,6 @@ def task_kind(c: Config) -> str:
     """ "regression" (sine waves, a CSV with a target column) or "classification"."""
     regression = c.benchmark == "sine" or (c.benchmark == "csv" and c.csv_target is not None)
     return "regression" if regression else "classification"
-
-
-def option_errors(fn):
-    try:
-        return fn()
-    except OptionError as e:
-        raise ConfigError(str(e)) from None
-
-
-def _spec(name: str) -> AlgorithmSpec:
-    return option_errors(lambda: get_spec(name))
-
-
-def _load_plugins(plugins: list[str]) -> None:
-    option_errors(lambda: load_plugins(plugins))
-
-
-def _unknown_key(name: str, spec: AlgorithmSpec | None = None) -> ConfigError:
-    own = [f.name for f in dataclasses.fields(spec.options)] if spec is not None else list(option_keys())
-    close = difflib.get_close_matches(name, [*FIELDS, *own], n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    where = (
-        f"{spec.name}'s keys: {', '.join(own) or 'none'}"
-        if spec is not None
-        else "algorithm keys: " + ", ".join(own)
-    )
-    return ConfigError(f"unknown config key {name!r}{hint}; generic keys: {', '.join(FIELDS)}; {where}")
-
-
-def _options_for(spec: AlgorithmSpec, options: Any, *, lenient: bool = False) -> Options:
-    """`spec`'s options from raw values or another algorithm's options. A key only other
-    algorithms take is dropped where it holds their default (or always, `lenient`); set to
-    anything else, it is refused: it would do nothing here."""
-    shadowing = [f.name for f in dataclasses.fields(spec.options) if f.name in FIELDS]
-    if shadowing:
-        raise ConfigError(
-            f"algorithm {spec.name!r} declares {shadowing[0]!r}, a generic config key: rename its option"
-        )
-    if isinstance(options, spec.options):
-        return options
-    carried = isinstance(options, Options)  # another algorithm's resolved options
-    raw = options.to_dict() if carried else dict(options or {})
-    own = {f.name for f in dataclasses.fields(spec.options)}
-    others = option_keys()
-    for name in list(raw):
-        if name in own:
-            continue
-        if name not in others:
-            raise _unknown_key(name, spec)
-        if not (lenient or carried or all(raw[name] == _default(s, name) for s in others[name])):
-            takers = ", ".join(s.name for s in others[name])
-            raise ConfigError(f"config key {name!r} applies to {takers}, not to {spec.name}")
-        del raw[name]
-    return option_errors(lambda: spec.make_options(raw, _coerce))
-
-
-def _default(spec: AlgorithmSpec, name: str) -> Any:
-    f = next(f for f in dataclasses.fields(spec.options) if f.name == name)
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-
-
-def _coerce(name: str, value: Any, hint: Any = None) -> Any:
-    hint = _HINTS[name] if hint is None else hint
-    optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
-    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint) if optional else hint
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"config key {name!r} must not be empty")
-    if base is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key {name!r} must be true or false, got {value!r}")
-    if base is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key {name!r} must be an integer, got {value!r}")
-    if base is float:
-        return _number(name, value)
-    if base is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"config key {name!r} must be a string, got {value!r}")
-    if typing.get_origin(base) is list:
-        (item,) = typing.get_args(base)
-        values = value if isinstance(value, list) else [value]
-        if item is float:
-            return [_number(name, v) for v in values]
-        if all(isinstance(v, item) and not isinstance(v, bool) for v in values):
-            return values
-        noun = {int: "integers", str: "strings"}.get(item, item.__name__)
-        raise ConfigError(f"config key {name!r} must be a list of {noun}, got {value!r}")
-    return value
-
-
-def _number(name: str, value: Any) -> float:
-    """A finite number; YAML 1.1 reads `1e-3` (no dot) as a string, so such strings count too."""
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    raise ConfigError(f"config key {name!r} must be a number, got {value!r}")
 
 
 def config_from_dict(values: dict[str, Any], base: Config | None = None) -> Config:
@@ -397,7 +290,7 @@ def config_from_dict(values: dict[str, Any], base: Config | None = None) -> Conf
     for name, value in values.items():
         name = str(name)
         if name in FIELDS:
-            setattr(c, name, _coerce(name, value))
+            setattr(c, name, coerce(name, value, HINTS[name]))
         else:
             own[name] = value
     c.options = own
@@ -441,7 +334,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     name, raw = text.split("=", 1)
     name = name.strip().replace("-", "_")
     if name not in FIELDS and name not in option_keys():
-        raise _unknown_key(name)
+        raise unknown_key(name, FIELDS)
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:

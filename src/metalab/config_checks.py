@@ -71,7 +71,8 @@ def _validate_needs(c: Config, spec: AlgorithmSpec) -> None:
         )
     if needs.images and c.benchmark not in IMAGE_BENCHMARKS:
         raise ConfigError(
-            f"algorithm {spec.name!r} has a convolutional backbone; it needs an image benchmark (omniglot, folder)"
+            f"algorithm {spec.name!r} has a convolutional backbone; it needs an image benchmark (omniglot, "
+            "folder)"
         )
     if needs.fixed_head and kind == "classification" and c.test_ways != c.ways:
         raise ConfigError(
@@ -84,11 +85,13 @@ def _validate_data_keys(c: Config, spec: AlgorithmSpec) -> None:
     """The keys of the image and CSV benchmarks: each only where it means something."""
     if c.image_size < 1 or c.channels not in (1, 3):
         raise ConfigError(
-            f"config keys 'image_size' must be >= 1 and 'channels' 1 or 3, got {c.image_size} and {c.channels}"
+            f"config keys 'image_size' must be >= 1 and 'channels' 1 or 3, got {c.image_size} and "
+            f"{c.channels}"
         )
     if c.benchmark in IMAGE_BENCHMARKS and c.image_size < spec.needs.min_image_size:
         raise ConfigError(
-            f"config key 'image_size' must be >= {spec.needs.min_image_size} for {spec.name} on images, got {c.image_size}"
+            f"config key 'image_size' must be >= {spec.needs.min_image_size} for {spec.name} on images, got "
+            f"{c.image_size}"
         )
     if c.benchmark == "omniglot":
         _validate_omniglot(c)
@@ -104,7 +107,8 @@ def _validate_data_keys(c: Config, spec: AlgorithmSpec) -> None:
                 )
     elif c.val_classes is not None or c.test_classes is not None:
         raise ConfigError(
-            f"config keys 'val_classes' and 'test_classes' apply to the folder and csv benchmarks, not {c.benchmark}"
+            "config keys 'val_classes' and 'test_classes' apply to the folder and csv benchmarks, not "
+            f"{c.benchmark}"
         )
     csv_keys = {
         k: getattr(c, k) for k in ("csv_label", "csv_target", "csv_task") if getattr(c, k) is not None
@@ -117,7 +121,8 @@ def _validate_data_keys(c: Config, spec: AlgorithmSpec) -> None:
     if (c.csv_label is None) == (c.csv_target is None) or (c.csv_target is None) != (c.csv_task is None):
         raise ConfigError(
             "the csv benchmark needs either 'csv_label' (classification: the class column) or both "
-            "'csv_target' and 'csv_task' (regression: the target column and the column grouping rows into tasks); "
+            "'csv_target' and 'csv_task' (regression: the target column and the column grouping rows into "
+            "tasks); "
             f"got {csv_keys or 'none'}"
         )
 
@@ -129,7 +134,8 @@ def _validate_omniglot(c: Config) -> None:
     for shots_key, queries_key in (("shots", "queries"), ("test_shots", "test_queries")):
         if getattr(c, shots_key) + getattr(c, queries_key) > per_class:
             raise ConfigError(
-                f"config keys {shots_key!r} + {queries_key!r} = {getattr(c, shots_key) + getattr(c, queries_key)} "
+                f"config keys {shots_key!r} + {queries_key!r} = "
+                f"{getattr(c, shots_key) + getattr(c, queries_key)} "
                 f"exceed the {per_class} examples of every Omniglot class"
             )
     classes = SPLIT_CLASSES[c.split]

@@ -107,7 +107,10 @@ def list_runs(root: str | Path = "runs") -> list[RunSummary]:
 def format_table(rows: list[list[str]], header: list[str]) -> str:
     """A markdown table (readable as plain text too)."""
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+
+    def line(cells):
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
 
 

@@ -214,7 +214,8 @@ def inner_loop(
 ) -> Params:
     """Adapt `params` to one task by `steps` steps of `rule` on the loss of `model` on (x, y).
 
-    With `SGD(alpha)` this is the inner update of Finn et al. 2017, eq. 1: theta' = theta - alpha * grad L(theta).
+    With `SGD(alpha)` this is the inner update of Finn et al. 2017, eq. 1:
+    theta' = theta - alpha * grad L(theta).
 
     Args:
         x: of shape (n, *input_shape) (one task; under `vmap` the task dim is hidden).

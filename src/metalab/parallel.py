@@ -68,7 +68,8 @@ class TaskThreads:
     def __init__(self, learner: MetaLearner, workers: int, autocast: torch.dtype | None = None) -> None:
         if not getattr(learner, "task_parallel", False):
             raise ValueError(
-                f"{type(learner).__name__} does not support task-parallel threads (its meta-loss is not a plain mean over tasks)"
+                f"{type(learner).__name__} does not support task-parallel threads (its meta-loss is not a "
+                "plain mean over tasks)"
             )
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")

@@ -90,16 +90,20 @@ def _check_support(
     listed, needs = ", ".join(names), c.spec().needs
     if needs.fixed_head and len(names) != c.ways:
         raise ConfigError(
-            f"{checkpoint} is a {c.ways}-way {c.algorithm} model: its classifier head has exactly {c.ways} outputs, "
-            f"so the support folder needs exactly {c.ways} class folders; {support} has {len(names)} ({listed})"
+            f"{checkpoint} is a {c.ways}-way {c.algorithm} model: its classifier head has exactly {c.ways} "
+            "outputs, "
+            f"so the support folder needs exactly {c.ways} class folders; {support} has {len(names)} "
+            f"({listed})"
         )
     if len(names) < 2:
         raise ConfigError(
-            f"the support folder {support} needs at least 2 class folders to choose between; it has {len(names)} ({listed})"
+            f"the support folder {support} needs at least 2 class folders to choose between; it has "
+            f"{len(names)} ({listed})"
         )
     if needs.equal_shots and len(set(counts)) > 1:
         raise ConfigError(
-            f"{c.algorithm} needs the same number of support images in every class (relation networks sum each "
+            f"{c.algorithm} needs the same number of support images in every class (relation networks sum "
+            "each "
             f"class's feature maps); {support} has " + ", ".join(f"{n}: {k}" for n, k in zip(names, counts))
         )
 
@@ -138,7 +142,8 @@ def predict(
     learner, c, _ = learner_from_checkpoint(checkpoint)
     if c.benchmark not in IMAGE_BENCHMARKS:
         raise ConfigError(
-            f"{checkpoint} was trained on {c.benchmark}; predict labels images and needs a checkpoint trained on omniglot or folder"
+            f"{checkpoint} was trained on {c.benchmark}; predict labels images and needs a checkpoint "
+            "trained on omniglot or folder"
         )
     if steps is not None and not learner.inner_loop:
         raise ConfigError(f"steps applies to gradient-based learners; {c.algorithm} has no inner loop")

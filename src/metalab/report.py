@@ -181,7 +181,8 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
     for title, path in figures:
         data = base64.b64encode(path.read_bytes()).decode()
         body.append(
-            f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>"
+            f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' "
+            f"src='data:image/png;base64,{data}'>"
         )
     page = out_dir / "report.html"
     page.write_text(

@@ -93,7 +93,8 @@ class Run:
         rank, world = distributed.rank(), distributed.world_size()
         if c.meta_batch % world:
             raise ConfigError(
-                f"config key 'meta_batch' ({c.meta_batch}) must be divisible by the number of processes ({world})"
+                f"config key 'meta_batch' ({c.meta_batch}) must be divisible by the number of processes "
+                f"({world})"
             )
         # The data first: some config keys come from it (a CSV's feature columns size the model).
         dataset = load_dataset(c)
@@ -116,7 +117,8 @@ class Run:
             run.restore(log)
         elif run.checkpoint_path.exists():
             raise CheckpointError(
-                f"{run.checkpoint_path} exists: pass --resume to continue that run, or choose another run folder"
+                f"{run.checkpoint_path} exists: pass --resume to continue that run, or choose another run "
+                "folder"
             )
         if run.main:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -148,7 +150,8 @@ class Run:
         task_states = state["rng"].get("rank_tasks", [state["rng"]["tasks"]])
         if len(task_states) != self.world:
             raise CheckpointError(
-                f"cannot resume {path}: it was written by {len(task_states)} process(es), this run has {self.world}"
+                f"cannot resume {path}: it was written by {len(task_states)} process(es), this run has "
+                f"{self.world}"
             )
         self.source.set_state(task_states[self.rank])
         self.start_iteration = state["iteration"]

@@ -70,7 +70,8 @@ class MetricsLog:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             log(
-                "tensorboard is not installed: metrics go to metrics.jsonl only (pip install 'metalab[tracking]')"
+                "tensorboard is not installed: metrics go to metrics.jsonl only (pip install "
+                "'metalab[tracking]')"
             )
         else:
             self.writer = SummaryWriter(str(run.run_dir / "tensorboard"))

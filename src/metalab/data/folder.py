@@ -64,7 +64,8 @@ def read_class_folders(
         images = list_images(d)
         if not images:
             raise DataIntegrityError(
-                f"class folder {d} has no images (files Pillow reads: .png, .jpg, ...; subfolders are not searched)"
+                f"class folder {d} has no images (files Pillow reads: .png, .jpg, ...; subfolders are not "
+                "searched)"
             )
         files.append(images)
     x = np.empty((sum(map(len, files)), channels, image_size, image_size), dtype=np.uint8)

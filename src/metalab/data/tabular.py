@@ -60,7 +60,8 @@ def read_csv(path: str | os.PathLike) -> tuple[list[str], list[list[str]], list[
             lines.append(reader.line_num)
     if not header or not rows:
         raise DataIntegrityError(
-            f"{path}: no {'header' if not header else 'data rows'}; expected a header line naming the columns, then one row per example"
+            f"{path}: no {'header' if not header else 'data rows'}; expected a header line naming the "
+            "columns, then one row per example"
         )
     repeated = sorted({n for n in header if header.count(n) > 1})
     if repeated:
@@ -194,7 +195,8 @@ class RowTasks:
             t = int(tasks[short[0]])
             name = repr(task_names[t]) if task_names is not None else str(t)
             raise ValueError(
-                f"task {name} has {int(self.counts[short[0]])} rows, fewer than shots + queries = {shots} + {queries} = {need} "
+                f"task {name} has {int(self.counts[short[0]])} rows, fewer than shots + queries = {shots} + "
+                f"{queries} = {need} "
                 f"({short.numel()} task(s) too small)"
             )
         self.x, self.y, self.tasks = x, y, tasks
@@ -269,7 +271,8 @@ def load_csv(
     for name in names:
         if name in roles.values():
             raise ValueError(
-                f"column {name!r} cannot be both a feature and the {next(r for r, n in roles.items() if n == name)} column"
+                f"column {name!r} cannot be both a feature and the "
+                f"{next(r for r, n in roles.items() if n == name)} column"
             )
     x = _numbers(path, header, rows, lines, [_column(path, header, n, "feature") for n in names])
     group_values = [row[special[0] if label is not None else special[1]].strip() for row in rows]

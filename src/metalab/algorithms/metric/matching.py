@@ -177,7 +177,9 @@ register(
     AlgorithmSpec(
         name="matching",
         family="metric",
-        summary="Matching Networks (Vinyals et al. 2016): attention over the support set, cosine similarities",
+        summary=(
+            "Matching Networks (Vinyals et al. 2016): attention over the support set, cosine similarities"
+        ),
         learner=MatchingNet,
         options=MatchingOptions,
         needs=Needs(kinds=("classification",)),

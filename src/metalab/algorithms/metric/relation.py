@@ -178,7 +178,7 @@ class RelationNet(MetaLearner):
         return self.scores(class_maps, query_maps)
 
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
-        """The objective of section 3.2, averaged: MSE between the relation scores and one-hot query labels."""
+        """The objective of section 3.2, averaged: MSE of the relation scores against one-hot query labels."""
         scores = self.predict(batch.support_x, batch.support_y, batch.query_x)
         target = F.one_hot(batch.query_y, scores.shape[-1]).to(scores.dtype)
         loss = F.mse_loss(scores, target)
@@ -190,7 +190,9 @@ register(
     AlgorithmSpec(
         name="relation",
         family="metric",
-        summary="Relation Networks (Sung et al. 2018): a learned comparison of feature maps, regressed with MSE",
+        summary=(
+            "Relation Networks (Sung et al. 2018): a learned comparison of feature maps, regressed with MSE"
+        ),
         learner=RelationNet,
         # Its own embedding keeps feature maps, and the relation module pools them twice more.
         needs=Needs(kinds=("classification",), images=True, equal_shots=True, min_image_size=22),

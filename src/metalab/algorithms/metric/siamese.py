@@ -141,7 +141,9 @@ register(
     AlgorithmSpec(
         name="siamese",
         family="metric",
-        summary="Siamese networks (Koch et al. 2015): a same/different verifier, the most similar support wins",
+        summary=(
+            "Siamese networks (Koch et al. 2015): a same/different verifier, the most similar support wins"
+        ),
         learner=SiameseNet,
         needs=Needs(kinds=("classification",)),
         build=_build,

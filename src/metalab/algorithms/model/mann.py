@@ -271,7 +271,7 @@ class MANN(MetaLearner):
         return picked.sum(-1)
 
     def _sequence(self, x: Tensor, y: Tensor, codes: Tensor | None = None):
-        """Feed (x_t, y_{t-1}) for t = 1..L: x (T, L, features), y (T, L) -> outputs (T, L, D), final carry."""
+        """Feed (x_t, y_{t-1}) for t = 1..L: x (T, L, features), y (T, L) -> outputs (T, L, D), carry."""
         t, length = y.shape
         labels = self._encode(y, codes, x.dtype)
         prev = torch.cat([labels.new_zeros(t, 1, labels.shape[-1]), labels[:, :-1]], 1)
@@ -294,7 +294,8 @@ class MANN(MetaLearner):
         return self._shuffle(x, y, seed)
 
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
-        """Cross-entropy at every step of the shuffled support + query sequence, averaged over steps and tasks."""
+        """Cross-entropy at every step of the shuffled support + query sequence, averaged over steps
+        and tasks."""
         seed = self.seed * 1_000_003 + self._episode
         x, y = self._episode_sequence(batch, seed)
         self._episode += 1
@@ -360,7 +361,10 @@ register(
     AlgorithmSpec(
         name="mann",
         family="model",
-        summary="memory-augmented network (Santoro et al. 2016): an LSTM with an LRUA memory, labels fed back late",
+        summary=(
+            "memory-augmented network (Santoro et al. 2016): an LSTM with an LRUA memory, labels fed "
+            "back late"
+        ),
         learner=MANN,
         options=MANNOptions,
         needs=Needs(kinds=("classification",), fixed_head=True),

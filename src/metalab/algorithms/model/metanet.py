@@ -170,7 +170,8 @@ class MetaNet(MetaLearner):
         return (loss * pairs).sum() / pairs.sum().clamp_min(1.0)
 
     def task_logits(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
-        """Algorithm 1 for one task: logits of shape (n_query, N) from support (n_s, ...), (n_s,) and query (n_q, ...)."""
+        """Algorithm 1 for one task: logits of shape (n_query, N) from support (n_s, ...), (n_s,) and
+        query (n_q, ...)."""
         slow_q = self.representation.slow_parameters()
         # 1. Task-level fast weights of u from its embedding-loss gradient (detached meta information).
         with torch.enable_grad():
@@ -224,7 +225,9 @@ register(
     AlgorithmSpec(
         name="metanet",
         family="model",
-        summary="Meta Networks (Munkhdalai & Yu 2017): fast weights generated from gradients, read by attention",
+        summary=(
+            "Meta Networks (Munkhdalai & Yu 2017): fast weights generated from gradients, read by attention"
+        ),
         learner=MetaNet,
         needs=Needs(kinds=("classification",), images=True, fixed_head=True),
         build=_build,

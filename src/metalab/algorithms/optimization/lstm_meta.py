@@ -51,7 +51,8 @@ class LSTMMetaOptions(InnerLoop):
         super().check(config)
         if not 0.0 < self.inner_lr < 1.0:
             raise OptionError(
-                f"for lstm_meta, 'inner_lr' is the input gate's initial value (a learned learning rate, a sigmoid): "
+                "for lstm_meta, 'inner_lr' is the input gate's initial value (a learned learning rate, a "
+                "sigmoid): "
                 f"it must be in (0, 1), got {self.inner_lr}"
             )
 
@@ -116,7 +117,8 @@ class LSTMMetaLearner(MetaLearner):
             raise ValueError("inner steps must be >= 0")
         if not 0.0 < inner_lr < 1.0:
             raise ValueError(
-                f"the LSTM meta-learner's inner_lr is its input gate's initial value, in (0, 1); got {inner_lr}"
+                "the LSTM meta-learner's inner_lr is its input gate's initial value, in (0, 1); got "
+                f"{inner_lr}"
             )
         self.model, self.kind = model, kind
         self.inner_steps = inner_steps
@@ -223,7 +225,8 @@ class LSTMMetaLearner(MetaLearner):
     def predict(
         self, support_x: Tensor, support_y: Tensor, query_x: Tensor, *, steps: int | None = None
     ) -> Tensor:
-        """Train the learner on each support set with `steps` updates (default `eval_inner_steps`), answer the queries.
+        """Train the learner on each support set with `steps` updates (default `eval_inner_steps`),
+        then answer the queries.
 
         Returns:
             logits of shape (T, n_query, N) (or values, for regression).
@@ -247,7 +250,9 @@ register(
     AlgorithmSpec(
         name="lstm_meta",
         family="optimization",
-        summary="the LSTM meta-learner (Ravi & Larochelle 2017): a learned update rule for the learner's weights",
+        summary=(
+            "the LSTM meta-learner (Ravi & Larochelle 2017): a learned update rule for the learner's weights"
+        ),
         learner=LSTMMetaLearner,
         options=LSTMMetaOptions,
         needs=Needs(fixed_head=True),

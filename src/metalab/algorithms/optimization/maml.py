@@ -79,7 +79,8 @@ class MAML(MetaLearner):
         self.strategy = resolve_strategy(strategy, model)
         if inner_checkpoint and self.strategy == "vmap":
             raise ValueError(
-                "inner_checkpoint works on the per-task loop; use strategy 'loop' (vmap was chosen for this model)"
+                "inner_checkpoint works on the per-task loop; use strategy 'loop' (vmap was chosen for "
+                "this model)"
             )
         self.inner_checkpoint = inner_checkpoint
 
@@ -136,7 +137,8 @@ class MAML(MetaLearner):
     def predict(
         self, support_x: Tensor, support_y: Tensor, query_x: Tensor, *, steps: int | None = None
     ) -> Tensor:
-        """Adapt on each support set with `steps` inner steps (default `eval_inner_steps`), answer the queries."""
+        """Adapt on each support set with `steps` inner steps (default `eval_inner_steps`), then answer
+        the queries."""
         steps = self.eval_inner_steps if steps is None else steps
         return adapted_predictions(
             self.model,
@@ -168,7 +170,10 @@ register(
     AlgorithmSpec(
         name="maml",
         family="optimization",
-        summary="MAML (Finn et al. 2017): an initialisation adapted by SGD, differentiated through the inner steps",
+        summary=(
+            "MAML (Finn et al. 2017): an initialisation adapted by SGD, differentiated through the "
+            "inner steps"
+        ),
         learner=MAML,
         options=MAMLOptions,
         needs=Needs(fixed_head=True),

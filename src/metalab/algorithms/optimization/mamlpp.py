@@ -296,7 +296,9 @@ register(
     AlgorithmSpec(
         name="mamlpp",
         family="optimization",
-        summary="MAML++ (Antoniou et al. 2019): per-step rates and batch-norm affine, multi-step loss, annealing",
+        summary=(
+            "MAML++ (Antoniou et al. 2019): per-step rates and batch-norm affine, multi-step loss, annealing"
+        ),
         learner=MAMLpp,
         options=MAMLppOptions,
         needs=Needs(fixed_head=True),

@@ -69,7 +69,8 @@ class SecondOrder(Options):
             )
         if self.inner_checkpoint and getattr(self, "strategy", None) == "vmap":
             raise OptionError(
-                "config key 'inner_checkpoint' works on the per-task loop: set 'strategy' to loop or auto, not vmap"
+                "config key 'inner_checkpoint' works on the per-task loop: set 'strategy' to loop or auto, "
+                "not vmap"
             )
 
 

@@ -143,7 +143,8 @@ class Baseline(MetaLearner):
         x, y = batch.support_x.flatten(0, 1), batch.support_y.flatten()
         if int(y.max()) >= self.classifier_classes:
             raise ValueError(
-                f"label {int(y.max())} is outside the {self.classifier_classes} classes of the pre-training classifier: "
+                f"label {int(y.max())} is outside the {self.classifier_classes} classes of the pre-training "
+                "classifier: "
                 "Baseline trains on global class labels (FewShotDataset.batches), not on episodes"
             )
         logits = self.classifier(self.encoder(x))

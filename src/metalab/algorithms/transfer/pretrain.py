@@ -56,7 +56,8 @@ class Pretrained(MetaLearner):
     def predict(
         self, support_x: Tensor, support_y: Tensor, query_x: Tensor, *, steps: int | None = None
     ) -> Tensor:
-        """Fine-tune on each support set with `steps` SGD steps (default `eval_inner_steps`), answer the queries."""
+        """Fine-tune on each support set with `steps` SGD steps (default `eval_inner_steps`), then
+        answer the queries."""
         steps = self.eval_inner_steps if steps is None else steps
         return adapted_predictions(
             self.model,

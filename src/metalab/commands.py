@@ -1,0 +1,182 @@
+"""The `metalab` subcommands: each takes the parsed arguments and returns the exit status."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .cli import config_keys
+from .config import Config, ConfigError, config_from_dict, load_config, parse_override
+from .experiment import default_run_dir, list_runs, meta_test, runs_table, sweep
+
+
+def _yaml(text: str):
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _train_config(args) -> Config:
+    config = load_config(args.config) if args.config else Config()
+    values = {}
+    for name in config_keys():
+        raw = getattr(args, f"cfg_{name}")
+        if raw is not None:
+            values[name] = [_yaml(v) for v in raw] if isinstance(raw, list) else _yaml(raw)
+    for text in args.set:
+        key, value = parse_override(text)
+        values[key] = value
+    return config_from_dict(values, config).resolved()
+
+
+def cmd_train(args, argv=None) -> int:
+    from . import distributed
+    from .train import train
+
+    if args.resume and not args.run_dir:
+        raise ConfigError("--resume needs --run-dir, the folder of the run to continue")
+    if (
+        args.resume
+        and not args.config
+        and not any(getattr(args, f"cfg_{k}") is not None for k in config_keys())
+        and not args.set
+    ):
+        # Resuming with no config given means: the run's own config.
+        config = load_config(Path(args.run_dir) / "config.yaml").resolved(saved=True)
+    else:
+        config = _train_config(args)
+    if args.nproc and args.nproc > 1 and not distributed.launched_by_torchrun():
+        # Re-run this very command under torchrun; every rank gets the same run folder.
+        argv = list(sys.argv[1:] if argv is None else argv)
+        for i, token in enumerate(argv):  # the ranks must not launch again
+            if token == "--nproc":
+                del argv[i : i + 2]
+                break
+            if token.startswith("--nproc="):
+                del argv[i]
+                break
+        if not args.run_dir:
+            argv += ["--run-dir", str(default_run_dir(config))]
+        return distributed.launch(args.nproc, argv)
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(config)
+    result = train(config, run_dir, resume=args.resume, progress=not args.quiet)
+    if not distributed.is_main():
+        return 0
+    c = result.config
+    summary = (
+        f"trained {c.algorithm} on {c.benchmark} for {result.iteration} iterations "
+        f"in {result.seconds:.0f} s -> {run_dir}/checkpoint.pt"
+    )
+    if result.last_val is not None:
+        summary += f"; last validation {result.last_val}"
+    print(summary)
+    if not args.no_eval:
+        meta_test(result)
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    table = sweep(load_config(args.config), args.set, args.runs, progress=args.progress)
+    print(table)
+    return 0
+
+
+def cmd_runs(args) -> int:
+    runs = list_runs(args.root)
+    if not runs:
+        print(f"no runs under {args.root}")
+        return 0
+    print(runs_table(runs))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    page = write_report(args.runs, args.out)
+    print(f"wrote {page} and {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .builders import build_source, load_dataset
+    from .evaluate import evaluate
+    from .train import learner_from_checkpoint
+
+    learner, c, state = learner_from_checkpoint(args.checkpoint)
+    overrides = {
+        k: v
+        for k, v in {
+            "test_ways": args.ways,
+            "test_shots": args.shots,
+            "test_queries": args.queries,
+            "data_dir": args.data_dir,
+        }.items()
+        if v is not None
+    }
+    c = config_from_dict(overrides, c).resolved()
+    tasks = args.tasks if args.tasks is not None else c.test_tasks
+    if tasks < 1:
+        raise ConfigError(f"--tasks must be >= 1, got {tasks}")
+    if args.steps and not learner.inner_loop:
+        raise ConfigError(f"--steps applies to learners with an inner loop; {c.algorithm} has none")
+    steps_list = (args.steps or c.eval_steps) if learner.inner_loop else [None]
+    if any(s is not None and s < 0 for s in steps_list):
+        raise ConfigError(f"--steps must be >= 0, got {steps_list}")
+    dataset = load_dataset(c)
+    cell = f"{c.test_ways}-way {c.test_shots}-shot" if c.benchmark != "sine" else f"K={c.test_shots}"
+    print(f"{args.checkpoint}: {c.algorithm} on {c.benchmark}, iteration {state['iteration']}, {cell}")
+    results = []
+    for steps in steps_list:
+        r = evaluate(learner, build_source(c, "test", dataset), tasks, steps=steps)
+        results.append(r.to_dict())
+        print("test " + str(r))
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {"checkpoint": str(args.checkpoint), "shots": c.test_shots, "results": results}, indent=2
+            )
+        )
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .predict import format_predictions, predict, write_predictions_csv
+
+    predictions = predict(args.checkpoint, args.support, args.queries, steps=args.steps)
+    if args.csv:
+        write_predictions_csv(predictions, args.csv)
+        print(f"wrote {len(predictions)} predictions to {args.csv}")
+    else:
+        print(format_predictions(predictions))
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from .plots import sine_adaptation_figure
+    from .train import learner_from_checkpoint
+
+    learners = {}
+    for path in [args.checkpoint] + ([args.baseline] if args.baseline else []):
+        learner, c, _ = learner_from_checkpoint(path)
+        if c.benchmark != "sine":
+            raise ConfigError(f"plot draws sine-wave tasks; {path} was trained on {c.benchmark}")
+        label = type(learner).__name__  # MAML, Pretrained, MetaSGD, ...
+        learners[label if label not in learners else c.algorithm] = learner
+    if args.shots < 1:
+        raise ConfigError(f"--shots must be >= 1, got {args.shots}")
+    sine_adaptation_figure(learners, args.out, shots=args.shots, steps=args.steps, seed=args.seed)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from .data import download_omniglot
+
+    path = download_omniglot(args.data_dir)
+    print(f"Omniglot ready in {path}")
+    return 0
