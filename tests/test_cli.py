@@ -138,6 +138,31 @@ def test_console_script_help():
     assert "--inner-lr" in out and "--resume" in out and "metalab train" in out
 
 
+def test_train_help_describes_every_key_with_its_allowed_values():
+    """Every config key, generic or an algorithm's own, is a flag of `metalab train` with a
+    description and its allowed values, grouped by what it configures."""
+    from metalab.algorithms.spec import option_keys
+    from metalab.cli import config_flags, parser
+    from metalab.config import FIELDS
+
+    groups = config_flags()
+    titles = [title for title, _, _ in groups]
+    assert titles[:5] == [
+        f"config keys: {t}" for t in ("the tasks", "the data", "the model", "meta-training", "evaluation")
+    ]
+    rows = {name: help_text for _, _, group in groups for name, help_text, _, _ in group}
+    assert set(rows) == set(FIELDS) | set(option_keys())
+    for name, help_text in rows.items():
+        description, _, bracket = help_text.partition(" [")
+        allowed = bracket.split("default:")[0].strip("; ")
+        assert len(description) > 10 and allowed, (name, help_text)
+    assert "anil | fomaml | lstm_meta | maml" in rows["algorithm"]  # the registered names are the allowed values
+    assert "lstm_meta: the input gate's initial value" in rows["inner_lr"]  # one meaning per algorithm
+    assert "maml" in rows["inner_lr"] and "true | false" in rows["fce"]
+    text = parser().format_help()
+    assert "train" in text
+
+
 def test_saved_config_reproduces_the_run(tmp_path, capsys):
     assert (
         run(capsys, "train", *TINY, "--inner-lr", "0.02", "--run-dir", str(tmp_path / "a"), "--no-eval")[0]

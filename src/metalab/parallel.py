@@ -66,7 +66,7 @@ class TaskThreads:
     """
 
     def __init__(self, learner: MetaLearner, workers: int, autocast: torch.dtype | None = None) -> None:
-        if not getattr(learner, "task_parallel", False):
+        if not learner.task_parallel:
             raise ValueError(
                 f"{type(learner).__name__} does not support task-parallel threads (its meta-loss is not a "
                 "plain mean over tasks)"

@@ -152,7 +152,7 @@ class MAML(MetaLearner):
         )
 
 
-def _build(ctx: BuildContext, *, first_order: bool | None = None) -> MAML:
+def _build(ctx: BuildContext, *, first_order: bool, inner_checkpoint: bool) -> MAML:
     o = ctx.options
     return MAML(
         ctx.backbone(),
@@ -160,9 +160,9 @@ def _build(ctx: BuildContext, *, first_order: bool | None = None) -> MAML:
         inner_lr=o.inner_lr,
         inner_steps=o.inner_steps,
         eval_inner_steps=o.eval_inner_steps,
-        first_order=o.first_order if first_order is None else first_order,
+        first_order=first_order,
         strategy=o.strategy,
-        inner_checkpoint=getattr(o, "inner_checkpoint", False),
+        inner_checkpoint=inner_checkpoint,
     )
 
 
@@ -177,7 +177,9 @@ register(
         learner=MAML,
         options=MAMLOptions,
         needs=Needs(fixed_head=True),
-        build=_build,
+        build=lambda ctx: _build(
+            ctx, first_order=ctx.options.first_order, inner_checkpoint=ctx.options.inner_checkpoint
+        ),
     )
 )
 register(
@@ -188,6 +190,6 @@ register(
         learner=MAML,
         options=SGDInnerLoop,
         needs=Needs(fixed_head=True),
-        build=lambda ctx: _build(ctx, first_order=True),
+        build=lambda ctx: _build(ctx, first_order=True, inner_checkpoint=False),
     )
 )

@@ -53,7 +53,7 @@ class InnerRate(Options):
 
 
 @dataclass
-class SecondOrder(Options):
+class SecondOrder(TaskMapping):
     first_order: bool = option(False, "detach the inner gradients (first-order approximation)")
     inner_checkpoint: bool = option(
         False,
@@ -67,7 +67,7 @@ class SecondOrder(Options):
             raise OptionError(
                 "config key 'inner_checkpoint' applies to second-order inner loops, not with first_order"
             )
-        if self.inner_checkpoint and getattr(self, "strategy", None) == "vmap":
+        if self.inner_checkpoint and self.strategy == "vmap":
             raise OptionError(
                 "config key 'inner_checkpoint' works on the per-task loop: set 'strategy' to loop or auto, "
                 "not vmap"
