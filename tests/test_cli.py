@@ -156,7 +156,8 @@ def test_train_help_describes_every_key_with_its_allowed_values():
         description, _, bracket = help_text.partition(" [")
         allowed = bracket.split("default:")[0].strip("; ")
         assert len(description) > 10 and allowed, (name, help_text)
-    assert "anil | fomaml | lstm_meta | maml" in rows["algorithm"]  # the registered names are the allowed values
+    # the registered names are the allowed values of `algorithm`
+    assert "anil | fomaml | lstm_meta | maml" in rows["algorithm"]
     assert "lstm_meta: the input gate's initial value" in rows["inner_lr"]  # one meaning per algorithm
     assert "maml" in rows["inner_lr"] and "true | false" in rows["fce"]
     text = parser().format_help()

@@ -8,8 +8,8 @@ and computes that slice's meta-gradient with `torch.autograd.grad`; the main thr
 slices' gradients in a fixed order. Within its slice a worker differentiates one task at a time,
 so it holds one task's graph at a time: memory grows with the number of workers, not with the
 meta-batch (the per-task loop keeps every task's graph until its single backward pass). PyTorch
-operators release the GIL, so the workers run truly in parallel. docs/performance.md gives the
-measured speed against the loop and the peers (`python benchmarks/perf.py`).
+operators release the GIL, so the workers run truly in parallel. docs/engine.md gives their
+speed against the loop, docs/performance.md against the peers (`python benchmarks/perf.py`).
 
 Each worker owns a replica of the learner (`copy.deepcopy`), refreshed from the learner's parameters
 and buffers before every step: `torch.func.functional_call` swaps a module's parameters while it

@@ -25,7 +25,7 @@ def batch_norm_2d(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor
     same thing as batch norm over that matrix's rows. PyTorch's batch-norm backward and double
     backward (which second-order MAML runs through every inner step) reduce over the non-channel
     dimensions, and on a channels-last 4-d tensor those reductions and the copies around them are
-    slow; on the matrix view they are plain column sums (docs/performance.md). Same values and
+    slow; on the matrix view they are plain column sums (docs/engine.md). Same values and
     gradients (tests/test_functional.py). In fp32 PyTorch's channels-last batch norm (this 2-d
     form and the 4-d one alike) is less accurate than its NCHW kernel: it loses digits on a nearly
     constant channel (the first block's map over blank Omniglot background) and sums its columns
@@ -76,7 +76,7 @@ class Conv4(nn.Module):
             "batch" (a standard BatchNorm2d with running statistics, for metric-based methods).
         channels_last: keep the weights, and so the convolutions' outputs, in the channels-last
             memory layout: the same results (to float tolerance), faster on CPU
-            (docs/performance.md). In fp32 the batch norms then run PyTorch's channels-last kernel,
+            (docs/engine.md). In fp32 the batch norms then run PyTorch's channels-last kernel,
             less accurate on nearly constant channels (see `batch_norm_2d`); `FastConv4` computes
             the first block's statistics in float64 instead.
 

@@ -11,8 +11,8 @@ On a channels-last input:
   (`_norm_pool_relu`).
 
 Each path computes the same values and first and second derivatives as the plain layers, running
-statistics included (tests/test_functional.py, tests/test_kernels.py); docs/performance.md
-("Conv-4 fast path") says what each one gains.
+statistics included (tests/test_functional.py, tests/test_kernels.py); docs/engine.md
+("Conv-4's fast path") says what each one gains.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def _single_channel_conv3x3(conv: nn.Conv2d, x: Tensor) -> Tensor:
     As a matrix product of the nine shifted copies of the image, (n*h*w, 9) x (9, out), the output
     is channels-last as it is computed, with the same values (the same nine products per output)
     and none of the layout copies measured around PyTorch's one-channel convolution
-    (docs/performance.md).
+    (docs/engine.md).
     """
     n, _, h, w = x.shape
     out = F.linear(_image_columns(x), conv.weight.reshape(conv.out_channels, 9), conv.bias)
