@@ -126,17 +126,7 @@ class ANIL(MAML):
 
 
 def _build(ctx: BuildContext) -> ANIL:
-    o = ctx.options
-    return ANIL(
-        ctx.backbone(),
-        ctx.kind,
-        inner_lr=o.inner_lr,
-        inner_steps=o.inner_steps,
-        eval_inner_steps=o.eval_inner_steps,
-        first_order=o.first_order,
-        strategy=o.strategy,
-        inner_checkpoint=o.inner_checkpoint,
-    )
+    return ANIL(ctx.backbone(), ctx.kind, **ctx.options.to_dict())
 
 
 register(

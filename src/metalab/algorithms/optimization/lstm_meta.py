@@ -239,11 +239,8 @@ class LSTMMetaLearner(MetaLearner):
 def _build(ctx: BuildContext) -> LSTMMetaLearner:
     # Ravi & Larochelle's learner: Conv-4 with 32 filters per layer (4x fewer coordinates for the
     # coordinate-wise LSTM than 64 filters; the LSTM over them dominates the cost).
-    o = ctx.options
     model = ctx.backbone(hidden=32) if ctx.images else ctx.backbone()
-    return LSTMMetaLearner(
-        model, ctx.kind, inner_steps=o.inner_steps, eval_inner_steps=o.eval_inner_steps, inner_lr=o.inner_lr
-    )
+    return LSTMMetaLearner(model, ctx.kind, **ctx.options.to_dict())
 
 
 register(

@@ -152,18 +152,9 @@ class MAML(MetaLearner):
         )
 
 
-def _build(ctx: BuildContext, *, first_order: bool, inner_checkpoint: bool) -> MAML:
-    o = ctx.options
-    return MAML(
-        ctx.backbone(),
-        ctx.kind,
-        inner_lr=o.inner_lr,
-        inner_steps=o.inner_steps,
-        eval_inner_steps=o.eval_inner_steps,
-        first_order=first_order,
-        strategy=o.strategy,
-        inner_checkpoint=inner_checkpoint,
-    )
+def _build(ctx: BuildContext, **fixed) -> MAML:
+    # The options are the constructor's keyword arguments; first-order MAML fixes its own.
+    return MAML(ctx.backbone(), ctx.kind, **ctx.options.to_dict(), **fixed)
 
 
 register(
@@ -177,9 +168,7 @@ register(
         learner=MAML,
         options=MAMLOptions,
         needs=Needs(fixed_head=True),
-        build=lambda ctx: _build(
-            ctx, first_order=ctx.options.first_order, inner_checkpoint=ctx.options.inner_checkpoint
-        ),
+        build=_build,
     )
 )
 register(
@@ -190,6 +179,6 @@ register(
         learner=MAML,
         options=SGDInnerLoop,
         needs=Needs(fixed_head=True),
-        build=lambda ctx: _build(ctx, first_order=True, inner_checkpoint=False),
+        build=lambda ctx: _build(ctx, first_order=True),
     )
 )

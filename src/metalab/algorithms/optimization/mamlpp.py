@@ -277,19 +277,7 @@ class MAMLpp(MAML):
 
 
 def _build(ctx: BuildContext) -> MAMLpp:
-    o = ctx.options
-    return MAMLpp(
-        ctx.backbone(),
-        ctx.kind,
-        inner_lr=o.inner_lr,
-        inner_steps=o.inner_steps,
-        eval_inner_steps=o.eval_inner_steps,
-        first_order=o.first_order,
-        strategy=o.strategy,
-        inner_checkpoint=o.inner_checkpoint,
-        msl_iterations=o.msl_iterations,
-        first_order_iterations=o.first_order_iterations,
-    )
+    return MAMLpp(ctx.backbone(), ctx.kind, **ctx.options.to_dict())
 
 
 register(

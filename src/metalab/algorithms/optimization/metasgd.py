@@ -67,17 +67,8 @@ class MetaSGD(MAML):
 
 
 def _build(ctx: BuildContext) -> MetaSGD:
-    o = ctx.options
-    return MetaSGD(
-        ctx.backbone(),
-        ctx.kind,
-        lr_init=tuple(o.rate_init),
-        inner_steps=o.inner_steps,
-        eval_inner_steps=o.eval_inner_steps,
-        first_order=o.first_order,
-        strategy=o.strategy,
-        inner_checkpoint=o.inner_checkpoint,
-    )
+    options = ctx.options.to_dict()
+    return MetaSGD(ctx.backbone(), ctx.kind, lr_init=tuple(options.pop("rate_init")), **options)
 
 
 register(

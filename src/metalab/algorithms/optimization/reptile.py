@@ -53,15 +53,7 @@ class Reptile(MAML):
 
 
 def _build(ctx: BuildContext) -> Reptile:
-    o = ctx.options
-    return Reptile(
-        ctx.backbone(),
-        ctx.kind,
-        inner_lr=o.inner_lr,
-        inner_steps=o.inner_steps,
-        eval_inner_steps=o.eval_inner_steps,
-        strategy=o.strategy,
-    )
+    return Reptile(ctx.backbone(), ctx.kind, **ctx.options.to_dict())
 
 
 register(

@@ -79,15 +79,7 @@ class Pretrained(MetaLearner):
 
 
 def _build(ctx: BuildContext) -> Pretrained:
-    o = ctx.options
-    return Pretrained(
-        ctx.backbone(),
-        ctx.kind,
-        inner_lr=o.inner_lr,
-        inner_steps=o.inner_steps,
-        eval_inner_steps=o.eval_inner_steps,
-        strategy=o.strategy,
-    )
+    return Pretrained(ctx.backbone(), ctx.kind, **ctx.options.to_dict())
 
 
 register(
