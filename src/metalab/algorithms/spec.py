@@ -23,6 +23,7 @@ import dataclasses
 import difflib
 import importlib
 import importlib.util
+import re
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -97,7 +98,8 @@ class Options:
         """Combinations of keys that cannot run, raising `OptionError` (after the per-key checks)."""
 
     def bind(self, dataset) -> Options:
-        """Keys that come from the data set (e.g. the number of meta-train classes); a copy."""
+        """Keys that come from the data set (e.g. the number of meta-train classes): a copy with
+        them filled, or these options where nothing comes from the data."""
         return self
 
     def eval_steps(self) -> list[int]:
@@ -111,10 +113,6 @@ class Options:
 @dataclass
 class NoOptions(Options):
     """An algorithm without options of its own."""
-
-
-def option_fields(options: type[Options]) -> list[dataclasses.Field]:
-    return list(dataclasses.fields(options))
 
 
 def _check_field(f: dataclasses.Field, value: Any) -> None:
@@ -309,7 +307,7 @@ def load_plugins(plugins: list[str]) -> None:
         if plugin.endswith(".py"):
             if not path.is_file():
                 raise OptionError(f"plugin file not found: {plugin}")
-            name = f"metalab_plugin_{path.resolve().stem}_{abs(hash(str(path.resolve()))) % 10**8}"
+            name = "metalab_plugin_" + re.sub(r"\W", "_", str(path.resolve()))
             if name in sys.modules:
                 continue
             spec = importlib.util.spec_from_file_location(name, path)

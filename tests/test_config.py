@@ -1,0 +1,61 @@
+"""Configs: flat keys, the algorithm's own keys from its spec, values read as their key's type."""
+
+import pytest
+
+from metalab.algorithms.optimization.maml import MAMLOptions
+from metalab.config import Config, ConfigError, config_from_dict, load_config
+
+
+def test_an_algorithms_keys_live_in_its_options_and_the_saved_form_stays_flat():
+    c = Config(algorithm="maml", inner_lr=0.4, inner_steps=3, ways=5).resolved()
+    assert isinstance(c.options, MAMLOptions) and c.options.inner_lr == 0.4
+    assert c.options.eval_inner_steps == 3 and c.eval_steps == [3]  # defaults from other keys
+    flat = c.to_dict()
+    keys = list(flat)
+    assert keys[keys.index("algorithm") + 1 : keys.index("algorithm") + 7] == [
+        "inner_steps", "eval_inner_steps", "strategy", "inner_lr", "first_order", "inner_checkpoint"
+    ]  # fmt: skip
+    assert config_from_dict(flat).resolved().to_dict() == flat  # a saved config reads back the same
+
+
+def test_keys_of_another_algorithm_are_dropped_at_their_default_and_refused_otherwise():
+    c = config_from_dict({"benchmark": "omniglot", "algorithm": "protonet", "inner_lr": 0.01}).resolved()
+    assert "inner_lr" not in c.to_dict() and c.eval_steps == []
+    with pytest.raises(ConfigError, match="config key 'inner_lr' applies to .*maml.*, not to protonet"):
+        config_from_dict({"benchmark": "omniglot", "algorithm": "protonet", "inner_lr": 0.4}).resolved()
+    # a config read back from a run or a checkpoint of an older version holds every key: dropped
+    saved = config_from_dict({"benchmark": "omniglot", "algorithm": "protonet", "inner_lr": 0.4}).resolved(
+        saved=True
+    )
+    assert "inner_lr" not in saved.to_dict()
+    with pytest.raises(ConfigError, match=r"unknown config key 'fcee' \(did you mean 'fce'\?\)"):
+        config_from_dict({"benchmark": "omniglot", "algorithm": "matching", "fcee": True}).resolved()
+    with pytest.raises(ConfigError, match="eval_steps' applies to learners with an inner loop"):
+        config_from_dict({"benchmark": "omniglot", "algorithm": "protonet", "eval_steps": [1]}).resolved()
+
+
+def test_numbers_in_exponent_notation_are_numbers(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("outer_lr: 1e-3\ninner_lr: 1e-2\n")
+    c = load_config(path)
+    assert c.outer_lr == 0.001
+    assert Config(**{**c.__dict__, "algorithm": "maml"}).resolved().options.inner_lr == 0.01
+    with pytest.raises(ConfigError, match="'outer_lr' must be a number, got 'fast'"):
+        config_from_dict({"outer_lr": "fast"})
+    assert config_from_dict(
+        {"algorithm": "metasgd", "rate_init": ["5e-3", 0.1]}
+    ).resolved().options.rate_init == [
+        0.005,
+        0.1,
+    ]
+
+
+def test_the_algorithms_own_checks_name_the_key():
+    with pytest.raises(ConfigError, match="'inner_lr' is the input gate's initial value"):
+        Config(algorithm="lstm_meta", inner_lr=2.0).resolved()
+    with pytest.raises(ConfigError, match="MAML\\+\\+ needs config key 'inner_steps' >= 1"):
+        Config(algorithm="mamlpp", inner_steps=0).resolved()
+    with pytest.raises(ConfigError, match="'mann_labels' must be one of onehot, string"):
+        Config(benchmark="omniglot", algorithm="mann", mann_labels="words").resolved()
+    with pytest.raises(ConfigError, match="'rate_init' must be \\[low, high\\]"):
+        Config(algorithm="metasgd", rate_init=[0.2, 0.1]).resolved()
