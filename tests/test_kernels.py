@@ -1,17 +1,23 @@
 """Conv-4's compiled CPU kernels (metalab/models/fast/_conv4_kernels.cpp): they build where a
 compiler is, and FastConv4 on them computes what the plain Conv4 computes, values and derivatives."""
 
+import os
 import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+import metalab
 from helpers import assert_same_derivatives, set_mixed_scales
 from metalab.models import BatchStatNorm2d, Conv4, FastConv4
 from metalab.models.fast import model as fast_paths
 from metalab.models.fast import second_order_forward
-from metalab.models.fast._kernels import kernels
+from metalab.models.fast._kernels import build_name, kernels
 
 
 def _compiler() -> str | None:
@@ -27,6 +33,40 @@ needs_kernels = pytest.mark.skipif(
 def test_kernels_build_where_a_compiler_is():
     source = "metalab/models/fast/_conv4_kernels.cpp"
     assert kernels() is not None, f"a compiler ({_compiler()}) is here but {source} did not build (stderr)"
+
+
+@needs_kernels
+def test_two_checkouts_build_the_kernels_once_each_and_never_again(tmp_path):
+    """Two copies of the package, one with the same source as this checkout and one with a changed
+    source, used in turn: the first shares this checkout's build, the second builds once (saying
+    so on stderr), and neither makes the other rebuild."""
+    assert kernels() is not None  # this checkout's build exists
+    package = Path(metalab.__file__).parent
+    for copy in ("a", "b"):
+        shutil.copytree(package, tmp_path / copy / "metalab", ignore=shutil.ignore_patterns("__pycache__"))
+    changed = tmp_path / "b" / "metalab" / "models" / "fast" / "_conv4_kernels.cpp"
+    changed.write_text(
+        changed.read_text() + f"\n// a changed copy ({uuid.uuid4().hex})\n"
+    )  # never built before
+
+    def use(copy: str) -> str:
+        script = "from metalab.models.fast._kernels import build_name, kernels; assert kernels() is not None"
+        env = {**os.environ, "PYTHONPATH": str(tmp_path / copy)}
+        done = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+
+    log = {copy: [] for copy in "ab"}
+    try:
+        for copy in "abab":
+            log[copy].append("compiling the Conv-4 CPU kernels" in use(copy))
+    finally:  # the changed copy's build is of no further use
+        from torch.utils.cpp_extension import _get_build_directory
+
+        shutil.rmtree(_get_build_directory(build_name(changed), verbose=False), ignore_errors=True)
+    assert log == {"a": [False, False], "b": [True, False]}
 
 
 def test_kernels_can_be_switched_off(monkeypatch):

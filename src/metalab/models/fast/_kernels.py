@@ -8,7 +8,10 @@ machine without a compiler loses speed, never results.
 The first call on a machine compiles the file with `torch.utils.cpp_extension.load` (about 30 s,
 once: the library is cached under `TORCH_EXTENSIONS_DIR`, default ~/.cache/torch_extensions, and
 shared by later processes). It is built for the CPU it runs on (`-march=native`), so the cache
-name carries a digest of the CPU's feature flags and the torch version.
+name carries a digest of the CPU's feature flags, the torch version and the source's contents:
+one build directory per source, into which the source is copied and compiled from there. Two
+checkouts of the same source share one build; a changed source gets a build of its own; neither
+makes the other rebuild (the build file never points into a checkout).
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ _lock = threading.Lock()
 _state: dict[str, object] = {}
 
 
-def _build_digest() -> str:
-    """Names the build after the CPU's feature flags and the torch version: a cache shared between
-    machines, or kept across a torch upgrade, never hands over a binary built for another."""
+def build_name(source: Path = _SOURCE) -> str:
+    """The build's name: a digest of the CPU's feature flags, the torch version and the source, so
+    a cache shared between machines, kept across a torch upgrade or used by several checkouts never
+    hands over a binary built for another CPU, torch or source."""
     import torch
 
     flags = platform.machine()
@@ -37,7 +41,9 @@ def _build_digest() -> str:
             flags = next((line for line in f if line.startswith("flags")), flags)
     except OSError:
         pass
-    return hashlib.sha1(f"{flags} {torch.__version__}".encode()).hexdigest()[:10]
+    digest = hashlib.sha1(f"{flags} {torch.__version__}".encode())
+    digest.update(source.read_bytes())
+    return f"metalab_conv4_{digest.hexdigest()[:12]}"
 
 
 def kernels() -> ModuleType | None:
@@ -56,9 +62,14 @@ def _build() -> ModuleType | None:
     try:
         from torch.utils.cpp_extension import _get_build_directory, load
 
-        name = f"metalab_conv4_{_build_digest()}"
-        built = Path(_get_build_directory(name, verbose=False)) / f"{name}.so"
-        if not built.exists() or built.stat().st_mtime < _SOURCE.stat().st_mtime:
+        name = build_name()
+        folder = Path(_get_build_directory(name, verbose=False))
+        source = folder / _SOURCE.name  # compiled from a copy in its own build folder
+        if not source.exists() or source.read_bytes() != _SOURCE.read_bytes():
+            tmp = folder / f".{_SOURCE.name}.{os.getpid()}.tmp"
+            tmp.write_bytes(_SOURCE.read_bytes())
+            os.replace(tmp, source)
+        if not (folder / f"{name}.so").exists():
             print(
                 "metalab: compiling the Conv-4 CPU kernels (first use on this machine, ~30 s) ...",
                 file=sys.stderr,
@@ -67,7 +78,7 @@ def _build() -> ModuleType | None:
         flags = ["-O3", "-fopenmp-simd"]
         if platform.machine().lower() in ("x86_64", "amd64"):
             flags += ["-march=native", "-mprefer-vector-width=512"]  # AVX-512 where the CPU has it
-        return load(name=name, sources=[str(_SOURCE)], extra_cflags=flags, verbose=False)
+        return load(name=name, sources=[str(source)], extra_cflags=flags, verbose=False)
     except Exception as error:  # no compiler, headers or ninja: the PyTorch ops answer instead
         first_line = str(error).splitlines()[0] if str(error) else ""
         print(
