@@ -4,8 +4,9 @@ Every image is prepared once, the same way for a folder of images and in `metala
 (`read_image`):
 
 1. turned upright by its EXIF orientation (photos from phones);
-2. transparency composited onto white;
-3. converted to greyscale ("L", 1 channel) or RGB (3 channels);
+2. 16-bit and 32-bit integer images scaled to 8 bits by their bit depth, float images from [0, 1]
+   (or [0, 255]) to 8 bits; other ranges are refused with the range found;
+3. transparency composited onto white, then converted to greyscale ("L", 1 channel) or RGB (3 channels);
 4. resized to `image_size` x `image_size` (stretched, not cropped) with a Lanczos filter;
 5. optionally inverted (255 - pixel). User images are stored as they are by default: dark strokes
    stay dark. Omniglot's loader inverts its black-on-white PNGs so that ink is 255, and a checkpoint
@@ -37,6 +38,27 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     )
 
 
+def _eight_bit(img: Image.Image, path) -> Image.Image:
+    """Integer images of more than 8 bits and float images as 8-bit greyscale ("L"); Pillow's own
+    conversion would clip them (a 16-bit image comes out almost all 255, a [0, 1] float one all 0)."""
+    if not (img.mode.startswith("I") or img.mode == "F"):
+        return img
+    values = np.asarray(img, dtype=np.float64)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if not (np.isfinite(low) and np.isfinite(high)) or low < 0:
+        raise DataIntegrityError(f"cannot read image {path}: mode {img.mode} with values in [{low}, {high}]")
+    if img.mode == "F" and high <= 1.0:
+        values = values * 255.0
+    elif img.mode.startswith("I;16") or (img.mode == "I" and 255 < high <= 65535):
+        values = values / 257.0  # 65535 -> 255
+    elif high > 255:
+        raise DataIntegrityError(
+            f"cannot read image {path}: mode {img.mode} with values up to {high:g} "
+            "(expected 8 or 16 bits, or floats in [0, 1] or [0, 255])"
+        )
+    return Image.fromarray(np.rint(values).astype(np.uint8), "L")
+
+
 def read_image(
     path: str | os.PathLike, image_size: int = 28, channels: int = 1, invert: bool = False
 ) -> np.ndarray:
@@ -50,7 +72,7 @@ def read_image(
     try:
         with Image.open(path) as img:
             img.load()  # Pillow decodes lazily; force it so that a truncated file fails here
-            img = ImageOps.exif_transpose(img)
+            img = _eight_bit(ImageOps.exif_transpose(img), path)
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
                 rgba = img.convert("RGBA")
                 img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
