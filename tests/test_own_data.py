@@ -421,6 +421,14 @@ def test_csv_errors_name_the_column_and_line(tmp_path):
         load_csv(tmp_path / "ragged.csv", label="label")
     with pytest.raises(DataIntegrityError, match=r"has no task column 'store'"):
         load_csv(regression_csv(tmp_path / "r.csv"), target="sales", task="store")
+    rows[5][1] = "1e39"  # finite as a Python float, beyond float32
+    write_csv(tmp_path / "bad.csv", rows[0], rows[1:])
+    with pytest.raises(DataIntegrityError, match=r"line 6, column 'b': '1e39' is beyond the float32 range"):
+        load_csv(tmp_path / "bad.csv", label="label")
+    rows[5][1] = "7" * 200_000  # longer than the csv module reads
+    write_csv(tmp_path / "bad.csv", rows[0], rows[1:])
+    with pytest.raises(DataIntegrityError, match=r"bad\.csv, line 6: field larger than field limit"):
+        load_csv(tmp_path / "bad.csv", label="label")
 
 
 def test_csv_benchmark_configs_and_small_tasks(tmp_path, capsys):

@@ -33,6 +33,8 @@ from .folder import default_split_size
 
 __all__ = ["RowTasks", "TabularData", "load_csv", "read_csv"]
 
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
 
 def read_csv(path: str | os.PathLike) -> tuple[list[str], list[list[str]], list[int]]:
     """The header (names stripped of surrounding spaces), the rows as strings and each row's line number.
@@ -47,17 +49,20 @@ def read_csv(path: str | os.PathLike) -> tuple[list[str], list[list[str]], list[
         raise DataNotFoundError(f"CSV file not found: {path}")
     with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: drop the BOM spreadsheet tools write
         reader = csv.reader(f)
-        header = [name.strip() for name in next(reader, [])]
         rows, lines = [], []
-        for row in reader:
-            if not row or all(not cell.strip() for cell in row):
-                continue  # blank lines
-            if len(row) != len(header):
-                raise DataIntegrityError(
-                    f"{path}, line {reader.line_num}: {len(row)} fields, but the header has {len(header)}"
-                )
-            rows.append(row)
-            lines.append(reader.line_num)
+        try:  # csv.Error: e.g. a field longer than the csv module's limit (131,072 characters)
+            header = [name.strip() for name in next(reader, [])]
+            for row in reader:
+                if not row or all(not cell.strip() for cell in row):
+                    continue  # blank lines
+                if len(row) != len(header):
+                    raise DataIntegrityError(
+                        f"{path}, line {reader.line_num}: {len(row)} fields, but the header has {len(header)}"
+                    )
+                rows.append(row)
+                lines.append(reader.line_num)
+        except csv.Error as e:
+            raise DataIntegrityError(f"{path}, line {reader.line_num}: {e}") from None
     if not header or not rows:
         raise DataIntegrityError(
             f"{path}: no {'header' if not header else 'data rows'}; expected a header line naming the "
@@ -93,6 +98,11 @@ def _numbers(
             if not math.isfinite(value):
                 raise DataIntegrityError(
                     f"{path}, line {lines[i]}, column {header[c]!r}: {row[c]!r} is not a finite number"
+                )
+            if abs(value) > _FLOAT32_MAX:
+                raise DataIntegrityError(
+                    f"{path}, line {lines[i]}, column {header[c]!r}: {row[c]!r} is beyond the float32 range "
+                    f"(+/-{_FLOAT32_MAX:.4g}) the features are kept in"
                 )
             out[i, j] = value
     return out
