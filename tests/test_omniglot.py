@@ -190,6 +190,25 @@ def test_undecodable_png_names_entry(tmp_path: Path) -> None:
         read_omniglot_zip(path, verify_counts=False)
 
 
+def test_an_image_bomb_or_an_oversized_entry_is_refused_before_it_is_decoded(tmp_path: Path) -> None:
+    name = "images_background/A/character01/bomb.png"
+    for side, message in ((5_000, "5000x5000 image, beyond"), (20_000, "DecompressionBombError")):
+        bomb = io.BytesIO()
+        Image.new("1", (side, side), 1).save(bomb, format="PNG")  # millions of pixels in a small file
+        assert len(bomb.getvalue()) < 200_000
+        path = write_archive(
+            tmp_path / "images_background.zip", {"A": ["character01"]}, extra={name: bomb.getvalue()}
+        )
+        with pytest.raises(DataIntegrityError, match=f"cannot read entry '{name}' .*{message}"):
+            read_omniglot_zip(path, verify_counts=False)
+    big = "images_background/A/character01/big.png"
+    path = write_archive(
+        tmp_path / "images_background.zip", {"A": ["character01"]}, extra={big: bytes(2 << 20)}
+    )
+    with pytest.raises(DataIntegrityError, match=f"cannot read entry '{big}' .*2,097,152 bytes, beyond"):
+        read_omniglot_zip(path, verify_counts=False)
+
+
 def test_missing_archive_message(tmp_path: Path) -> None:
     with pytest.raises(DataNotFoundError) as info:
         load_omniglot(tmp_path)

@@ -142,9 +142,19 @@ def _check_counts(archive: Path, characters: list[str], counts: list[int], spec:
         )
 
 
+# Omniglot's PNGs are 105x105 and about 1 KB; an entry far beyond that is not an Omniglot image,
+# and decoding it (a small file can declare a huge image) could exhaust memory.
+MAX_ENTRY_BYTES = 1 << 20
+MAX_ENTRY_PIXELS = 1 << 22
+
+
 def _decode_png(data: bytes, image_size: int) -> np.ndarray:
     """One PNG (any mode; Omniglot's are 1-bit, ink black) -> uint8 (S, S) with ink 255."""
     with Image.open(io.BytesIO(data)) as img:
+        if img.width * img.height > MAX_ENTRY_PIXELS:
+            raise ValueError(
+                f"a {img.width}x{img.height} image, beyond the {MAX_ENTRY_PIXELS:,} pixels allowed"
+            )
         img.load()  # Pillow decodes lazily; force it here so errors surface inside the caller's try
         # Resizing a 1-bit image would fall back to nearest neighbour; greyscale first gives a
         # properly filtered (anti-aliased) downsample.
@@ -200,10 +210,16 @@ def read_omniglot_zip(
         for group in entries:
             for info in group:
                 try:
+                    if info.file_size > MAX_ENTRY_BYTES:
+                        raise ValueError(f"{info.file_size:,} bytes, beyond the {MAX_ENTRY_BYTES:,} allowed")
                     images[k] = _decode_png(zf.read(info), image_size)
                 # BadZipFile: CRC mismatch; zlib.error / EOFError: broken deflate stream or truncated
-                # data; OSError (incl. UnidentifiedImageError), SyntaxError, ValueError: Pillow.
-                except (zipfile.BadZipFile, zlib.error, EOFError, OSError, SyntaxError, ValueError) as err:
+                # data; OSError (incl. UnidentifiedImageError), SyntaxError, ValueError,
+                # DecompressionBombError: Pillow, or an entry beyond the limits above.
+                except (
+                    zipfile.BadZipFile, zlib.error, EOFError, OSError, SyntaxError, ValueError,
+                    Image.DecompressionBombError,
+                ) as err:  # fmt: skip
                     raise DataIntegrityError(
                         f"{path}: cannot read entry {info.filename!r} ({type(err).__name__}: {err}); "
                         "the archive is corrupt or truncated"
