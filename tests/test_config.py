@@ -59,3 +59,24 @@ def test_the_algorithms_own_checks_name_the_key():
         Config(benchmark="omniglot", algorithm="mann", mann_labels="words").resolved()
     with pytest.raises(ConfigError, match="'rate_init' must be \\[low, high\\]"):
         Config(algorithm="metasgd", rate_init=[0.2, 0.1]).resolved()
+
+
+def test_sizes_are_checked_before_anything_is_allocated():
+    refusals = {
+        "config key 'hidden' must hold widths >= 1": dict(hidden=[40, -3]),
+        "this config needs about 149 GiB of memory": dict(hidden=[100_000, 100_000]),
+        "needs about .* GiB of memory \\(image_size 100000": dict(benchmark="omniglot", image_size=100_000),
+        "'ways' must be >= 2 for classification": dict(benchmark="omniglot", ways=1),
+        "'inner_steps' must be <= 10,000": dict(inner_steps=1_000_000),
+        "'eval_steps' must hold steps <= 10,000": dict(eval_steps=[1, 100_000_000]),
+    }
+    from metalab.config_checks import physical_memory
+
+    for message, keys in refusals.items():
+        if "GiB" in message and physical_memory() > 2**40:
+            continue  # a machine with more than a TiB of memory may run these
+        with pytest.raises(ConfigError, match=message):
+            Config(**keys).resolved()
+    # the papers' largest Omniglot settings pass
+    Config(benchmark="omniglot", algorithm="maml", ways=20, shots=5, queries=15, meta_batch=16).resolved()
+    Config(benchmark="omniglot", algorithm="protonet", ways=60, shots=5, queries=15, meta_batch=1).resolved()

@@ -43,7 +43,8 @@ def _allowed(meta: dict, default) -> str:
     if meta.get("allowed"):
         return meta["allowed"]
     if meta.get("minimum") is not None:
-        return f">= {meta['minimum']}"
+        upper = f" and <= {meta['maximum']:,}" if meta.get("maximum") is not None else ""
+        return f">= {meta['minimum']}{upper}"
     return ""
 
 

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from .algorithms.optimization.options import MAX_INNER_STEPS
 from .cli import config_keys
 from .config import Config, ConfigError, config_from_dict, load_config, parse_override
 from .experiment import default_run_dir, list_runs, meta_test, runs_table, sweep
@@ -125,8 +126,8 @@ def cmd_eval(args) -> int:
     if args.steps and not learner.inner_loop:
         raise ConfigError(f"--steps applies to learners with an inner loop; {c.algorithm} has none")
     steps_list = (args.steps or c.eval_steps) if learner.inner_loop else [None]
-    if any(s is not None and s < 0 for s in steps_list):
-        raise ConfigError(f"--steps must be >= 0, got {steps_list}")
+    if any(s is not None and not 0 <= s <= MAX_INNER_STEPS for s in steps_list):
+        raise ConfigError(f"--steps must be between 0 and {MAX_INNER_STEPS:,}, got {steps_list}")
     dataset = load_dataset(c)
     cell = f"{c.test_ways}-way {c.test_shots}-shot" if c.benchmark != "sine" else f"K={c.test_shots}"
     print(f"{args.checkpoint}: {c.algorithm} on {c.benchmark}, iteration {state['iteration']}, {cell}")

@@ -3,6 +3,9 @@ the algorithm's own options. Each refusal is a `ConfigError` naming the key."""
 
 from __future__ import annotations
 
+import os
+
+from .algorithms.optimization.options import MAX_INNER_STEPS
 from .algorithms.spec import AlgorithmSpec, check_options
 from .config import FIELDS, IMAGE_BENCHMARKS, Config, ConfigError, option_errors, task_kind
 from .data.omniglot.splits import EXAMPLES_PER_CLASS, SPLIT_CLASSES
@@ -56,6 +59,7 @@ def validate(c: Config, spec: AlgorithmSpec) -> None:
     _validate_needs(c, spec)
     _validate_data_keys(c, spec)
     option_errors(lambda: check_options(c.options, c))
+    _validate_sizes(c, spec)
 
 
 def _validate_needs(c: Config, spec: AlgorithmSpec) -> None:
@@ -145,3 +149,55 @@ def _validate_omniglot(c: Config) -> None:
                 f"config key {ways_key!r} ({getattr(c, ways_key)}) exceeds the {classes[split]} classes "
                 f"of the {c.split} split's meta-{split} set"
             )
+
+
+def _validate_sizes(c: Config, spec: AlgorithmSpec) -> None:
+    """Sizes checked before anything is allocated: ways that leave a choice, widths >= 1, step
+    counts within `MAX_INNER_STEPS`, and a memory estimate within the machine's memory."""
+    if task_kind(c) == "classification":
+        for name in ("ways", "test_ways"):
+            if getattr(c, name) < 2:
+                raise ConfigError(
+                    f"config key {name!r} must be >= 2 for classification (one class leaves nothing to "
+                    f"choose), got {getattr(c, name)}"
+                )
+    if any(width < 1 for width in c.hidden):
+        raise ConfigError(f"config key 'hidden' must hold widths >= 1, got {c.hidden}")
+    if any(s > MAX_INNER_STEPS for s in c.eval_steps):
+        raise ConfigError(
+            f"config key 'eval_steps' must hold steps <= {MAX_INNER_STEPS:,}, got {c.eval_steps}"
+        )
+    need, have = estimated_bytes(c), physical_memory()
+    if have and need > have:
+        raise ConfigError(
+            f"this config needs about {need / 2**30:,.0f} GiB of memory (image_size {c.image_size}, hidden "
+            f"{c.hidden}, meta_batch {c.meta_batch} tasks of {_examples_per_task(c)} examples), more than "
+            f"this machine's {have / 2**30:,.0f} GiB: reduce image_size, hidden or meta_batch"
+        )
+
+
+def _examples_per_task(c: Config) -> int:
+    per_class = max(c.shots + c.queries, c.test_shots + c.test_queries)
+    return max(c.ways, c.test_ways) * per_class if task_kind(c) == "classification" else per_class
+
+
+def estimated_bytes(c: Config) -> int:
+    """A coarse upper estimate of a run's memory: the MLP's parameters with the optimizer's two
+    moments and gradients, or a Conv-4's first-block activations (a few copies each: forward,
+    norm, gradient) for every example of a meta-batch, plus the images kept in memory."""
+    if c.benchmark in IMAGE_BENCHMARKS:
+        examples = c.meta_batch * _examples_per_task(c)
+        activations = examples * 64 * c.image_size**2 * 4 * 4
+        stored = 40_000 * c.channels * c.image_size**2 if c.benchmark == "omniglot" else 0
+        return activations + stored
+    widths = [len(c.csv_features) or 1, *c.hidden, max(c.ways, 1)]
+    parameters = sum(a * b for a, b in zip(widths, widths[1:]))
+    return parameters * 4 * 4
+
+
+def physical_memory() -> int:
+    """Bytes of memory on this machine (0 where it cannot be told)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0

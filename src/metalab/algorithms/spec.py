@@ -66,6 +66,7 @@ def option(
     *,
     choices: tuple | None = None,
     minimum: float | None = None,
+    maximum: float | None = None,
     allowed: str | None = None,
 ) -> Any:
     """A field of an options dataclass: its default, one line of help, and its allowed values.
@@ -73,10 +74,11 @@ def option(
     Args:
         choices: the allowed values (checked, and listed in `metalab train --help`).
         minimum: the smallest allowed number (checked; None is allowed where the type is Optional).
+        maximum: the largest allowed number (checked).
         allowed: the allowed values in words, for `--help`, where the options' `check` tests them
             (e.g. "> 0").
     """
-    meta = {"help": help, "choices": choices, "minimum": minimum, "allowed": allowed}
+    meta = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum, "allowed": allowed}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -125,6 +127,11 @@ def _check_field(f: dataclasses.Field, value: Any) -> None:
         values = value if isinstance(value, list) else [value]
         if any(v < minimum for v in values):
             raise OptionError(f"config key {f.name!r} must be >= {minimum}, got {value!r}")
+    maximum = f.metadata.get("maximum")
+    if maximum is not None and value is not None:
+        values = value if isinstance(value, list) else [value]
+        if any(v > maximum for v in values):
+            raise OptionError(f"config key {f.name!r} must be <= {maximum:,}, got {value!r}")
 
 
 def check_options(options: Options, config) -> None:

@@ -15,11 +15,21 @@ from ..spec import OptionError, Options, option
 __all__ = ["InnerLoop", "TaskMapping", "SecondOrder", "InnerRate", "SGDInnerLoop", "MAMLOptions"]
 
 
+# Inner steps beyond this are refused: each is a forward and backward pass per task, so more is
+# a typo rather than a plan.
+MAX_INNER_STEPS = 10_000
+
+
 @dataclass
 class InnerLoop(Options):
-    inner_steps: int = option(1, "inner steps on the support set in meta-training", minimum=0)
+    inner_steps: int = option(
+        1, "inner steps on the support set in meta-training", minimum=0, maximum=MAX_INNER_STEPS
+    )
     eval_inner_steps: Optional[int] = option(
-        None, "inner steps at evaluation and prediction (default: inner_steps)", minimum=0
+        None,
+        "inner steps at evaluation and prediction (default: inner_steps)",
+        minimum=0,
+        maximum=MAX_INNER_STEPS,
     )
 
     def resolved(self, config) -> InnerLoop:
