@@ -72,6 +72,24 @@ def test_resume_equals_uninterrupted_run(tmp_path, algorithm):
     assert strip(full_log) == strip(cut_log)
 
 
+def test_resume_drops_a_torn_last_metrics_line_and_refuses_a_foreign_one(tmp_path):
+    c = small(iterations=20)
+    train(c, tmp_path / "run", progress=False, stop_after=10)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    intact = metrics.read_text()
+    metrics.write_text(intact + '{"iteration": 15, "lo')  # killed while writing this line
+    train(c, tmp_path / "run", progress=False, resume=True)
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["iteration"] for r in records] == list(range(5, 21, 5))
+    train(c, tmp_path / "other", progress=False, stop_after=10)
+    metrics = tmp_path / "other" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join([lines[0], "[1, 2]", *lines[1:]]) + "\n")  # not a record, not the last line
+    with pytest.raises(CheckpointError, match="metrics.jsonl, line 2 is not a metrics record"):
+        train(c, tmp_path / "other", progress=False, resume=True)
+    assert metrics.read_text().splitlines()[1] == "[1, 2]"  # nothing was deleted
+
+
 def test_resume_refuses_a_different_config_and_fresh_run_refuses_to_overwrite(tmp_path):
     train(small(), tmp_path, progress=False, stop_after=10)
     with pytest.raises(CheckpointError, match="config differs in inner_lr"):

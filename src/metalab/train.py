@@ -94,11 +94,29 @@ class MetricsLog:
 
 
 def _truncate_metrics(path: Path, iteration: int) -> None:
-    """Drop the lines an interrupted run logged after its last checkpoint (they will be redone)."""
+    """Drop the lines an interrupted run logged after its last checkpoint (they will be redone).
+
+    A torn last line (a process killed while writing it) is dropped too; any other line that is not
+    a metrics record stops the resumption with its line number, so nothing is deleted unread.
+    """
     if not path.exists():
         return
     lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line).get("iteration", 0) <= iteration]
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            at = record["iteration"] if isinstance(record, dict) else None
+        except (ValueError, KeyError):
+            at = None
+        if not isinstance(at, int) or isinstance(at, bool):
+            if number == len(lines):
+                break  # torn by an interrupted write
+            raise CheckpointError(
+                f"{path}, line {number} is not a metrics record ({line[:60]!r}): fix or remove it to resume"
+            )
+        if at <= iteration:
+            kept.append(line)
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
@@ -126,23 +144,26 @@ def train(
     """
     run = Run.start(config, run_dir, resume=resume, log=log)
     c, start = run.config, run.start_iteration
-    metrics_log = MetricsLog(run, log)
-    result = TrainResult(run.learner, c, run.run_dir, start, 0.0, history=metrics_log.history)
     end = c.iterations if stop_after is None else min(stop_after, c.iterations)
-    bar = tqdm(
-        range(start, end),
-        initial=start,
-        total=c.iterations,
-        disable=not (progress and run.main),
-        dynamic_ncols=True,
-        desc=f"{c.algorithm} {c.benchmark}",
-    )
     running, t0 = None, time.perf_counter()
-    seconds = lambda: run.seconds_before + time.perf_counter() - t0  # noqa: E731
-    run.learner.train()
+
+    def seconds() -> float:
+        return run.seconds_before + time.perf_counter() - t0
+
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(run.close)
+        metrics_log = MetricsLog(run, log)
         cleanup.callback(metrics_log.close)
+        result = TrainResult(run.learner, c, run.run_dir, start, 0.0, history=metrics_log.history)
+        bar = tqdm(
+            range(start, end),
+            initial=start,
+            total=c.iterations,
+            disable=not (progress and run.main),
+            dynamic_ncols=True,
+            desc=f"{c.algorithm} {c.benchmark}",
+        )
+        run.learner.train()
         for it in bar:
             metrics = run.step(it)
             n = it + 1
