@@ -102,7 +102,7 @@ def test_resume_refuses_a_different_config_and_fresh_run_refuses_to_overwrite(tm
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
-    save_checkpoint(path, {"iteration": 1, "weights": torch.ones(3)})
+    save_checkpoint(path, {"iteration": 1, "config": {}, "learner": {}, "weights": torch.ones(3)})
 
     def crash(obj, f, *a, **k):
         f.write(b"half a checkpoint")
@@ -121,7 +121,7 @@ def test_checkpoint_errors_are_clear(tmp_path):
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "nope.pt")
     good = tmp_path / "good.pt"
-    save_checkpoint(good, {"iteration": 3, "w": torch.randn(100, 100)})
+    save_checkpoint(good, {"iteration": 3, "config": {}, "learner": {"w": torch.randn(100, 100)}})
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
@@ -134,6 +134,33 @@ def test_checkpoint_errors_are_clear(tmp_path):
     torch.save({"some": "dict"}, other)
     with pytest.raises(CheckpointError, match="not a metalab checkpoint"):
         load_checkpoint(other)
+    flipped = bytearray(good.read_bytes())
+    flipped[len(flipped) // 2 : len(flipped) // 2 + 64] = bytes(64)  # 64 bytes inside the weights
+    (tmp_path / "flipped.pt").write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError, match="damaged: its entry '.*' fails its CRC check"):
+        load_checkpoint(tmp_path / "flipped.pt")
+    runs_code = tmp_path / "code.pt"
+    torch.save({"format": ckpt_module.FORMAT, "iteration": 1, "hook": CheckpointError("x")}, runs_code)
+    with pytest.raises(CheckpointError, match="refused: loading it would run code"):
+        load_checkpoint(runs_code)
+    save_checkpoint(tmp_path / "partial.pt", {"iteration": 3, "learner": {}})
+    with pytest.raises(CheckpointError, match="lacks 'config' \\(the resolved config\\)"):
+        load_checkpoint(tmp_path / "partial.pt")
+    save_checkpoint(tmp_path / "typed.pt", {"iteration": "3", "config": {}, "learner": {}})
+    with pytest.raises(CheckpointError, match="'iteration' \\(the iteration\\) is a str, not a int"):
+        load_checkpoint(tmp_path / "typed.pt")
+    with pytest.raises(CheckpointError, match="lacks 'optimizer'"):
+        load_checkpoint(good, resuming=True)
+
+
+def test_resume_refuses_weights_of_another_shape(tmp_path):
+    c = small(iterations=20)
+    train(c, tmp_path, progress=False, stop_after=10)
+    state = load_checkpoint(tmp_path / "checkpoint.pt", resuming=True)
+    state["learner"] = {k: torch.zeros(3) for k in state["learner"]}
+    save_checkpoint(tmp_path / "checkpoint.pt", {k: v for k, v in state.items() if k != "format"})
+    with pytest.raises(CheckpointError, match="its saved state does not fit this run \\(.*size mismatch"):
+        train(c, tmp_path, progress=False, resume=True)
 
 
 def test_confidence_interval():
@@ -163,3 +190,27 @@ def test_max_minutes_stops_with_a_checkpoint_and_resume_continues(tmp_path):
         log=lambda _: None,
     )
     assert again.iteration == result.iteration + 5
+
+
+def test_a_diverging_run_stops_keeping_its_last_good_checkpoint(tmp_path):
+    from metalab.train import TrainingDiverged
+
+    c = small(iterations=40, outer_lr=1e6, checkpoint_every=1)
+    with pytest.raises(
+        TrainingDiverged, match=r"training diverged at iteration (\d+): .*keeps iteration"
+    ) as info:
+        train(c, tmp_path, progress=False)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert all(v.isfinite().all() for v in state["learner"].values())
+    assert 0 < state["iteration"] < int(info.value.args[0].split("iteration ")[1].split(":")[0])
+    state["learner"] = {k: torch.full_like(v, float("nan")) for k, v in state["learner"].items()}
+    save_checkpoint(tmp_path / "nan.pt", {k: v for k, v in state.items() if k != "format"})
+    with pytest.raises(CheckpointError, match="holds non-finite weights"):
+        learner_from_checkpoint(tmp_path / "nan.pt")
+
+
+def test_evaluation_says_when_the_adaptation_diverges(tmp_path):
+    result = train(small(iterations=5, val_every=0), tmp_path, progress=False)
+    result.learner.inner_lr = 1e6  # an inner step this large takes the adapted weights to inf / nan
+    r = evaluate(result.learner, build_source(result.config, "test"), 10, steps=20)
+    assert r.diverged == 10 and "not finite on 10 of 10 tasks: the adaptation diverged" in str(r)

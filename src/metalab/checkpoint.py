@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "atomic_write_text"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "atomic_write_text", "state_error"]
 
 FORMAT = "metalab-checkpoint-1"
 
@@ -50,20 +50,67 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     _atomic_replace(Path(path), lambda f: f.write(text.encode()))
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint`.
+# What every checkpoint holds, and what a resumption needs besides: key -> (type, what it is).
+_FOR_EVALUATION = {"config": (dict, "the resolved config"), "learner": (dict, "the learner's state"),
+                   "iteration": (int, "the iteration")}  # fmt: skip
+_FOR_RESUMING = {"optimizer": (dict, "the optimizer's state"), "schedule": (dict, "the schedule's state"),
+                 "rng": (dict, "the random number generators' states")}  # fmt: skip
+
+
+def load_checkpoint(path: str | Path, *, resuming: bool = False) -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint`, checking it before anything uses it: every
+    entry of the file against its CRC, then that it holds what evaluation (or, `resuming`, a
+    resumption) reads, each of the right type.
 
     Raises:
-        CheckpointError: the file is missing, truncated or corrupt, or not a metalab checkpoint.
+        CheckpointError: the file is missing, truncated, damaged or not a metalab checkpoint, or it
+            holds objects whose loading would run code; the message says which.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()  # torch.load itself does not check the CRCs
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({_first_line(e)})") from None
+    if damaged is not None:
+        raise CheckpointError(f"checkpoint {path} is damaged: its entry {damaged!r} fails its CRC check")
+    try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({first})") from None
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower() or "weights_only" in str(e):
+            raise CheckpointError(
+                f"checkpoint {path} refused: loading it would run code (it holds objects other than "
+                f"tensors and plain data: {_first_line(e)})"
+            ) from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({_first_line(e)})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({_first_line(e)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a metalab checkpoint")
+    wanted = {**_FOR_EVALUATION, **(_FOR_RESUMING if resuming else {})}
+    for key, (kind, what) in wanted.items():
+        if key not in state:
+            raise CheckpointError(f"checkpoint {path} lacks {key!r} ({what})")
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            raise CheckpointError(
+                f"checkpoint {path}: {key!r} ({what}) is a {type(state[key]).__name__}, not a {kind.__name__}"
+            )
+    if state["iteration"] < 0:
+        raise CheckpointError(f"checkpoint {path}: 'iteration' is {state['iteration']}, not >= 0")
     return state
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def state_error(error: BaseException) -> str:
+    """The informative line of an error from loading a saved state: `load_state_dict` opens with
+    "Error(s) in loading state_dict for X:" and names the first mismatch on the next line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading"):
+        return lines[1]
+    return lines[0] if lines else type(error).__name__

@@ -23,6 +23,7 @@ class EvalResult:
     ci95: float
     tasks: int
     steps: int | None = None
+    diverged: int = 0  # tasks whose predictions were not finite (an inner loop that diverged)
 
     def __str__(self) -> str:
         value = (
@@ -31,7 +32,12 @@ class EvalResult:
             else f"{self.mean:.3f} +/- {self.ci95:.3f}"
         )
         steps = f" after {self.steps} step{'s' if self.steps != 1 else ''}" if self.steps is not None else ""
-        return f"{self.metric}{steps}: {value} (95% CI, {self.tasks} tasks)"
+        warning = (
+            f"; not finite on {self.diverged} of {self.tasks} tasks: the adaptation diverged"
+            if self.diverged
+            else ""
+        )
+        return f"{self.metric}{steps}: {value} (95% CI, {self.tasks} tasks{warning})"
 
     def to_dict(self) -> dict:
         return {
@@ -40,6 +46,7 @@ class EvalResult:
             "ci95": self.ci95,
             "tasks": self.tasks,
             "steps": self.steps,
+            "diverged": self.diverged,
         }
 
 
@@ -65,7 +72,7 @@ def evaluate(
     was_training = learner.training
     learner.eval()
     kwargs = {} if steps is None else {"steps": steps}
-    scores = []
+    scores, diverged = [], 0
     try:
         done = 0
         while done < tasks:
@@ -73,8 +80,9 @@ def evaluate(
             with torch.no_grad():
                 out = learner.predict(batch.support_x, batch.support_y, batch.query_x, **kwargs)
             scores.append(task_metric(learner.kind, out, batch.query_y))
+            diverged += int((~out.flatten(1).isfinite().all(1)).sum())
             done += batch.num_tasks
     finally:
         learner.train(was_training)
     mean, ci = confidence_interval(torch.cat(scores))
-    return EvalResult(learner.metric_name(), mean, ci, tasks, steps)
+    return EvalResult(learner.metric_name(), mean, ci, tasks, steps, diverged)

@@ -20,7 +20,7 @@ import yaml
 from . import distributed
 from .algorithms.base import MetaLearner
 from .builders import bind_dataset, build_learner, build_optimizer, build_schedule, build_source, load_dataset
-from .checkpoint import CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint, state_error
 from .config import Config, ConfigError, config_from_dict
 from .evaluate import EvalResult, evaluate
 from .parallel import TaskThreads, autocast_context, available_cores
@@ -137,23 +137,28 @@ class Run:
     def restore(self, log: Callable[[str], None]) -> None:
         """Continue from the run folder's checkpoint (its config must match but for the budget keys)."""
         path, c = self.checkpoint_path, self.config
-        state = load_checkpoint(path)
+        state = load_checkpoint(path, resuming=True)
         saved = config_from_dict(state["config"]).resolved(saved=True).to_dict()
         now = c.to_dict()
         changed = [k for k in {*saved, *now} - _RESUMABLE_CHANGES if saved.get(k) != now.get(k)]
         if changed:
             raise CheckpointError(f"cannot resume {path}: config differs in {', '.join(sorted(changed))}")
-        self.learner.load_state_dict(state["learner"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
-        torch.set_rng_state(state["rng"]["torch"])
-        task_states = state["rng"].get("rank_tasks", [state["rng"]["tasks"]])
-        if len(task_states) != self.world:
+        try:
+            self.learner.load_state_dict(state["learner"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.schedule.load_state_dict(state["schedule"])
+            torch.set_rng_state(state["rng"]["torch"])
+            task_states = state["rng"].get("rank_tasks", [state["rng"]["tasks"]])
+            if len(task_states) != self.world:
+                raise CheckpointError(
+                    f"cannot resume {path}: it was written by {len(task_states)} process(es), this run has "
+                    f"{self.world}"
+                )
+            self.source.set_state(task_states[self.rank])
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
             raise CheckpointError(
-                f"cannot resume {path}: it was written by {len(task_states)} process(es), this run has "
-                f"{self.world}"
-            )
-        self.source.set_state(task_states[self.rank])
+                f"cannot resume {path}: its saved state does not fit this run ({state_error(e)})"
+            ) from None
         self.start_iteration = state["iteration"]
         self.seconds_before = state.get("seconds", 0.0)
         if self.main:

@@ -11,22 +11,51 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import torch
 from tqdm import tqdm
 
 from . import distributed
 from .algorithms.base import MetaLearner
 from .builders import build_learner
-from .checkpoint import CheckpointError, atomic_write_text, load_checkpoint
+from .checkpoint import CheckpointError, atomic_write_text, load_checkpoint, state_error
 from .config import Config, config_from_dict
 from .evaluate import EvalResult
 from .run import CHECKPOINT, METRICS, Run, task_workers
 
-__all__ = ["TrainResult", "train", "learner_from_checkpoint", "task_workers", "CHECKPOINT", "METRICS"]
+__all__ = [
+    "TrainResult",
+    "TrainingDiverged",
+    "train",
+    "learner_from_checkpoint",
+    "task_workers",
+    "CHECKPOINT",
+    "METRICS",
+]
+
+
+class TrainingDiverged(ValueError):
+    """The meta-loss or a parameter became non-finite; the last checkpoint written is kept."""
+
+
+def _check_finite(run: Run, iteration: int, loss: float, saved: int) -> None:
+    kept = f"{run.checkpoint_path} keeps iteration {saved}" if saved else "no checkpoint was written"
+    hint = "lower outer_lr (or the inner learning rate) and train again"
+    if not math.isfinite(loss):
+        raise TrainingDiverged(
+            f"training diverged at iteration {iteration}: the meta-loss is {loss}; {kept}; {hint}"
+        )
+    for name, p in run.learner.named_parameters():
+        if not torch.isfinite(p).all():
+            raise TrainingDiverged(
+                f"training diverged at iteration {iteration}: parameter {name!r} is not finite; "
+                f"{kept}; {hint}"
+            )
 
 
 @dataclass
@@ -45,12 +74,17 @@ def learner_from_checkpoint(path: str | Path) -> tuple[MetaLearner, Config, dict
     state = load_checkpoint(path)
     config = config_from_dict(state["config"]).resolved(saved=True)
     learner = build_learner(config)
+    bad = [
+        k
+        for k, v in state["learner"].items()
+        if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all()
+    ]
+    if bad:
+        raise CheckpointError(f"checkpoint {path} holds non-finite weights ({bad[0]!r}): its run diverged")
     try:
         learner.load_state_dict(state["learner"])
-    except (RuntimeError, KeyError) as e:
-        raise CheckpointError(
-            f"checkpoint {path} does not fit its own config: {str(e).splitlines()[0]}"
-        ) from None
+    except (RuntimeError, KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {path} does not fit its own config: {state_error(e)}") from None
     return learner, config, state
 
 
@@ -145,7 +179,7 @@ def train(
     run = Run.start(config, run_dir, resume=resume, log=log)
     c, start = run.config, run.start_iteration
     end = c.iterations if stop_after is None else min(stop_after, c.iterations)
-    running, t0 = None, time.perf_counter()
+    running, t0, saved = None, time.perf_counter(), start
 
     def seconds() -> float:
         return run.seconds_before + time.perf_counter() - t0
@@ -167,6 +201,8 @@ def train(
         for it in bar:
             metrics = run.step(it)
             n = it + 1
+            if not math.isfinite(metrics["loss"]):
+                _check_finite(run, n, metrics["loss"], saved)
             if on_step is not None:
                 on_step(n, run.learner)
             running = metrics["loss"] if running is None else 0.98 * running + 0.02 * metrics["loss"]
@@ -185,7 +221,9 @@ def train(
                 time.perf_counter() - t0 > 60 * c.max_minutes
             )
             if (c.checkpoint_every and n % c.checkpoint_every == 0) or n == end or out_of_time:
+                _check_finite(run, n, metrics["loss"], saved)  # a checkpoint only of finite weights
                 run.save(n, seconds())
+                saved = n
             result.iteration = n
             if out_of_time:
                 log(
