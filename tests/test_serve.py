@@ -396,11 +396,14 @@ def test_metalab_serve_answers_over_http(trained):
                 time.sleep(0.2)
         assert model is not None and model["algorithm"] == "protonet"
         files = support_files(trained["data"], CLASSES[:2], (1, 1))
-        made = httpx.post(f"http://127.0.0.1:{port}/episodes", json=episode_json(files))
+        # Generous time limits: the first model call loads the compiled Conv-4 kernels.
+        made = httpx.post(f"http://127.0.0.1:{port}/episodes", json=episode_json(files), timeout=120)
         assert made.status_code == 201
         query = b64(sorted((trained["data"] / "class01").iterdir())[3])
         answer = httpx.post(
-            f"http://127.0.0.1:{port}/episodes/{made.json()['id']}/predict", json={"images": [query]}
+            f"http://127.0.0.1:{port}/episodes/{made.json()['id']}/predict",
+            json={"images": [query]},
+            timeout=120,
         )
         assert answer.status_code == 200 and set(answer.json()["predictions"][0]["probabilities"]) == set(
             CLASSES[:2]
