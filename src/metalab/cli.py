@@ -1,4 +1,4 @@
-"""The `metalab` command: train | eval | predict | plot | data | sweep | runs | report.
+"""The `metalab` command: train | eval | predict | serve | plot | data | sweep | runs | report.
 
 Bad input (an unknown algorithm or config key, a negative shot count, a missing or corrupt
 checkpoint, a missing data folder) ends with one line on stderr and exit status 2, not a traceback.
@@ -190,6 +190,17 @@ def parser() -> argparse.ArgumentParser:
         help="inner steps for gradient-based learners (default: the checkpoint's eval_inner_steps)",
     )
 
+    sv = sub.add_parser(
+        "serve", help="serve a checkpoint over HTTP: a JSON API and a page to draw classes and queries"
+    )
+    sv.add_argument("checkpoint", nargs="?", help="a checkpoint trained on images (omniglot or folder)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    sv.add_argument("--max-episodes", type=int, default=256, help="episodes kept in memory (default: 256)")
+    sv.add_argument(
+        "--episode-ttl", type=float, default=3600, help="seconds an unused episode is kept (default: 3600)"
+    )
+
     sw = sub.add_parser(
         "sweep", help="train and meta-test a grid of configs, one run folder each, and print a table"
     )
@@ -269,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             "sweep": commands.cmd_sweep,
             "runs": commands.cmd_runs,
             "report": commands.cmd_report,
+            "serve": commands.cmd_serve,
         }
         return handlers[command](args)
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError, DistributedError) as e:

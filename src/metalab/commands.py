@@ -157,6 +157,38 @@ def cmd_predict(args) -> int:
     return 0
 
 
+SERVE_NEEDS_CHECKPOINT = (
+    "metalab serve needs a checkpoint trained on images (there is no model zoo yet); train one, e.g. "
+    "metalab train --config configs/omniglot/protonet_5w1s.yaml --data-dir ../shared/data/omniglot "
+    "--run-dir runs/protonet, then: metalab serve runs/protonet/checkpoint.pt"
+)
+
+
+def cmd_serve(args) -> int:
+    import importlib.util
+
+    if args.checkpoint is None:
+        raise ConfigError(SERVE_NEEDS_CHECKPOINT)
+    missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(
+            f"metalab serve needs {' and '.join(missing)}, not installed: pip install 'metalab[serve]'"
+        )
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be in 0..65535, got {args.port}")
+    if args.max_episodes < 1 or args.episode_ttl <= 0:
+        raise ConfigError("--max-episodes must be >= 1 and --episode-ttl > 0")
+    from .serve import Limits, serve
+
+    serve(
+        args.checkpoint,
+        args.host,
+        args.port,
+        Limits(max_episodes=args.max_episodes, episode_ttl=args.episode_ttl),
+    )
+    return 0
+
+
 def cmd_plot(args) -> int:
     from .plots import sine_adaptation_figure
     from .train import learner_from_checkpoint

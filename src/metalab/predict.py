@@ -23,7 +23,7 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -33,7 +33,21 @@ from .data.dataset import DataNotFoundError, to_float
 from .data.folder import read_class_folders
 from .data.images import IMAGE_EXTENSIONS, read_image
 
-__all__ = ["Prediction", "predict", "load_queries", "write_predictions_csv", "format_predictions"]
+if TYPE_CHECKING:
+    from .algorithms.base import MetaLearner
+
+__all__ = [
+    "Prediction",
+    "SupportMismatch",
+    "predict",
+    "image_learner",
+    "check_support",
+    "check_steps",
+    "class_probabilities",
+    "load_queries",
+    "write_predictions_csv",
+    "format_predictions",
+]
 
 PathLike = str | os.PathLike
 
@@ -84,28 +98,91 @@ def load_queries(
     return [str(p) for p in paths], torch.from_numpy(x)
 
 
-def _check_support(
-    checkpoint: PathLike, c: Config, support: PathLike, names: list[str], counts: list[int]
-) -> None:
+class SupportMismatch(ConfigError):
+    """A support set that does not fit the learner: not exactly N classes for a fixed N-way head, or
+    uneven images per class for a learner that needs equal shots."""
+
+
+def check_support(c: Config, names: list[str], counts: list[int], *, model: str, support: str | None) -> None:
+    """Whether a support set of classes `names` with `counts` images each fits the learner of `c`.
+
+    Args:
+        model: how messages name the model (the checkpoint's path).
+        support: the support folder's path (`metalab predict`), or None for a support set of uploaded
+            images (`metalab serve`).
+
+    Raises:
+        SupportMismatch: the wrong number of classes for a fixed head, or uneven shots where the
+            learner needs equal ones.
+        ConfigError: fewer than 2 classes.
+    """
     listed, needs = ", ".join(names), c.spec().needs
+    unit, subject, named = (
+        ("class folders", "the support folder", support) if support else ("classes", "the support set", "it")
+    )
     if needs.fixed_head and len(names) != c.ways:
-        raise ConfigError(
-            f"{checkpoint} is a {c.ways}-way {c.algorithm} model: its classifier head has exactly {c.ways} "
-            "outputs, "
-            f"so the support folder needs exactly {c.ways} class folders; {support} has {len(names)} "
-            f"({listed})"
+        raise SupportMismatch(
+            f"{model} is a {c.ways}-way {c.algorithm} model: its classifier head has exactly {c.ways} "
+            f"outputs, so {subject} needs exactly {c.ways} {unit}; {named} has {len(names)} ({listed})"
         )
     if len(names) < 2:
         raise ConfigError(
-            f"the support folder {support} needs at least 2 class folders to choose between; it has "
-            f"{len(names)} ({listed})"
+            f"{subject}{' ' + support if support else ''} needs at least 2 {unit} to choose between; it "
+            f"has {len(names)} ({listed})"
         )
     if needs.equal_shots and len(set(counts)) > 1:
-        raise ConfigError(
+        raise SupportMismatch(
             f"{c.algorithm} needs the same number of support images in every class (relation networks sum "
-            "each "
-            f"class's feature maps); {support} has " + ", ".join(f"{n}: {k}" for n, k in zip(names, counts))
+            f"each class's feature maps); {named} has "
+            + ", ".join(f"{n}: {k}" for n, k in zip(names, counts))
         )
+
+
+def image_learner(checkpoint: PathLike) -> tuple[MetaLearner, Config, dict]:
+    """The learner, config and state of a checkpoint trained on images, in eval mode.
+
+    Raises:
+        CheckpointError: the checkpoint is missing or corrupt.
+        ConfigError: it was not trained on an image benchmark.
+    """
+    from .train import learner_from_checkpoint  # the training stack, only when a model is needed
+
+    learner, c, state = learner_from_checkpoint(checkpoint)
+    if c.benchmark not in IMAGE_BENCHMARKS:
+        raise ConfigError(
+            f"{checkpoint} was trained on {c.benchmark}; predict labels images and needs a checkpoint "
+            "trained on omniglot or folder"
+        )
+    learner.eval()
+    return learner, c, state
+
+
+def check_steps(learner: MetaLearner, c: Config, steps: int | None) -> None:
+    """Inner steps, where given, must be >= 0 and for a learner with an inner loop (`ConfigError`)."""
+    if steps is not None and not learner.inner_loop:
+        raise ConfigError(f"steps applies to gradient-based learners; {c.algorithm} has no inner loop")
+    if steps is not None and steps < 0:
+        raise ConfigError(f"steps must be >= 0, got {steps}")
+
+
+def class_probabilities(
+    learner: MetaLearner,
+    support_x: torch.Tensor,
+    support_y: torch.Tensor,
+    query_x: torch.Tensor,
+    steps: int | None = None,
+) -> torch.Tensor:
+    """Adapt to one support set (uint8 images, labels 0..N-1) and answer its queries (uint8 images).
+
+    Returns:
+        float32 of shape (n_query, N): the softmax of the learner's logits.
+    """
+    kwargs = {} if steps is None else {"steps": steps}
+    with torch.no_grad():
+        logits = learner.predict(
+            to_float(support_x)[None], support_y[None], to_float(query_x)[None], **kwargs
+        )[0]
+    return logits.float().softmax(-1)
 
 
 def predict(
@@ -137,29 +214,14 @@ def predict(
         >>> for query, label, p in predict("runs/a/checkpoint.pt", "support", "queries"):  # doctest: +SKIP
         ...     print(query, label, round(p[label], 3))
     """
-    from .train import learner_from_checkpoint  # the training stack, only when a model is needed
-
-    learner, c, _ = learner_from_checkpoint(checkpoint)
-    if c.benchmark not in IMAGE_BENCHMARKS:
-        raise ConfigError(
-            f"{checkpoint} was trained on {c.benchmark}; predict labels images and needs a checkpoint "
-            "trained on omniglot or folder"
-        )
-    if steps is not None and not learner.inner_loop:
-        raise ConfigError(f"steps applies to gradient-based learners; {c.algorithm} has no inner loop")
-    if steps is not None and steps < 0:
-        raise ConfigError(f"steps must be >= 0, got {steps}")
+    learner, c, _ = image_learner(checkpoint)
+    check_steps(learner, c, steps)
     invert = bool(c.invert)
     support_x, support_y, names = read_class_folders(support, c.image_size, c.channels, invert)
-    _check_support(checkpoint, c, support, names, torch.bincount(support_y, minlength=len(names)).tolist())
+    counts = torch.bincount(support_y, minlength=len(names)).tolist()
+    check_support(c, names, counts, model=str(checkpoint), support=str(support))
     query_names, query_x = load_queries(queries, c.image_size, c.channels, invert)
-    learner.eval()
-    kwargs = {} if steps is None else {"steps": steps}
-    with torch.no_grad():
-        logits = learner.predict(
-            to_float(support_x)[None], support_y[None], to_float(query_x)[None], **kwargs
-        )[0]
-    probabilities = logits.float().softmax(-1)
+    probabilities = class_probabilities(learner, support_x, support_y, query_x, steps)
     return [
         Prediction(q, names[int(p.argmax())], {n: float(v) for n, v in zip(names, p)})
         for q, p in zip(query_names, probabilities)

@@ -1,7 +1,8 @@
 """Real data sets, loaded once into memory (images as uint8 tensors) with disjoint class splits.
 
 - `dataset`: `FewShotDataset`, what every source returns, `to_float` and the data errors;
-- `images`: reading one image file (`read_image`), shared by the folder source and `metalab predict`;
+- `images`: preparing one image (`read_image` from a file, `decode_image` from bytes), shared by the
+  folder source, `metalab predict` and `metalab serve`;
 - `omniglot`: the Omniglot archives, their cache, download and splits;
 - `folder`: a folder of images, one subfolder per class;
 - `tabular`: a CSV file, as classification episodes or regression tasks.
@@ -9,7 +10,7 @@
 
 from .dataset import DataIntegrityError, DataNotFoundError, FewShotDataset, to_float
 from .folder import load_image_folder
-from .images import read_image
+from .images import decode_image, read_image
 from .omniglot import download_omniglot, load_omniglot, load_omniglot_archive, read_omniglot_zip
 from .tabular import RowTasks, TabularData, load_csv
 
@@ -23,6 +24,7 @@ __all__ = [
     "read_omniglot_zip",
     "to_float",
     "load_image_folder",
+    "decode_image",
     "read_image",
     "load_csv",
     "TabularData",

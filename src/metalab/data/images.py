@@ -1,7 +1,7 @@
 """Reading one image file the way every image source and `metalab predict` prepare it.
 
-Every image is prepared once, the same way for a folder of images and in `metalab predict`
-(`read_image`):
+Every image is prepared once, the same way for a folder of images, in `metalab predict` (`read_image`,
+from a file) and in `metalab serve` (`decode_image`, from uploaded bytes):
 
 1. turned upright by its EXIF orientation (photos from phones);
 2. 16-bit and 32-bit integer images scaled to 8 bits by their bit depth, float images from [0, 1]
@@ -15,6 +15,7 @@ Every image is prepared once, the same way for a folder of images and in `metala
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -23,10 +24,14 @@ from PIL import Image, ImageOps
 
 from .dataset import DataIntegrityError
 
-__all__ = ["IMAGE_EXTENSIONS", "list_images", "read_image"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageTooLargeError", "decode_image", "list_images", "read_image"]
 
 # Extensions of the formats Pillow can decode (registered_extensions also lists save-only formats).
 IMAGE_EXTENSIONS = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+
+
+class ImageTooLargeError(DataIntegrityError):
+    """An image with more pixels than a caller's limit (`decode_image(max_pixels=...)`)."""
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
@@ -67,10 +72,44 @@ def read_image(
     Raises:
         DataIntegrityError: the file cannot be decoded; the message names it.
     """
+    return _prepare(path, str(path), image_size, channels, invert)
+
+
+def decode_image(
+    data: bytes,
+    image_size: int = 28,
+    channels: int = 1,
+    invert: bool = False,
+    *,
+    name: str = "image",
+    max_pixels: int | None = None,
+) -> np.ndarray:
+    """Encoded image bytes (PNG, JPEG, ...) -> uint8 of shape (channels, image_size, image_size),
+    prepared exactly as `read_image` prepares a file (`metalab serve` receives images this way).
+
+    Args:
+        name: how error messages name the image (e.g. an uploaded file's name).
+        max_pixels: refuse images with more pixels than this (checked on the header, before decoding).
+
+    Raises:
+        ImageTooLargeError: the image has more than `max_pixels` pixels.
+        DataIntegrityError: the bytes cannot be decoded; the message names the image.
+    """
+    return _prepare(io.BytesIO(data), name, image_size, channels, invert, max_pixels)
+
+
+def _prepare(
+    source, name: str, image_size: int, channels: int, invert: bool, max_pixels: int | None = None
+) -> np.ndarray:
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (greyscale) or 3 (RGB), got {channels}")
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
+            width, height = img.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageTooLargeError(
+                    f"image {name} is {width} x {height} pixels, more than the limit of {max_pixels:,}"
+                )
             img.load()  # Pillow decodes lazily; force it so that a truncated file fails here
             img = _eight_bit(ImageOps.exif_transpose(img), path)
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
@@ -80,8 +119,10 @@ def read_image(
             # neighbour (the same order as the Omniglot loader, so its PNGs come out identical).
             mode = "L" if channels == 1 else "RGB"
             small = img.convert(mode).resize((image_size, image_size), Image.LANCZOS)
+    except ImageTooLargeError:
+        raise  # a DataIntegrityError already, with its own message
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise DataIntegrityError(f"cannot read image {path} ({type(err).__name__}: {err})") from err
+        raise DataIntegrityError(f"cannot read image {name} ({type(err).__name__}: {err})") from err
     array = np.asarray(small, dtype=np.uint8)
     array = array[None] if channels == 1 else array.transpose(2, 0, 1)
     return 255 - array if invert else np.ascontiguousarray(array)
