@@ -111,7 +111,7 @@ def _prepare(
                     f"image {name} is {width} x {height} pixels, more than the limit of {max_pixels:,}"
                 )
             img.load()  # Pillow decodes lazily; force it so that a truncated file fails here
-            img = _eight_bit(ImageOps.exif_transpose(img), path)
+            img = _eight_bit(ImageOps.exif_transpose(img), name)
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
                 rgba = img.convert("RGBA")
                 img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
