@@ -114,6 +114,7 @@ def predict(
     queries: PathLike | Sequence[PathLike],
     *,
     steps: int | None = None,
+    device: str | None = None,
 ) -> list[Prediction]:
     """Adapt a trained image checkpoint to the classes of `support` and label every query image.
 
@@ -122,6 +123,8 @@ def predict(
         support: a folder `support/<class>/<image>`: N class folders, at least one image each.
         queries: an image file or folder, or a list of them (folders are searched recursively).
         steps: inner steps for gradient-based learners (default: the checkpoint's eval_inner_steps).
+        device: where to adapt and predict: auto | cpu | cuda | cuda:N | mps (default: the
+            checkpoint's `device` key).
 
     Returns:
         One `Prediction(query, label, probabilities)` per query image, in the order read.
@@ -137,9 +140,9 @@ def predict(
         >>> for query, label, p in predict("runs/a/checkpoint.pt", "support", "queries"):  # doctest: +SKIP
         ...     print(query, label, round(p[label], 3))
     """
-    from .train import learner_from_checkpoint  # the training stack, only when a model is needed
+    from .train import learner_on_device  # the training stack, only when a model is needed
 
-    learner, c, _ = learner_from_checkpoint(checkpoint)
+    learner, c, _ = learner_on_device(checkpoint, device)
     if c.benchmark not in IMAGE_BENCHMARKS:
         raise ConfigError(
             f"{checkpoint} was trained on {c.benchmark}; predict labels images and needs a checkpoint "
@@ -155,11 +158,12 @@ def predict(
     query_names, query_x = load_queries(queries, c.image_size, c.channels, invert)
     learner.eval()
     kwargs = {} if steps is None else {"steps": steps}
+    on = next(learner.parameters()).device
     with torch.no_grad():
         logits = learner.predict(
-            to_float(support_x)[None], support_y[None], to_float(query_x)[None], **kwargs
+            to_float(support_x.to(on))[None], support_y.to(on)[None], to_float(query_x.to(on))[None], **kwargs
         )[0]
-    probabilities = logits.float().softmax(-1)
+    probabilities = logits.float().softmax(-1).cpu()
     return [
         Prediction(q, names[int(p.argmax())], {n: float(v) for n, v in zip(names, p)})
         for q, p in zip(query_names, probabilities)

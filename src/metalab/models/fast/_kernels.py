@@ -52,13 +52,38 @@ def kernels() -> ModuleType | None:
     return _state["module"]  # type: ignore[return-value]
 
 
+def _cached() -> tuple[str, Path]:
+    """The build's name and where its library is (or will be) cached."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    name = f"metalab_conv4_{_build_digest()}"
+    return name, Path(_get_build_directory(name, verbose=False)) / f"{name}.so"
+
+
+def _fresh(built: Path) -> bool:
+    return built.exists() and built.stat().st_mtime >= _SOURCE.stat().st_mtime
+
+
+def status() -> str:
+    """Where the kernels stand, without building them: off, built (loaded, or cached for this CPU
+    and torch), unavailable (a build failed in this process) or not built yet."""
+    if os.environ.get("METALAB_KERNELS", "1") == "0":
+        return "off (METALAB_KERNELS=0)"
+    if "module" in _state:
+        return "built (loaded)" if _state["module"] is not None else "unavailable (the build failed)"
+    try:
+        _, built = _cached()
+    except Exception as error:  # no cpp_extension support in this torch
+        return f"unavailable ({type(error).__name__})"
+    return f"built (cached: {built})" if _fresh(built) else "not built yet (compiled on first use, ~30 s)"
+
+
 def _build() -> ModuleType | None:
     try:
-        from torch.utils.cpp_extension import _get_build_directory, load
+        from torch.utils.cpp_extension import load
 
-        name = f"metalab_conv4_{_build_digest()}"
-        built = Path(_get_build_directory(name, verbose=False)) / f"{name}.so"
-        if not built.exists() or built.stat().st_mtime < _SOURCE.stat().st_mtime:
+        name, built = _cached()
+        if not _fresh(built):
             print(
                 "metalab: compiling the Conv-4 CPU kernels (first use on this machine, ~30 s) ...",
                 file=sys.stderr,
