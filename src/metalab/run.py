@@ -4,11 +4,11 @@
 data (kept on the device where it fits), builds the learner on the CPU from the seed (the same
 initialisation on every device) and moves it to the device, then the outer optimizer, its schedule,
 the training task source and the task threads, and restores all of it from `checkpoint.pt` when
-resuming. `Run.step` is one outer step, `Run.validate`
-one validation, `Run.save` one checkpoint: the learner's, optimizer's, schedule's (and fp16's loss
-scaler's) states, the RNG states (the torch generator's and every rank's task source's), the
-iteration, the training seconds and the resolved config. Checkpoints hold CPU tensors only, so a run
-trained on a GPU is evaluated, resumed or served on any device.
+resuming. `Run.step` is one outer step, `Run.validate` one validation, `Run.save` one checkpoint:
+the learner's, optimizer's, schedule's (and fp16's loss scaler's) states, the RNG states (the torch
+generator's and every rank's task source's), the iteration, the training seconds and the resolved
+config. Checkpoints hold CPU tensors only, so a run trained on a GPU is evaluated, resumed or
+served on any device.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ from .algorithms.base import MetaLearner
 from .builders import bind_dataset, build_learner, build_optimizer, build_schedule, build_source, load_dataset
 from .checkpoint import CheckpointError, atomic_write_text, device_free, load_checkpoint, save_checkpoint
 from .config import Config, ConfigError, config_from_dict
-from .data.dataset import FewShotDataset
-from .devices import autocast_context, autocast_dtype, check_precision, data_fits, resolve_device
+from .devices import autocast_context, autocast_dtype, check_precision, place_dataset, resolve_device
 from .evaluate import EvalResult, evaluate
 from .parallel import TaskThreads, available_cores
 from .tasks.episode import TaskBatch
@@ -129,8 +128,7 @@ class Run:
         # The data first: some config keys come from it (a CSV's feature columns size the model).
         dataset = load_dataset(c)
         c = bind_dataset(c, dataset)
-        if isinstance(dataset, FewShotDataset) and data_fits(dataset.nbytes, device):
-            dataset = dataset.to(device)  # once; every episode is then gathered on the device
+        dataset = place_dataset(dataset, device)
         torch.manual_seed(c.seed)
         learner = build_learner(c).to(device)  # initialised on the CPU: the same weights everywhere
         optimizer = build_optimizer(c, learner)
@@ -145,6 +143,8 @@ class Run:
             rank,
             world,
             device=device,
+            # fp16 gradients underflow without loss scaling; the scaler skips steps with inf/nan.
+            scaler=torch.amp.GradScaler(device.type) if c.precision == "fp16" else None,
         )
         if resume:
             run.restore(log)
@@ -161,9 +161,6 @@ class Run:
 
     def _start_threads(self) -> None:
         self.low_precision = autocast_dtype(self.config.precision)
-        if self.config.precision == "fp16" and self.scaler is None:
-            # fp16 gradients underflow without loss scaling; the scaler skips steps with inf/nan.
-            self.scaler = torch.amp.GradScaler(self.device.type)
         workers = task_workers(self.config, self.learner, self.world, self.local_batch, self.device)
         self._threads_before = torch.get_num_threads()
         if workers > 1:
