@@ -366,3 +366,12 @@ def test_info_says_what_a_bug_report_needs(capsys, monkeypatch):
         "protonet",
     ):
         assert needed in out, needed
+
+
+def test_a_sweep_checks_every_combinations_device_before_the_first_run(capsys, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    config = tmp_path / "base.yaml"
+    config.write_text("iterations: 1\nval_every: 0\n")
+    code, out, err = run(capsys, "sweep", config, "--set", "device=cpu,cuda", "--runs", tmp_path / "runs")
+    assert code == 2 and "CUDA is not available" in err and not (tmp_path / "runs").exists()

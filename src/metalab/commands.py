@@ -104,8 +104,7 @@ def cmd_report(args) -> int:
 
 def cmd_eval(args) -> int:
     from .builders import build_source, load_dataset
-    from .data.dataset import FewShotDataset
-    from .devices import data_fits
+    from .devices import place_dataset
     from .evaluate import evaluate
     from .train import learner_on_device
 
@@ -130,9 +129,7 @@ def cmd_eval(args) -> int:
     steps_list = (args.steps or c.eval_steps) if learner.inner_loop else [None]
     if any(s is not None and s < 0 for s in steps_list):
         raise ConfigError(f"--steps must be >= 0, got {steps_list}")
-    dataset = load_dataset(c)
-    if isinstance(dataset, FewShotDataset) and data_fits(dataset.nbytes, device):
-        dataset = dataset.to(device)
+    dataset = place_dataset(load_dataset(c), device)
     cell = f"{c.test_ways}-way {c.test_shots}-shot" if c.benchmark != "sine" else f"K={c.test_shots}"
     print(f"{args.checkpoint}: {c.algorithm} on {c.benchmark}, iteration {state['iteration']}, {cell}")
     results = []

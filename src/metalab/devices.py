@@ -29,6 +29,7 @@ __all__ = [
     "autocast_context",
     "check_precision",
     "data_fits",
+    "place_dataset",
     "auto_device_name",
 ]
 
@@ -128,3 +129,11 @@ def data_fits(nbytes: int, device: torch.device) -> bool:
         free, _ = torch.cuda.mem_get_info(device)
         return nbytes <= _DATA_SHARE * free
     return nbytes <= 1 << 30  # MPS shares the machine's memory: up to 1 GiB
+
+
+def place_dataset(dataset, device: torch.device):
+    """A `FewShotDataset` moved to `device` once where it fits there (its samplers then gather every
+    episode on the device); anything else (None, a CSV's rows) as it is, its batches moved one by one."""
+    if dataset is None or not hasattr(dataset, "nbytes") or not data_fits(dataset.nbytes, device):
+        return dataset
+    return dataset.to(device)
