@@ -4,12 +4,34 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from metalab.cli import main
 from metalab.tasks import EpisodeSampler, TaskBatch
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def _mps() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def devices() -> list:
+    """pytest params over the devices a test should run on: the CPU, and CUDA and MPS, each skipped
+    with the reason where this machine lacks it (ids "cpu", "cuda", "mps": `pytest -k cuda` picks
+    the GPU cases)."""
+    no_cuda = "no CUDA device here" + (
+        " (this torch build has no CUDA)" if torch.version.cuda is None else ""
+    )
+    return [
+        pytest.param("cpu", id="cpu"),
+        pytest.param(
+            "cuda", id="cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason=no_cuda)
+        ),
+        pytest.param("mps", id="mps", marks=pytest.mark.skipif(not _mps(), reason="no MPS device here")),
+    ]
 
 
 def run(capsys, *argv):

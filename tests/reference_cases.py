@@ -54,20 +54,21 @@ def case_batch(c: Config) -> TaskBatch:
     return TaskBatch(sx, sy, qx, qy)
 
 
-def meta_gradient_summary(name: str) -> dict:
-    """{"loss": float, "params": {name: [sum, norm, dot]}} of one meta-batch's meta-gradient."""
+def meta_gradient_summary(name: str, device: str = "cpu") -> dict:
+    """{"loss": float, "params": {name: [sum, norm, dot]}} of one meta-batch's meta-gradient, with the
+    learner (initialised on the CPU) and the meta-batch on `device`."""
     c = case_config(name)
     torch.manual_seed(c.seed)
-    learner = builders.build_learner(c).double()
+    learner = builders.build_learner(c).double().to(device)
     learner.set_iteration(10)
     learner.train()
-    loss, _ = learner.meta_loss(case_batch(c))
+    loss, _ = learner.meta_loss(case_batch(c).to(device))
     params = {k: p for k, p in learner.named_parameters() if p.requires_grad}
     grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
     g = torch.Generator().manual_seed(5)
     out = {}
     for (k, p), grad in zip(params.items(), grads):
         grad = torch.zeros_like(p) if grad is None else grad
-        direction = torch.randn(p.shape, generator=g, dtype=torch.float64)
+        direction = torch.randn(p.shape, generator=g, dtype=torch.float64).to(device)
         out[k] = [grad.sum().item(), grad.norm().item(), (grad * direction).sum().item()]
     return {"loss": loss.item(), "params": out}

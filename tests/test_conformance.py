@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 import torch
 
+from helpers import devices
 from metalab import builders
 from metalab import run as train_module
 from metalab.algorithms import algorithm_names, get_spec
@@ -38,6 +39,17 @@ def _own_keys(algorithm, **values):
     return {k: v for k, v in values.items() if k in own}
 
 
+def _tensors(tree):
+    if isinstance(tree, torch.Tensor):
+        yield tree
+    elif isinstance(tree, dict):
+        for v in tree.values():
+            yield from _tensors(v)
+    elif isinstance(tree, (list, tuple)):
+        for v in tree:
+            yield from _tensors(v)
+
+
 @pytest.fixture
 def fake_data(monkeypatch):
     data = fake_omniglot()
@@ -50,8 +62,9 @@ def fake_data(monkeypatch):
     return data
 
 
+@pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("algorithm", algorithm_names())
-def test_algorithm_conforms(algorithm, fake_data, tmp_path):
+def test_algorithm_conforms(algorithm, device, fake_data, tmp_path):
     sine = algorithm in SINE_ONLY
     c = Config(
         algorithm=algorithm,
@@ -69,6 +82,7 @@ def test_algorithm_conforms(algorithm, fake_data, tmp_path):
         test_tasks=4,
         checkpoint_every=1,
         log_every=1,
+        device=device,
     )
     before = {k: v.clone() for k, v in builders.build_learner(c.resolved()).state_dict().items()}
     result = train(c, tmp_path, progress=False, log=lambda _: None)
@@ -80,10 +94,13 @@ def test_algorithm_conforms(algorithm, fake_data, tmp_path):
     assert metric["metric"] == ("mse" if sine else "accuracy") and metric["tasks"] == 4
     if not sine:
         assert 0.0 <= metric["mean"] <= 1.0
-    # The checkpoint rebuilds the same learner: same weights, same predictions.
-    reloaded, config, state = learner_from_checkpoint(tmp_path / "checkpoint.pt")
+    assert all(p.device.type == device for p in result.learner.parameters())
+    # The checkpoint holds CPU tensors only and rebuilds the same learner: same weights, same predictions.
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert all(t.device.type == "cpu" for t in _tensors(state))
+    reloaded, config, state = learner_from_checkpoint(tmp_path / "checkpoint.pt", device=device)
     assert state["iteration"] == 2 and config.algorithm == algorithm
-    batch = builders.build_source(config, "test", fake_data if not sine else None).sample(2)
+    batch = builders.build_source(config, "test", fake_data if not sine else None).sample(2).to(device)
     result.learner.eval()
     reloaded.eval()
     with torch.no_grad():

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import assert_same_derivatives, image_batch, set_mixed_scales
+from helpers import assert_same_derivatives, devices, image_batch, set_mixed_scales
 from metalab import MAML, MetaSGD, Reptile, SineTasks
 from metalab.models import MLP, Conv4, FastConv4
 from metalab.models.fast import second_order_forward
@@ -57,14 +57,15 @@ def reference_meta_grad(forward, loss_fn, params, batch, lr, steps, first_order)
 CASES = [(steps, first_order) for steps in (1, 3) for first_order in (False, True)]
 
 
+@pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("strategy", ["loop", "vmap"])
 @pytest.mark.parametrize("steps,first_order", CASES)
-def test_maml_meta_gradient_matches_reference_mlp(strategy, steps, first_order):
+def test_maml_meta_gradient_matches_reference_mlp(strategy, steps, first_order, device):
     torch.manual_seed(0)
     learner = MAML(
         MLP(), "regression", inner_lr=0.01, inner_steps=steps, first_order=first_order, strategy=strategy
-    )
-    batch = SineTasks(shots=10, queries=10, seed=3).sample(4).to(torch.float64)
+    ).to(device)
+    batch = SineTasks(shots=10, queries=10, seed=3, device=device).sample(4).to(torch.float64)
     loss, _ = learner.meta_loss(batch)
     grads = torch.autograd.grad(loss, list(learner.model.parameters()))
     ref_loss, ref_grads = reference_meta_grad(
@@ -84,15 +85,18 @@ def test_maml_meta_gradient_matches_reference_mlp(strategy, steps, first_order):
 BACKBONES = [(Conv4, "loop"), (FastConv4, "loop"), (Conv4, "vmap")]
 
 
+@pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("backbone,strategy", BACKBONES)
 @pytest.mark.parametrize("steps,first_order", CASES)
-def test_maml_meta_gradient_matches_reference_conv4_with_batchnorm(backbone, strategy, steps, first_order):
+def test_maml_meta_gradient_matches_reference_conv4_with_batchnorm(
+    backbone, strategy, steps, first_order, device
+):
     torch.manual_seed(0)
-    model = backbone(in_channels=1, hidden=4, out_features=3, image_size=16)
+    model = backbone(in_channels=1, hidden=4, out_features=3, image_size=16).to(device)
     learner = MAML(
         model, "classification", inner_lr=0.4, inner_steps=steps, first_order=first_order, strategy=strategy
     )
-    batch = image_batch(tasks=3)
+    batch = image_batch(tasks=3).to(device)
     loss, _ = learner.meta_loss(batch)
     grads = torch.autograd.grad(loss, list(model.parameters()))
     ref_loss, ref_grads = reference_meta_grad(

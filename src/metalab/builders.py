@@ -134,15 +134,18 @@ def rank_seed(seed: int, rank: int) -> int:
     return seed + 1_000_003 * rank
 
 
-def build_source(c: Config, split: str, dataset=None, *, rank: int = 0):
+def build_source(c: Config, split: str, dataset=None, *, rank: int = 0, device=None):
     """The task source of one split ("train", "val" or "test"); training draws from `c.seed`
-    (shifted per process rank under torch.distributed), in the form the learner asks for."""
+    (shifted per process rank under torch.distributed), in the form the learner asks for.
+
+    Episodes come on the device of the data set's examples (`FewShotDataset.to`); sine tasks on
+    `device` (default: the CPU). Either way they are drawn on the CPU, the same tasks everywhere."""
     ways, shots, queries = (
         (c.ways, c.shots, c.queries) if split == "train" else (c.test_ways, c.test_shots, c.test_queries)
     )
     seed = rank_seed(c.seed, rank) if split == "train" else SPLIT_SEEDS[split]
     if c.benchmark == "sine":
-        return SineTasks(shots, queries, seed=seed)
+        return SineTasks(shots, queries, seed=seed, device=device)
     dataset = dataset if dataset is not None else load_dataset(c)
     if split == "train" and c.spec().learner.training_source == "batches":
         # Plain mini-batches with global labels: meta_batch rows of one example each, so meta_batch

@@ -17,7 +17,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "atomic_write_text", "state_error"]
+__all__ = [
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "atomic_write_text",
+    "state_error",
+    "device_free",
+]
 
 FORMAT = "metalab-checkpoint-1"
 
@@ -39,6 +46,22 @@ def _atomic_replace(path: Path, write) -> None:
         # Whatever happened (disk full, Ctrl-C), the previous file at `path` is untouched.
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def device_free(state: Any) -> Any:
+    """`state` (nested dicts, lists, tuples) with every tensor copied to the CPU, so that a checkpoint
+    written on a GPU loads on any machine; `load_checkpoint` reads it onto the CPU and the caller
+    moves what it builds to its own device."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().cpu()
+    if isinstance(state, dict):
+        out = type(state)((k, device_free(v)) for k, v in state.items())
+        if hasattr(state, "_metadata"):  # a module's state_dict: its layers' versions
+            out._metadata = state._metadata
+        return out
+    if isinstance(state, (list, tuple)) and not hasattr(state, "_fields"):
+        return type(state)(device_free(v) for v in state)
+    return state
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

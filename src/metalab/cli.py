@@ -1,4 +1,4 @@
-"""The `metalab` command: train | eval | predict | serve | plot | data | sweep | runs | report.
+"""The `metalab` command: train | eval | predict | serve | plot | data | sweep | runs | report | info.
 
 Bad input (an unknown algorithm or config key, a negative shot count, a missing or corrupt
 checkpoint, a missing data folder) ends with one line on stderr and exit status 2, not a traceback.
@@ -32,7 +32,10 @@ _EXAMPLES = """examples:
   metalab plot runs/sine/checkpoint.pt --baseline runs/pre/checkpoint.pt --out sine.png
   metalab train --benchmark folder --data-dir my_images --algorithm siamese --shots 1 --queries 5
   metalab predict runs/a/checkpoint.pt --support support/ queries/ --csv predictions.csv
+  metalab eval runs/a/checkpoint.pt --device cuda  # any device, whatever the run was trained on
+  metalab info                                    # versions, devices, kernels: for a bug report
 """
+_DEVICE_HELP = "auto | cpu | cuda | cuda:N | mps (default: the checkpoint's device key; docs/gpu.md)"
 
 
 def _allowed(meta: dict, default) -> str:
@@ -173,6 +176,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--queries", type=int, help="queries at test time")
     e.add_argument("--data-dir", help="data folder, if it moved since training")
     e.add_argument("--json", help="also write the results to this JSON file")
+    e.add_argument("--device", help=_DEVICE_HELP)
 
     pr = sub.add_parser(
         "predict", help="adapt a checkpoint to a support folder of your classes and label query images"
@@ -189,6 +193,7 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         help="inner steps for gradient-based learners (default: the checkpoint's eval_inner_steps)",
     )
+    pr.add_argument("--device", help=_DEVICE_HELP)
 
     sv = sub.add_parser(
         "serve", help="serve a checkpoint over HTTP: a JSON API and a page to draw classes and queries"
@@ -224,6 +229,7 @@ def parser() -> argparse.ArgumentParser:
     )
     rp.add_argument("runs", nargs="+", help="run folders")
     rp.add_argument("--out", default="report", help="folder for the PNGs, report.md and report.html")
+    rp.add_argument("--device", help="where the sine figure's learners adapt: " + _DEVICE_HELP)
 
     pl = sub.add_parser("plot", help="figure 2 of Finn et al. 2017: a sine task before and after adaptation")
     pl.add_argument("checkpoint", help="a sine-wave checkpoint (e.g. MAML)")
@@ -232,11 +238,21 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--shots", type=int, default=5)
     pl.add_argument("--steps", type=int, nargs="+", default=[1, 10])
     pl.add_argument("--seed", type=int, default=0, help="which held-out task to draw")
+    pl.add_argument("--device", help=_DEVICE_HELP)
 
     d = sub.add_parser("data", help="fetch or check data sets")
     d.add_argument("action", choices=["download"])
     d.add_argument("dataset", choices=["omniglot"])
     d.add_argument("--data-dir", required=True, help="folder to download into")
+
+    i = sub.add_parser(
+        "info", help="versions, devices, CPU kernels, threads, algorithms: what a bug report needs"
+    )
+    i.add_argument(
+        "--build-kernels",
+        action="store_true",
+        help="build the Conv-4 CPU kernels if needed (~30 s) and say so",
+    )
     return p
 
 
@@ -281,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             "runs": commands.cmd_runs,
             "report": commands.cmd_report,
             "serve": commands.cmd_serve,
+            "info": commands.cmd_info,
         }
         return handlers[command](args)
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError, DistributedError) as e:

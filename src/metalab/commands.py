@@ -98,17 +98,19 @@ def cmd_runs(args) -> int:
 def cmd_report(args) -> int:
     from .report import write_report
 
-    page = write_report(args.runs, args.out)
+    page = write_report(args.runs, args.out, device=args.device)
     print(f"wrote {page} and {Path(args.out) / 'report.md'}")
     return 0
 
 
 def cmd_eval(args) -> int:
     from .builders import build_source, load_dataset
+    from .devices import place_dataset
     from .evaluate import evaluate
-    from .train import learner_from_checkpoint
+    from .train import learner_on_device
 
-    learner, c, state = learner_from_checkpoint(args.checkpoint)
+    learner, c, state = learner_on_device(args.checkpoint, args.device)
+    device = next(learner.parameters()).device
     overrides = {
         k: v
         for k, v in {
@@ -128,12 +130,12 @@ def cmd_eval(args) -> int:
     steps_list = (args.steps or c.eval_steps) if learner.inner_loop else [None]
     if any(s is not None and not 0 <= s <= MAX_INNER_STEPS for s in steps_list):
         raise ConfigError(f"--steps must be between 0 and {MAX_INNER_STEPS:,}, got {steps_list}")
-    dataset = load_dataset(c)
+    dataset = place_dataset(load_dataset(c), device)
     cell = f"{c.test_ways}-way {c.test_shots}-shot" if c.benchmark != "sine" else f"K={c.test_shots}"
     print(f"{args.checkpoint}: {c.algorithm} on {c.benchmark}, iteration {state['iteration']}, {cell}")
     results = []
     for steps in steps_list:
-        r = evaluate(learner, build_source(c, "test", dataset), tasks, steps=steps)
+        r = evaluate(learner, build_source(c, "test", dataset, device=device), tasks, steps=steps)
         results.append(r.to_dict())
         print("test " + str(r))
     if args.json:
@@ -148,7 +150,7 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     from .predict import format_predictions, predict, write_predictions_csv
 
-    predictions = predict(args.checkpoint, args.support, args.queries, steps=args.steps)
+    predictions = predict(args.checkpoint, args.support, args.queries, steps=args.steps, device=args.device)
     if args.csv:
         write_predictions_csv(predictions, args.csv)
         print(f"wrote {len(predictions)} predictions to {args.csv}")
@@ -191,11 +193,11 @@ def cmd_serve(args) -> int:
 
 def cmd_plot(args) -> int:
     from .plots import sine_adaptation_figure
-    from .train import learner_from_checkpoint
+    from .train import learner_on_device
 
     learners = {}
     for path in [args.checkpoint] + ([args.baseline] if args.baseline else []):
-        learner, c, _ = learner_from_checkpoint(path)
+        learner, c, _ = learner_on_device(path, args.device)
         if c.benchmark != "sine":
             raise ConfigError(f"plot draws sine-wave tasks; {path} was trained on {c.benchmark}")
         label = type(learner).__name__  # MAML, Pretrained, MetaSGD, ...
@@ -204,6 +206,13 @@ def cmd_plot(args) -> int:
         raise ConfigError(f"--shots must be >= 1, got {args.shots}")
     sine_adaptation_figure(learners, args.out, shots=args.shots, steps=args.steps, seed=args.seed)
     print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .info import format_info, system_info
+
+    print(format_info(system_info(build_kernels=args.build_kernels)))
     return 0
 
 

@@ -22,6 +22,7 @@ import yaml
 from .algorithms.spec import AlgorithmSpec, Options, get_spec, option_keys
 from .config_values import ConfigError, coerce, load_plugins_named, option_errors, options_for, unknown_key
 from .data.omniglot.splits import SPLIT_CLASSES
+from .devices import DEVICE_NAMES, PRECISIONS
 
 __all__ = [
     "Config",
@@ -177,11 +178,19 @@ class Config:
         "training",
         allowed=">= 1",
     )
+    device: str = key(
+        "auto",
+        "where the model, the data and every episode live: auto (cuda, else mps, else cpu); eval and "
+        "predict take --device (docs/gpu.md)",
+        "training",
+        allowed=DEVICE_NAMES,
+    )
     precision: str = key(
         "fp32",
-        "bf16: meta-training forward passes under CPU autocast (opt-in; docs/performance.md)",
+        "meta-training forward passes under autocast: bf16 (CPU or GPU, opt-in) or fp16 (GPU, with loss "
+        "scaling); docs/gpu.md",
         "training",
-        choices=("fp32", "bf16"),
+        choices=PRECISIONS,
     )
     max_minutes: Optional[float] = key(
         None,

@@ -9,6 +9,7 @@ from .algorithms.optimization.options import MAX_INNER_STEPS
 from .algorithms.spec import AlgorithmSpec, check_options
 from .config import FIELDS, IMAGE_BENCHMARKS, Config, ConfigError, option_errors, task_kind
 from .data.omniglot.splits import EXAMPLES_PER_CLASS, SPLIT_CLASSES
+from .devices import check_device_name
 
 __all__ = ["validate"]
 
@@ -56,6 +57,7 @@ def validate(c: Config, spec: AlgorithmSpec) -> None:
             f"the step schedule needs 'lr_decay_every' >= 1 and 0 < 'lr_decay_factor' <= 1, "
             f"got {c.lr_decay_every} and {c.lr_decay_factor}"
         )
+    check_device_name(c.device)  # its availability is checked where a command resolves it
     _validate_needs(c, spec)
     _validate_data_keys(c, spec)
     option_errors(lambda: check_options(c.options, c))

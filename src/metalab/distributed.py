@@ -4,7 +4,8 @@ Launched by `torchrun` (or `metalab train --nproc N`, which calls it), every ran
 training loop on `meta_batch / world_size` tasks drawn from its own rank-derived seed; after the
 backward pass the gradients are averaged across ranks with one all-reduce, so every rank takes the
 same outer step, equal to one process's step over the union of all ranks' tasks. Only rank 0 writes
-checkpoints and logs. Backend gloo on CPU, nccl where CUDA is present.
+checkpoints and logs. Backend nccl when the run's device is a GPU (one per process, `cuda:LOCAL_RANK`;
+`metalab.run` sets it before joining), gloo on the CPU.
 """
 
 from __future__ import annotations
@@ -29,7 +30,11 @@ __all__ = [
     "agree",
     "gather_objects",
     "launch",
+    "local_rank",
 ]
+
+# Where this process's collectives put their tensors (NCCL takes GPU tensors only).
+_device = torch.device("cpu")
 
 
 class DistributedError(RuntimeError):
@@ -40,16 +45,24 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
 
 
-def setup(timeout_seconds: float = 300.0) -> bool:
+def local_rank() -> int | None:
+    """This process's rank on its machine under torchrun (its GPU's index), else None."""
+    return int(os.environ.get("LOCAL_RANK", "0")) if launched_by_torchrun() else None
+
+
+def setup(timeout_seconds: float = 300.0, device: torch.device | str = "cpu") -> bool:
     """Join the process group if launched by torchrun; returns whether training is distributed.
 
-    `timeout_seconds` bounds every collective: a rank that dies makes the others fail with a
-    `DistributedError` after at most this long instead of waiting forever.
+    `device` is this process's device: NCCL for a GPU (set as the current CUDA device first), gloo
+    otherwise. `timeout_seconds` bounds every collective: a rank that dies makes the others fail
+    with a `DistributedError` after at most this long instead of waiting forever.
     """
+    global _device
     if not launched_by_torchrun():
         return False
+    _device = torch.device(device)
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = "nccl" if _device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_seconds))
     return True
 
@@ -101,7 +114,7 @@ def agree(flag: bool) -> bool:
     """Whether rank 0's `flag` is true, on every rank (so that all ranks stop at the same step)."""
     if world_size() == 1:
         return flag
-    box = torch.tensor([1.0 if flag else 0.0])
+    box = torch.tensor([1.0 if flag else 0.0], device=_device)
     _collective(lambda: dist.broadcast(box, src=0), "broadcast")
     return bool(box.item())
 

@@ -60,15 +60,23 @@ def confidence_interval(values: Tensor) -> tuple[float, float]:
     return values.mean().item(), 1.96 * std / math.sqrt(n)
 
 
+def _device_of(learner: MetaLearner) -> torch.device:
+    """The device of the learner's parameters (the CPU for a learner without any)."""
+    first = next(learner.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
 def evaluate(
     learner: MetaLearner, source, tasks: int, *, batch_size: int = 25, steps: int | None = None
 ) -> EvalResult:
     """Adapt to `tasks` tasks drawn from `source` and score each on its queries.
 
     Args:
-        source: anything with `sample(T) -> TaskBatch` (a `SineTasks`, an `EpisodeSampler`).
+        source: anything with `sample(T) -> TaskBatch` (a `SineTasks`, an `EpisodeSampler`); its
+            episodes are moved to the learner's device where they come from elsewhere.
         steps: inner steps for gradient-based learners (default: the learner's own).
     """
+    device = _device_of(learner)
     was_training = learner.training
     learner.eval()
     kwargs = {} if steps is None else {"steps": steps}
@@ -77,6 +85,8 @@ def evaluate(
         done = 0
         while done < tasks:
             batch = source.sample(min(batch_size, tasks - done))
+            if batch.support_x.device != device:
+                batch = batch.to(device)
             with torch.no_grad():
                 out = learner.predict(batch.support_x, batch.support_y, batch.query_x, **kwargs)
             scores.append(task_metric(learner.kind, out, batch.query_y))
@@ -84,5 +94,5 @@ def evaluate(
             done += batch.num_tasks
     finally:
         learner.train(was_training)
-    mean, ci = confidence_interval(torch.cat(scores))
+    mean, ci = confidence_interval(torch.cat(scores).cpu())
     return EvalResult(learner.metric_name(), mean, ci, tasks, steps, diverged)

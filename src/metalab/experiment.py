@@ -42,13 +42,16 @@ def default_run_dir(c: Config, root: str | Path = "runs", stamp: str | None = No
 def meta_test(result, log: Callable[[str], None] = print) -> dict:
     """Meta-test a finished run on `test_tasks` held-out tasks per step count; write results.json."""
     from .builders import build_source, load_dataset
+    from .devices import place_dataset
     from .evaluate import evaluate
 
     c = result.config
-    dataset = load_dataset(c)
+    device = next(result.learner.parameters()).device
+    dataset = place_dataset(load_dataset(c), device)
     tests = []
     for steps in c.eval_steps or [None]:
-        r = evaluate(result.learner, build_source(c, "test", dataset), c.test_tasks, steps=steps)
+        source = build_source(c, "test", dataset, device=device)
+        r = evaluate(result.learner, source, c.test_tasks, steps=steps)
         log("test " + str(r))
         tests.append(r.to_dict())
     record = {
@@ -154,10 +157,13 @@ def sweep(
 ) -> str:
     """Train and meta-test every combination of `sets` on top of `base`, one run folder each,
     one after another; returns the summary table. Every config is validated before the first run."""
+    from .devices import check_precision, resolve_device
     from .train import train
 
     grid = expand_grid(sets)
     configs = [config_from_dict(overrides, base).resolved() for overrides in grid]
+    for c in configs:  # a device this machine lacks, or fp16 on the CPU, before any run starts
+        check_precision(c.precision, resolve_device(c.device))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     rows = []
     for i, (overrides, c) in enumerate(zip(grid, configs)):

@@ -18,28 +18,26 @@ floating-point summation order (tests/test_parallel.py checks it in float64).
 
 It applies to learners whose meta-loss is a mean over tasks with no state written during the
 forward pass and no random numbers drawn in it (`MetaLearner.task_parallel`): MAML, first-order
-MAML, Meta-SGD, ANIL, MAML++ and Reptile.
+MAML, Meta-SGD, ANIL, MAML++ and Reptile. The replicas live on the learner's device and the forward
+passes run under that device's autocast; with fp16's loss scaling each slice's gradient is that of
+the scaled loss, as a plain backward pass of the scaled meta-loss would give.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import torch
 from torch import Tensor
 
 from .algorithms.base import MetaLearner
+from .devices import autocast_context
 from .tasks.episode import TaskBatch
 
-__all__ = ["TaskThreads", "available_cores", "autocast_context"]
-
-
-def autocast_context(dtype: torch.dtype | None):
-    """CPU autocast to `dtype` (bf16 training), or nothing for fp32."""
-    return torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+__all__ = ["TaskThreads", "available_cores"]
 
 
 def available_cores() -> int:
@@ -56,7 +54,9 @@ class TaskThreads:
     Args:
         learner: a `MetaLearner` with `task_parallel = True`.
         workers: number of threads (at most one per task is used).
-        autocast: run the forward passes under CPU autocast to this dtype (torch.bfloat16), or None.
+        autocast: run the forward passes under autocast to this dtype (torch.bfloat16, torch.float16),
+            or None.
+        device_type: autocast's device type, that of the learner's parameters ("cpu", "cuda", "mps").
 
     Example:
         >>> engine = TaskThreads(maml, workers=2)
@@ -65,7 +65,13 @@ class TaskThreads:
         >>> optimizer.step()
     """
 
-    def __init__(self, learner: MetaLearner, workers: int, autocast: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        learner: MetaLearner,
+        workers: int,
+        autocast: torch.dtype | None = None,
+        device_type: str = "cpu",
+    ) -> None:
         if not learner.task_parallel:
             raise ValueError(
                 f"{type(learner).__name__} does not support task-parallel threads (its meta-loss is not a "
@@ -73,7 +79,7 @@ class TaskThreads:
             )
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
-        self.learner, self.workers, self.autocast = learner, workers, autocast
+        self.learner, self.workers, self.autocast, self.device_type = learner, workers, autocast, device_type
         self._replicas = [copy.deepcopy(learner) for _ in range(workers)]
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="metalab-task")
         self._iteration = 0
@@ -91,17 +97,19 @@ class TaskThreads:
         replica.train(self.learner.training)
         replica.set_iteration(self._iteration)
 
-    def _slice_gradients(self, index: int, batch: TaskBatch, lo: int, hi: int):
+    def _slice_gradients(self, index: int, batch: TaskBatch, lo: int, hi: int, scale):
         """Task by task, so a worker holds one task's graph at a time (memory independent of T)."""
         replica = self._replicas[index]
         self._refresh(replica)
         params = [p for p in replica.parameters() if p.requires_grad]
         grads, loss_sum, metric_sums = [None] * len(params), 0.0, {}
         for t in range(lo, hi):
-            with autocast_context(self.autocast):  # autocast state is per thread
+            with autocast_context(self.device_type, self.autocast):  # autocast state is per thread
                 loss, metrics = replica.meta_loss(batch[t : t + 1])
-            # This task's share of the mean over all tasks.
-            for j, g in enumerate(torch.autograd.grad(loss / batch.num_tasks, params, allow_unused=True)):
+            # This task's share of the mean over all tasks (of the scaled loss under fp16).
+            share = loss / batch.num_tasks
+            share = share if scale is None else scale(share)
+            for j, g in enumerate(torch.autograd.grad(share, params, allow_unused=True)):
                 if g is not None:
                     grads[j] = g if grads[j] is None else grads[j] + g
             loss_sum += loss.detach()
@@ -109,8 +117,14 @@ class TaskThreads:
                 metric_sums[k] = metric_sums.get(k, 0.0) + v
         return loss_sum, metric_sums, grads
 
-    def meta_backward(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
+    def meta_backward(
+        self, batch: TaskBatch, scale: Callable[[Tensor], Tensor] | None = None
+    ) -> tuple[Tensor, dict[str, float]]:
         """Accumulate the meta-gradient of `batch` into the learner's `.grad` fields.
+
+        Args:
+            scale: multiplies each loss before its backward pass (fp16: `GradScaler.scale`, already
+                set up on the learner's device), or None.
 
         Returns:
             the meta-loss (detached) and the metrics, both averaged over all tasks.
@@ -119,7 +133,9 @@ class TaskThreads:
         n = min(self.workers, tasks)
         bounds = [round(i * tasks / n) for i in range(n + 1)]
         results = list(
-            self._pool.map(lambda i: self._slice_gradients(i, batch, bounds[i], bounds[i + 1]), range(n))
+            self._pool.map(
+                lambda i: self._slice_gradients(i, batch, bounds[i], bounds[i + 1], scale), range(n)
+            )
         )
         params = [p for p in self.learner.parameters() if p.requires_grad]
         for j, p in enumerate(params):

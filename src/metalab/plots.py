@@ -22,7 +22,8 @@ def sine_adaptation_figure(
     prediction before adaptation and after each number of gradient steps in `steps`.
 
     Args:
-        learners: title -> a trained sine-wave learner with `predict(..., steps=n)`.
+        learners: title -> a trained sine-wave learner with `predict(..., steps=n)`, on any device
+            (the task is drawn on the CPU and moved to each learner's).
         out: the PNG to write.
     """
     source = SineTasks(shots, 1, seed=10_000_000 + seed)
@@ -34,10 +35,13 @@ def sine_adaptation_figure(
     fig, axes = plt.subplots(1, len(learners), figsize=(5.5 * len(learners), 4), squeeze=False)
     for ax, (title, learner) in zip(axes[0], learners.items()):
         learner.eval()
+        device = next(learner.parameters()).device
         ax.plot(grid[0, :, 0], truth[0, :, 0], color="tab:red", lw=2, label="ground truth")
         for n, style in zip([0, *steps], [":", "--", "-", "-."]):
             with torch.no_grad():
-                pred = learner.predict(support_x, support_y, grid, steps=n)
+                pred = learner.predict(
+                    support_x.to(device), support_y.to(device), grid.to(device), steps=n
+                ).cpu()
             label = "pre-update" if n == 0 else f"{n} grad step{'s' if n > 1 else ''}"
             ax.plot(grid[0, :, 0], pred[0, :, 0], style, lw=1.5, label=label)
         ax.scatter(

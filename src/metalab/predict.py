@@ -138,16 +138,17 @@ def check_support(c: Config, names: list[str], counts: list[int], *, model: str,
         )
 
 
-def image_learner(checkpoint: PathLike) -> tuple[MetaLearner, Config, dict]:
-    """The learner, config and state of a checkpoint trained on images, in eval mode.
+def image_learner(checkpoint: PathLike, device: str | None = None) -> tuple[MetaLearner, Config, dict]:
+    """The learner, config and state of a checkpoint trained on images, in eval mode, on `device`
+    (default: the checkpoint's own `device` setting).
 
     Raises:
         CheckpointError: the checkpoint is missing or corrupt.
-        ConfigError: it was not trained on an image benchmark.
+        ConfigError: it was not trained on an image benchmark, or the device is not available.
     """
-    from .train import learner_from_checkpoint  # the training stack, only when a model is needed
+    from .train import learner_on_device  # the training stack, only when a model is needed
 
-    learner, c, state = learner_from_checkpoint(checkpoint)
+    learner, c, state = learner_on_device(checkpoint, device)
     if c.benchmark not in IMAGE_BENCHMARKS:
         raise ConfigError(
             f"{checkpoint} was trained on {c.benchmark}; predict labels images and needs a checkpoint "
@@ -178,11 +179,12 @@ def class_probabilities(
         float32 of shape (n_query, N): the softmax of the learner's logits.
     """
     kwargs = {} if steps is None else {"steps": steps}
+    on = next(learner.parameters()).device
     with torch.no_grad():
         logits = learner.predict(
-            to_float(support_x)[None], support_y[None], to_float(query_x)[None], **kwargs
+            to_float(support_x.to(on))[None], support_y.to(on)[None], to_float(query_x.to(on))[None], **kwargs
         )[0]
-    return logits.float().softmax(-1)
+    return logits.float().softmax(-1).cpu()
 
 
 def predict(
@@ -191,6 +193,7 @@ def predict(
     queries: PathLike | Sequence[PathLike],
     *,
     steps: int | None = None,
+    device: str | None = None,
 ) -> list[Prediction]:
     """Adapt a trained image checkpoint to the classes of `support` and label every query image.
 
@@ -199,6 +202,8 @@ def predict(
         support: a folder `support/<class>/<image>`: N class folders, at least one image each.
         queries: an image file or folder, or a list of them (folders are searched recursively).
         steps: inner steps for gradient-based learners (default: the checkpoint's eval_inner_steps).
+        device: where to adapt and predict: auto | cpu | cuda | cuda:N | mps (default: the
+            checkpoint's `device` key).
 
     Returns:
         One `Prediction(query, label, probabilities)` per query image, in the order read.
@@ -214,7 +219,7 @@ def predict(
         >>> for query, label, p in predict("runs/a/checkpoint.pt", "support", "queries"):  # doctest: +SKIP
         ...     print(query, label, round(p[label], 3))
     """
-    learner, c, _ = image_learner(checkpoint)
+    learner, c, _ = image_learner(checkpoint, device)
     check_steps(learner, c, steps)
     invert = bool(c.invert)
     support_x, support_y, names = read_class_folders(support, c.image_size, c.channels, invert)

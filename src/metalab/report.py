@@ -111,14 +111,14 @@ def shots_ways_figure(runs: list[RunSummary], out: Path) -> Path | None:
     return out
 
 
-def sine_figure(runs: list[RunSummary], out: Path) -> Path | None:
+def sine_figure(runs: list[RunSummary], out: Path, device: str | None = None) -> Path | None:
     from .plots import sine_adaptation_figure
-    from .train import learner_from_checkpoint
+    from .train import learner_on_device
 
     learners = {}
     for r in runs:
         if r.config.get("benchmark") == "sine" and (r.path / "checkpoint.pt").exists() and len(learners) < 3:
-            learners[_label(r)] = learner_from_checkpoint(r.path / "checkpoint.pt")[0]
+            learners[_label(r)] = learner_on_device(r.path / "checkpoint.pt", device)[0]
     if not learners:
         return None
     return sine_adaptation_figure(learners, out, shots=5, steps=[1, 10])
@@ -157,8 +157,10 @@ def results_table(runs: list[RunSummary]) -> str:
     return format_table(rows, ["run", "algorithm", "task", "iterations", "train s", "ours (95% CI)", "paper"])
 
 
-def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
-    """Write the figures, `report.md` and `report.html` into `out_dir`; returns the HTML page."""
+def write_report(run_dirs: list[str | Path], out_dir: str | Path, device: str | None = None) -> Path:
+    """Write the figures, `report.md` and `report.html` into `out_dir`; returns the HTML page.
+
+    `device` is where the sine figure's learners adapt (default: each checkpoint's own `device`)."""
     runs = [_load(Path(p)) for p in run_dirs]
     if not runs:
         raise ValueError("no runs to report on")
@@ -169,7 +171,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
         ("Accuracy against shots and ways", shots_ways_figure, "shots_ways.png"),
         ("Sine-wave adaptation (Finn et al. 2017, figure 2)", sine_figure, "sine_adaptation.png"),
     ):
-        path = maker(runs, out_dir / name)
+        path = maker(runs, out_dir / name, device) if maker is sine_figure else maker(runs, out_dir / name)
         if path is not None:
             figures.append((title, path))
     table = results_table(runs)

@@ -1,11 +1,14 @@
 """A meta-training run's set-up, its state and its steps, for the loop in `metalab.train`.
 
-`Run.start` resolves the config, joins the process group under torchrun, loads the data, builds the
-learner, the outer optimizer, its schedule, the training task source and the task threads, and
-restores all of it from `checkpoint.pt` when resuming. `Run.step` is one outer step, `Run.validate`
-one validation, `Run.save` one checkpoint: the learner's, optimizer's and schedule's states, the RNG
-states (the torch generator's and every rank's task source's), the iteration, the training seconds
-and the resolved config.
+`Run.start` resolves the config and its device, joins the process group under torchrun, loads the
+data (kept on the device where it fits), builds the learner on the CPU from the seed (the same
+initialisation on every device) and moves it to the device, then the outer optimizer, its schedule,
+the training task source and the task threads, and restores all of it from `checkpoint.pt` when
+resuming. `Run.step` is one outer step, `Run.validate` one validation, `Run.save` one checkpoint:
+the learner's, optimizer's, schedule's (and fp16's loss scaler's) states, the RNG states (the torch
+generator's and every rank's task source's), the iteration, the training seconds and the resolved
+config. Checkpoints hold CPU tensors only, so a run trained on a GPU is evaluated, resumed or
+served on any device.
 """
 
 from __future__ import annotations
@@ -20,12 +23,21 @@ import yaml
 from . import distributed
 from .algorithms.base import MetaLearner
 from .builders import bind_dataset, build_learner, build_optimizer, build_schedule, build_source, load_dataset
-from .checkpoint import CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint, state_error
+from .checkpoint import (
+    CheckpointError,
+    atomic_write_text,
+    device_free,
+    load_checkpoint,
+    save_checkpoint,
+    state_error,
+)
 from .config import Config, ConfigError, config_from_dict
+from .devices import autocast_context, autocast_dtype, check_precision, place_dataset, resolve_device
 from .evaluate import EvalResult, evaluate
-from .parallel import TaskThreads, autocast_context, available_cores
+from .parallel import TaskThreads, available_cores
+from .tasks.episode import TaskBatch
 
-__all__ = ["Run", "CHECKPOINT", "METRICS", "task_workers"]
+__all__ = ["Run", "CHECKPOINT", "METRICS", "task_workers", "on_device"]
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -41,15 +53,33 @@ _RESUMABLE_CHANGES = {
     "threads",
     "task_threads",
     "data_dir",
+    "device",
 }
 
 
-def task_workers(c: Config, learner: MetaLearner, world: int = 1, local_batch: int | None = None) -> int:
-    """How many task-parallel worker threads a run uses (1: none); see `Config.task_threads`."""
+def task_workers(
+    c: Config,
+    learner: MetaLearner,
+    world: int = 1,
+    local_batch: int | None = None,
+    device: torch.device | None = None,
+) -> int:
+    """How many task-parallel worker threads a run uses (1: none); see `Config.task_threads`.
+
+    On the CPU the default is one per core; on a GPU the default is none (the threads would share
+    one device, and nothing has measured them there), unless `task_threads` asks for them.
+    """
     if not learner.task_parallel:
+        return 1
+    if device is not None and device.type != "cpu" and not c.task_threads:
         return 1
     workers = c.task_threads or c.threads or max(1, available_cores() // world)
     return max(1, min(workers, local_batch or c.meta_batch))
+
+
+def on_device(batch: TaskBatch, device: torch.device) -> TaskBatch:
+    """`batch` on `device` (as it is, where its source already delivers there)."""
+    return batch if batch.support_x.device == device else batch.to(device)
 
 
 @dataclass
@@ -68,7 +98,9 @@ class Run:
     start_iteration: int = 0
     seconds_before: float = 0.0
     engine: TaskThreads | None = None
+    device: torch.device = torch.device("cpu")
     low_precision: torch.dtype | None = None
+    scaler: Any = None
     _threads_before: int = field(default=0, repr=False)
 
     @property
@@ -89,7 +121,11 @@ class Run:
         run_dir = Path(run_dir)
         if c.threads:
             torch.set_num_threads(c.threads)
-        distributed.setup(c.dist_timeout)
+        device = resolve_device(c.device, local_rank=distributed.local_rank())
+        check_precision(c.precision, device)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # one GPU per process under torchrun
+        distributed.setup(c.dist_timeout, device)
         rank, world = distributed.rank(), distributed.world_size()
         if c.meta_batch % world:
             raise ConfigError(
@@ -99,8 +135,9 @@ class Run:
         # The data first: some config keys come from it (a CSV's feature columns size the model).
         dataset = load_dataset(c)
         c = bind_dataset(c, dataset)
+        dataset = place_dataset(dataset, device)
         torch.manual_seed(c.seed)
-        learner = build_learner(c)
+        learner = build_learner(c).to(device)  # initialised on the CPU: the same weights everywhere
         optimizer = build_optimizer(c, learner)
         run = cls(
             c,
@@ -108,10 +145,13 @@ class Run:
             learner,
             optimizer,
             build_schedule(c, optimizer),
-            build_source(c, "train", dataset, rank=rank),
+            build_source(c, "train", dataset, rank=rank, device=device),
             dataset,
             rank,
             world,
+            device=device,
+            # fp16 gradients underflow without loss scaling; the scaler skips steps with inf/nan.
+            scaler=torch.amp.GradScaler(device.type) if c.precision == "fp16" else None,
         )
         if resume:
             run.restore(log)
@@ -127,12 +167,14 @@ class Run:
         return run
 
     def _start_threads(self) -> None:
-        self.low_precision = torch.bfloat16 if self.config.precision == "bf16" else None
-        workers = task_workers(self.config, self.learner, self.world, self.local_batch)
+        self.low_precision = autocast_dtype(self.config.precision)
+        workers = task_workers(self.config, self.learner, self.world, self.local_batch, self.device)
         self._threads_before = torch.get_num_threads()
         if workers > 1:
             torch.set_num_threads(1)  # one intra-op thread per worker (see metalab.parallel)
-            self.engine = TaskThreads(self.learner, workers, autocast=self.low_precision)
+            self.engine = TaskThreads(
+                self.learner, workers, autocast=self.low_precision, device_type=self.device.type
+            )
 
     def restore(self, log: Callable[[str], None]) -> None:
         """Continue from the run folder's checkpoint (its config must match but for the budget keys)."""
@@ -147,6 +189,8 @@ class Run:
             self.learner.load_state_dict(state["learner"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.schedule.load_state_dict(state["schedule"])
+            if self.scaler is not None and state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
             torch.set_rng_state(state["rng"]["torch"])
             task_states = state["rng"].get("rank_tasks", [state["rng"]["tasks"]])
             if len(task_states) != self.world:
@@ -166,23 +210,33 @@ class Run:
 
     def step(self, iteration: int) -> dict[str, float]:
         """One outer step on a fresh meta-batch (gradients averaged across processes); its metrics."""
-        batch = self.source.sample(self.local_batch)
+        batch = on_device(self.source.sample(self.local_batch), self.device)
         self.learner.set_iteration(iteration)
         self.optimizer.zero_grad(set_to_none=True)
+        scaler = self.scaler
         if self.engine is None:
-            with autocast_context(self.low_precision):
+            with autocast_context(self.device.type, self.low_precision):
                 loss, metrics = self.learner.meta_loss(batch)
-            loss.backward()
+            # fp16: the meta-loss is scaled before the backward pass, through the inner steps'
+            # second-order terms too (each is linear in the gradient flowing back).
+            (loss if scaler is None else scaler.scale(loss)).backward()
         else:
             self.engine.set_iteration(iteration)
-            loss, metrics = self.engine.meta_backward(batch)
+            if scaler is not None:
+                scaler.scale(torch.zeros((), device=self.device))  # sets the scale up before the threads
+            loss, metrics = self.engine.meta_backward(batch, scale=None if scaler is None else scaler.scale)
         distributed.average_gradients(self.learner.parameters())
-        self.optimizer.step()
+        if scaler is None:
+            self.optimizer.step()
+        else:
+            scaler.step(self.optimizer)  # unscales, and skips the step if a gradient is inf or nan
+            scaler.update()
         self.schedule.step()
         return metrics
 
     def validate(self) -> EvalResult:
-        result = evaluate(self.learner, build_source(self.config, "val", self.dataset), self.config.val_tasks)
+        source = build_source(self.config, "val", self.dataset, device=self.device)
+        result = evaluate(self.learner, source, self.config.val_tasks)
         self.learner.train()
         return result
 
@@ -193,15 +247,22 @@ class Run:
             return
         save_checkpoint(
             self.checkpoint_path,
-            {
-                "learner": self.learner.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "schedule": self.schedule.state_dict(),
-                "rng": {"torch": torch.get_rng_state(), "tasks": task_states[0], "rank_tasks": task_states},
-                "iteration": iteration,
-                "seconds": seconds,
-                "config": self.config.to_dict(),
-            },
+            device_free(
+                {
+                    "learner": self.learner.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "schedule": self.schedule.state_dict(),
+                    "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                    "rng": {
+                        "torch": torch.get_rng_state(),
+                        "tasks": task_states[0],
+                        "rank_tasks": task_states,
+                    },
+                    "iteration": iteration,
+                    "seconds": seconds,
+                    "config": self.config.to_dict(),
+                }
+            ),
         )
 
     def close(self) -> None:

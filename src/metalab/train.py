@@ -10,6 +10,7 @@ The run's set-up and state live in `metalab.run`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import time
@@ -25,6 +26,7 @@ from .algorithms.base import MetaLearner
 from .builders import build_learner
 from .checkpoint import CheckpointError, atomic_write_text, load_checkpoint, state_error
 from .config import Config, config_from_dict
+from .devices import check_device_name, resolve_device
 from .evaluate import EvalResult
 from .run import CHECKPOINT, METRICS, Run, task_workers
 
@@ -33,6 +35,7 @@ __all__ = [
     "TrainingDiverged",
     "train",
     "learner_from_checkpoint",
+    "learner_on_device",
     "task_workers",
     "CHECKPOINT",
     "METRICS",
@@ -69,8 +72,11 @@ class TrainResult:
     history: list = field(default_factory=list)
 
 
-def learner_from_checkpoint(path: str | Path) -> tuple[MetaLearner, Config, dict]:
-    """Rebuild the learner a checkpoint was saved from, with its weights."""
+def learner_from_checkpoint(
+    path: str | Path, device: torch.device | str | None = None
+) -> tuple[MetaLearner, Config, dict]:
+    """Rebuild the learner a checkpoint was saved from, with its weights, on `device` (default: the
+    CPU; checkpoints hold CPU tensors, so any device will do)."""
     state = load_checkpoint(path)
     config = config_from_dict(state["config"]).resolved(saved=True)
     learner = build_learner(config)
@@ -85,7 +91,19 @@ def learner_from_checkpoint(path: str | Path) -> tuple[MetaLearner, Config, dict
         learner.load_state_dict(state["learner"])
     except (RuntimeError, KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path} does not fit its own config: {state_error(e)}") from None
+    if device is not None:
+        learner = learner.to(device)
     return learner, config, state
+
+
+def learner_on_device(path: str | Path, device: str | None = None) -> tuple[MetaLearner, Config, dict]:
+    """`learner_from_checkpoint` on `device` (auto | cpu | cuda | cuda:N | mps; default: the
+    checkpoint's own `device` key), checked on this machine: a device it lacks is a `ConfigError`.
+    The config returned holds the device asked for."""
+    learner, config, state = learner_from_checkpoint(path)
+    if device is not None:
+        config = dataclasses.replace(config, device=check_device_name(device))
+    return learner.to(resolve_device(config.device)), config, state
 
 
 class MetricsLog:

@@ -8,6 +8,7 @@ each of the meta-train / meta-val / meta-test splits. Episodes are drawn from it
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -60,6 +61,18 @@ class FewShotDataset:
             )
         if self.y.shape != self.x.shape[:1]:
             raise ValueError(f"y must have shape ({self.x.shape[0]},), got {tuple(self.y.shape)}")
+
+    @property
+    def nbytes(self) -> int:
+        return self.x.numel() * self.x.element_size()
+
+    def to(self, device: torch.device | str) -> FewShotDataset:
+        """The same data set with its examples on `device` (moved once; the samplers then gather
+        every episode there). The class ids stay on the CPU, where the samplers' index arithmetic
+        runs."""
+        if self.x.device == torch.device(device):
+            return self
+        return dataclasses.replace(self, x=self.x.to(device))
 
     @property
     def num_classes(self) -> int:

@@ -54,17 +54,18 @@ class ClassBatchSampler:
     ) -> None:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        y = torch.as_tensor(y, dtype=torch.long)
-        classes = torch.as_tensor(classes, dtype=torch.long)
+        # The index arithmetic runs on the CPU; only the drawn positions travel to x's device.
+        y = torch.as_tensor(y, dtype=torch.long).to("cpu")
+        classes = torch.as_tensor(classes, dtype=torch.long).to("cpu")
         if classes.numel() == 0:
             raise ValueError("cannot draw batches from an empty set of classes")
         # label[g] = position of class g in `classes`, -1 for classes outside the split.
-        label = torch.full((int(max(y.max(), classes.max())) + 1,), -1, dtype=torch.long)
-        label[classes] = torch.arange(classes.numel())
+        label = torch.full((int(max(y.max(), classes.max())) + 1,), -1, dtype=torch.long, device="cpu")
+        label[classes] = torch.arange(classes.numel(), device="cpu")
         self.index = torch.nonzero(label[y] >= 0).flatten()  # positions of the split's examples
         self.labels = label[y[self.index]]
         self.x, self.classes, self.batch_size, self.transform = x, classes, batch_size, transform
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator("cpu").manual_seed(seed)
 
     @property
     def num_classes(self) -> int:
@@ -72,12 +73,15 @@ class ClassBatchSampler:
 
     def sample(self, num_tasks: int) -> TaskBatch:
         """`num_tasks` rows of `batch_size` random examples of the split, labels 0..C-1."""
-        pick = torch.randint(self.index.numel(), (num_tasks, self.batch_size), generator=self.generator)
-        sx = self.x[self.index[pick]]
+        pick = torch.randint(
+            self.index.numel(), (num_tasks, self.batch_size), generator=self.generator, device="cpu"
+        )
+        sx = self.x[self.index[pick].to(self.x.device)]
         if self.transform is not None:
             sx = self.transform(sx)
         empty = sx[:, :0]
-        return TaskBatch(sx, self.labels[pick], empty, self.labels[pick][:, :0])
+        labels = self.labels[pick].to(self.x.device)
+        return TaskBatch(sx, labels, empty, labels[:, :0])
 
     def get_state(self) -> Tensor:
         return self.generator.get_state()

@@ -4,6 +4,11 @@ The sampler is separate from the data: it receives the examples `x` (any leading
 ids `y` of shape (M,), and the classes it may draw from (one side of a meta-train/val/test split).
 Its constructor checks that the data can supply the requested episodes and names the class and the
 counts where it cannot. Sampling is seeded by an explicit `torch.Generator`, never by global state.
+
+The examples may live on any device (a GPU holds Omniglot's 25 MB of uint8 images once): the draws
+and the index arithmetic run on the CPU with the sampler's CPU generator, and only the chosen
+positions travel to the examples' device, where the episode is gathered. So one seed gives the same
+tasks on every device.
 """
 
 from __future__ import annotations
@@ -29,15 +34,15 @@ def class_index(y: Tensor, classes: Tensor) -> tuple[Tensor, Tensor]:
         `(table, counts)`: `table[c, j]` is the position in `y` of the j-th example of `classes[c]`
         (padded with -1), of shape (C, max_count); `counts[c]` its number of examples, of shape (C,).
     """
-    y = torch.as_tensor(y, dtype=torch.long)
-    classes = torch.as_tensor(classes, dtype=torch.long)
+    y = torch.as_tensor(y, dtype=torch.long).to("cpu")
+    classes = torch.as_tensor(classes, dtype=torch.long).to("cpu")
     order = torch.argsort(y, stable=True)
     sorted_y = y[order]
     start = torch.searchsorted(sorted_y, classes, right=False)
     end = torch.searchsorted(sorted_y, classes, right=True)
     counts = end - start
     width = int(counts.max()) if counts.numel() else 0
-    j = torch.arange(width)
+    j = torch.arange(width, device="cpu")
     pos = start[:, None] + j[None, :]
     valid = j[None, :] < counts[:, None]
     table = torch.where(valid, order[pos.clamp(max=max(len(order) - 1, 0))], torch.full_like(pos, -1))
@@ -87,12 +92,12 @@ class EpisodeSampler:
         for name, value, least in (("ways", ways, 1), ("shots", shots, 1), ("queries", queries, 0)):
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
-        y = torch.as_tensor(y, dtype=torch.long)
+        y = torch.as_tensor(y, dtype=torch.long).to("cpu")  # the index arithmetic runs on the CPU
         if y.dim() != 1 or x.shape[0] != y.shape[0]:
             raise ValueError(
                 f"y must have shape (M,) matching x's first dimension: x {tuple(x.shape)}, y {tuple(y.shape)}"
             )
-        classes = torch.unique(y) if classes is None else torch.as_tensor(classes, dtype=torch.long)
+        classes = torch.unique(y) if classes is None else torch.as_tensor(classes, dtype=torch.long).to("cpu")
         if classes.numel() != torch.unique(classes).numel():
             raise ValueError("classes contains duplicates")
         if ways > classes.numel():
@@ -110,22 +115,23 @@ class EpisodeSampler:
         self.x, self.y, self.classes = x, y, classes
         self.ways, self.shots, self.queries = ways, shots, queries
         self.transform = transform
-        self.generator = generator if generator is not None else torch.Generator().manual_seed(seed)
+        self.generator = generator if generator is not None else torch.Generator("cpu").manual_seed(seed)
 
     def sample_indices(self, num_tasks: int) -> tuple[Tensor, Tensor]:
-        """Positions in `x` of the drawn examples and the drawn class ids.
+        """Positions in `x` of the drawn examples and the drawn class ids, on the CPU.
 
         Returns:
             `(examples, classes)` of shapes (T, N, K+Q) and (T, N).
         """
         g, n, need = self.generator, self.ways, self.shots + self.queries
         # A random permutation of the allowed classes per task; keep the first N.
-        picked = torch.rand(num_tasks, self.classes.numel(), generator=g).argsort(dim=1)[:, :n]
+        picked = torch.rand(num_tasks, self.classes.numel(), generator=g, device="cpu").argsort(dim=1)[:, :n]
         counts = self.counts[picked]  # (T, N)
         # Random keys for every slot; slots past a class's count sort last, so the first K+Q
         # keys pick K+Q distinct examples uniformly at random from that class.
-        keys = torch.rand(num_tasks, n, self.table.shape[1], generator=g)
-        keys.masked_fill_(torch.arange(self.table.shape[1]) >= counts[..., None], 2.0)
+        width = self.table.shape[1]
+        keys = torch.rand(num_tasks, n, width, generator=g, device="cpu")
+        keys.masked_fill_(torch.arange(width, device="cpu") >= counts[..., None], 2.0)
         slots = keys.argsort(dim=2)[..., :need]
         examples = self.table[picked[..., None], slots]
         return examples, self.classes[picked]
@@ -134,13 +140,15 @@ class EpisodeSampler:
         """Draw `num_tasks` episodes as one `TaskBatch`.
 
         Returns:
-            support_x (T, N*K, ...), support_y (T, N*K), query_x (T, N*Q, ...), query_y (T, N*Q).
+            support_x (T, N*K, ...), support_y (T, N*K), query_x (T, N*Q, ...), query_y (T, N*Q),
+            on the device of the examples `x`.
         """
         examples, _ = self.sample_indices(num_tasks)
         t, n, k, q = num_tasks, self.ways, self.shots, self.queries
-        support = examples[..., :k].reshape(t, n * k)
-        query = examples[..., k:].reshape(t, n * q)
-        labels = torch.arange(n)
+        device = self.x.device
+        support = examples[..., :k].reshape(t, n * k).to(device)
+        query = examples[..., k:].reshape(t, n * q).to(device)
+        labels = torch.arange(n, device=device)
         sx, qx = self.x[support], self.x[query]
         if self.transform is not None:
             sx, qx = self.transform(sx), self.transform(qx)

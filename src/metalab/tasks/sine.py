@@ -26,6 +26,8 @@ class SineTasks:
         phase: range of phi.
         x_range: range of the inputs.
         seed: seeds the source's own generator (ignored if `generator` is given).
+        device: where the tasks are delivered; they are drawn on the CPU with the CPU generator, so
+            one seed gives the same tasks on every device.
 
     `sample(T)` returns a `TaskBatch` with x and y of shape (T, n, 1).
 
@@ -45,17 +47,19 @@ class SineTasks:
         x_range: tuple[float, float] = (-5.0, 5.0),
         seed: int = 0,
         generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
     ) -> None:
         for name, value, least in (("shots", shots, 1), ("queries", queries, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
         self.shots, self.queries = shots, queries
         self.amplitude, self.phase, self.x_range = amplitude, phase, x_range
-        self.generator = generator if generator is not None else torch.Generator().manual_seed(seed)
+        self.generator = generator if generator is not None else torch.Generator("cpu").manual_seed(seed)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
 
     def _uniform(self, shape: tuple[int, ...], low_high: tuple[float, float]) -> Tensor:
         low, high = low_high
-        return torch.rand(shape, generator=self.generator) * (high - low) + low
+        return torch.rand(shape, generator=self.generator, device="cpu") * (high - low) + low
 
     def sample_functions(self, num_tasks: int) -> tuple[Tensor, Tensor]:
         """Amplitudes and phases of `num_tasks` new tasks, each of shape (T, 1, 1)."""
@@ -70,6 +74,7 @@ class SineTasks:
         x = self._uniform((num_tasks, self.shots + self.queries, 1), self.x_range)
         y = self.evaluate(amplitude, phase, x)
         k = self.shots
+        x, y = x.to(self.device), y.to(self.device)
         return TaskBatch(x[:, :k], y[:, :k], x[:, k:], y[:, k:])
 
     def get_state(self) -> Tensor:

@@ -125,7 +125,9 @@ class SiameseNet(MetaLearner):
             )
         target = same.to(logits.dtype)
         losses = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-        loss = 0.5 * losses[same].mean() + 0.5 * losses[different].mean()
+        # Masked sums rather than losses[same]: boolean indexing has a data-dependent size, which
+        # makes a GPU wait for the mask's count before it can go on.
+        loss = 0.5 * (losses * same).sum() / same.sum() + 0.5 * (losses * different).sum() / different.sum()
         s = batch.support_x.shape[1]
         scores = self._class_scores(logits[:, s:, :s], batch.support_y, num_ways(batch.support_y))
         accuracy = (scores.argmax(-1) == batch.query_y).float().mean()

@@ -227,8 +227,9 @@ class MANN(MetaLearner):
         return self.out(torch.cat([h, reads], -1)), ((h, c), memory, reads)
 
     # --- labels: one-hot, or the paper's strings --------------------------------------------------
-    def _codes(self, tasks: int, seed: int) -> Tensor | None:
-        """Each task's class -> string, as digits of shape (T, N, string_length); None for one-hot."""
+    def _codes(self, tasks: int, seed: int, device: torch.device | str = "cpu") -> Tensor | None:
+        """Each task's class -> string, as digits of shape (T, N, string_length) on `device`; None for
+        one-hot. Drawn on the CPU from `seed`, so every device gets the same strings."""
         if self.labels == "onehot":
             return None
         g = torch.Generator().manual_seed(seed)
@@ -239,7 +240,7 @@ class MANN(MetaLearner):
             ]
         )
         powers = self.alphabet ** torch.arange(self.string_length - 1, -1, -1)
-        return numbers[..., None] // powers % self.alphabet
+        return (numbers[..., None] // powers % self.alphabet).to(device)
 
     def _encode(self, y: Tensor, codes: Tensor | None, dtype) -> Tensor:
         """Label inputs for classes y (T, L): (T, L, N) one-hots or (T, L, length * alphabet)."""
@@ -299,7 +300,7 @@ class MANN(MetaLearner):
         seed = self.seed * 1_000_003 + self._episode
         x, y = self._episode_sequence(batch, seed)
         self._episode += 1
-        codes = self._codes(y.shape[0], seed)
+        codes = self._codes(y.shape[0], seed, y.device)
         logits, _ = self._sequence(x, y, codes)
         loss, correct = self._loss_and_correct(logits, y, codes)
         return loss, {"loss": loss.item(), "accuracy": correct.float().mean().item()}
@@ -318,7 +319,7 @@ class MANN(MetaLearner):
         # A fixed order (not the sampler's class-by-class one, never seen in training), so that
         # predictions are deterministic.
         sx, sy = self._shuffle(self._inputs(support_x), support_y, seed=0)
-        codes = self._codes(sy.shape[0], seed=0)
+        codes = self._codes(sy.shape[0], seed=0, device=sy.device)
         _, carry = self._sequence(sx, sy, codes)
         t, q = query_x.shape[:2]
         (h, c), memory, reads = carry
@@ -343,7 +344,7 @@ class MANN(MetaLearner):
         self.eval()
         try:
             x, y = self._episode_sequence(batch, seed)
-            codes = self._codes(y.shape[0], seed)
+            codes = self._codes(y.shape[0], seed, y.device)
             logits, _ = self._sequence(x, y, codes)
         finally:
             self.train(was_training)

@@ -186,16 +186,22 @@ class Baseline(MetaLearner):
             )
         t, n_support, d = support_z.shape
         ways = num_ways(support_y)
-        g = torch.Generator().manual_seed(0)
+        # The classifiers' initial weights and the shuffles are drawn on the CPU from a fixed seed (the
+        # same fine-tuning on every device), then moved to the embeddings' device.
+        g, device = torch.Generator("cpu").manual_seed(0), support_z.device
         bound = 1.0 / d**0.5  # nn.Linear's default initialisation
-        weight = ((torch.rand(t, ways, d, generator=g) * 2 - 1) * bound).to(support_z)
-        bias = torch.ones(t, ways) if self.cosine else (torch.rand(t, ways, generator=g) * 2 - 1) * bound
+        weight = ((torch.rand(t, ways, d, generator=g, device="cpu") * 2 - 1) * bound).to(support_z)
+        bias = (
+            torch.ones(t, ways, device="cpu")
+            if self.cosine
+            else (torch.rand(t, ways, generator=g, device="cpu") * 2 - 1) * bound
+        )
         params = [weight.requires_grad_(), bias.to(support_z).requires_grad_()]
         velocity: list[Tensor | None] = [None, None]
-        rows = torch.arange(t)[:, None]
+        rows = torch.arange(t, device=device)[:, None]
         with torch.enable_grad():
             for _ in range(self.finetune_epochs):
-                order = torch.rand(t, n_support, generator=g).argsort(1)  # a shuffle of each task's support
+                order = torch.rand(t, n_support, generator=g, device="cpu").argsort(1).to(device)
                 for pick in order.split(self.finetune_batch, dim=1):  # (T, <= batch)
                     logits = self._logits(params[0], params[1], support_z[rows, pick])
                     # Summed over tasks: each task's classifier gets exactly its own mean loss's gradient.

@@ -58,12 +58,34 @@ def kernels() -> ModuleType | None:
     return _state["module"]  # type: ignore[return-value]
 
 
+def _cached() -> tuple[str, Path]:
+    """The build's name and its own build folder (where the source copy and the library go)."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    name = build_name()
+    return name, Path(_get_build_directory(name, verbose=False))
+
+
+def status() -> str:
+    """Where the kernels stand, without building them: off, built (loaded, or cached for this CPU,
+    torch and source), unavailable (a build failed in this process) or not built yet."""
+    if os.environ.get("METALAB_KERNELS", "1") == "0":
+        return "off (METALAB_KERNELS=0)"
+    if "module" in _state:
+        return "built (loaded)" if _state["module"] is not None else "unavailable (the build failed)"
+    try:
+        name, folder = _cached()
+    except Exception as error:  # no cpp_extension support in this torch
+        return f"unavailable ({type(error).__name__})"
+    built = folder / f"{name}.so"
+    return f"built (cached: {built})" if built.exists() else "not built yet (compiled on first use, ~30 s)"
+
+
 def _build() -> ModuleType | None:
     try:
-        from torch.utils.cpp_extension import _get_build_directory, load
+        from torch.utils.cpp_extension import load
 
-        name = build_name()
-        folder = Path(_get_build_directory(name, verbose=False))
+        name, folder = _cached()
         source = folder / _SOURCE.name  # compiled from a copy in its own build folder
         if not source.exists() or source.read_bytes() != _SOURCE.read_bytes():
             tmp = folder / f".{_SOURCE.name}.{os.getpid()}.tmp"

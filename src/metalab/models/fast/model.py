@@ -46,6 +46,10 @@ class FastConv4(Conv4):
     """
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.device.type != "cpu":
+            # The fused paths are tuned for, and the kernels compiled for, the CPU: on a GPU (or any
+            # other device) the plain layers run, and the kernels are neither built nor called.
+            return super().forward(x)
         # Under torch.func.vmap a tensor cannot be asked for its memory format; the layout is only
         # a speed choice, so vmapped calls keep whatever layout they get (and the plain layers).
         layout = self.channels_last and x.dim() == 4 and not torch._C._functorch.is_batchedtensor(x)
@@ -185,7 +189,7 @@ def _single_channel_block(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor
     bias = conv.bias if conv.bias is not None else weight.new_zeros(c)
     gamma, beta = norm.weight, norm.bias
     batch_stats = isinstance(norm, BatchStatNorm2d) or norm.training
-    compiled = kernels() is not None and _same_dtype(x, weight, gamma, beta)
+    compiled = _same_dtype(x, weight, gamma, beta) and kernels() is not None  # CPU tensors first
     cols, rows = None, n * h * w
     with torch.no_grad():  # the columns' statistics depend on the data alone; summed in float64
         if compiled:  # the same sums, from the image itself
