@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ...functional import Params, UpdateRule, detached_params, forward, inner_loop, map_tasks, named_params
+from ...functional import Params, detached_params, forward, map_tasks, named_params
 from ...losses import task_loss, task_metric
 from ..spec import AlgorithmSpec, BuildContext, Needs, register
 from .maml import MAML
@@ -68,31 +68,9 @@ class ANIL(MAML):
         """body(x) with the given body parameters, of shape (n, feature_dim)."""
         return forward(getattr(self.model, self.body_name), body, x)
 
-    def adapt_head(
-        self,
-        head: Params,
-        z: Tensor,
-        y: Tensor,
-        *,
-        steps: int,
-        first_order: bool,
-        mode: str,
-        rule: UpdateRule | None = None,
-    ) -> Params:
-        """The inner loop on the head alone, on support features z of shape (n, feature_dim)."""
-        rule = self.update_rule() if rule is None else rule
-        return inner_loop(
-            getattr(self.model, self.head_name),
-            head,
-            z,
-            y,
-            kind=self.kind,
-            steps=steps,
-            rule=rule,
-            first_order=first_order,
-            mode=mode,
-            checkpoint=self.inner_checkpoint,
-        )
+    def adapt_head(self, head: Params, z: Tensor, y: Tensor, **kwargs) -> Params:
+        """MAML's inner loop on the head alone, on support features z of shape (n, feature_dim)."""
+        return self.adapt(head, z, y, module=getattr(self.model, self.head_name), **kwargs)
 
     def _task(self, params, sx, sy, qx, qy, *, mode: str):
         body, head = self.split(params)

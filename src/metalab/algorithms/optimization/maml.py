@@ -103,11 +103,13 @@ class MAML(MetaLearner):
         first_order: bool,
         mode: str,
         rule: UpdateRule | None = None,
+        module: nn.Module | None = None,
     ) -> Params:
-        """Inner loop on one task's support set (x, y)."""
+        """Inner loop on one task's support set (x, y), of the whole model or of `module` (a part
+        of it whose parameters `params` are, e.g. ANIL's head)."""
         rule = self.update_rule() if rule is None else rule
         return inner_loop(
-            self.model,
+            self.model if module is None else module,
             params,
             x,
             y,
