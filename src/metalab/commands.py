@@ -107,6 +107,7 @@ def cmd_eval(args) -> int:
     from .builders import build_source, load_dataset
     from .devices import place_dataset
     from .evaluate import evaluate
+    from .threads import threads_for
     from .train import learner_on_device
 
     learner, c, state = learner_on_device(args.checkpoint, args.device)
@@ -134,10 +135,11 @@ def cmd_eval(args) -> int:
     cell = f"{c.test_ways}-way {c.test_shots}-shot" if c.benchmark != "sine" else f"K={c.test_shots}"
     print(f"{args.checkpoint}: {c.algorithm} on {c.benchmark}, iteration {state['iteration']}, {cell}")
     results = []
-    for steps in steps_list:
-        r = evaluate(learner, build_source(c, "test", dataset, device=device), tasks, steps=steps)
-        results.append(r.to_dict())
-        print("test " + str(r))
+    with threads_for(c.threads, learner):
+        for steps in steps_list:
+            r = evaluate(learner, build_source(c, "test", dataset, device=device), tasks, steps=steps)
+            results.append(r.to_dict())
+            print("test " + str(r))
     if args.json:
         Path(args.json).write_text(
             json.dumps(

@@ -36,6 +36,7 @@ from .devices import autocast_context, autocast_dtype, check_precision, place_da
 from .evaluate import EvalResult, evaluate
 from .parallel import TaskThreads, available_cores
 from .tasks.episode import TaskBatch
+from .threads import ThreadGovernor, is_small_model
 
 __all__ = ["Run", "CHECKPOINT", "METRICS", "task_workers", "on_device"]
 
@@ -98,6 +99,7 @@ class Run:
     start_iteration: int = 0
     seconds_before: float = 0.0
     engine: TaskThreads | None = None
+    governor: ThreadGovernor | None = None
     device: torch.device = torch.device("cpu")
     low_precision: torch.dtype | None = None
     scaler: Any = None
@@ -119,6 +121,7 @@ class Run:
     def start(cls, config: Config, run_dir: str | Path, *, resume: bool, log: Callable[[str], None]) -> Run:
         c = config.resolved()
         run_dir = Path(run_dir)
+        threads_before = torch.get_num_threads()
         if c.threads:
             torch.set_num_threads(c.threads)
         device = resolve_device(c.device, local_rank=distributed.local_rank())
@@ -163,18 +166,27 @@ class Run:
         if run.main:
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(c.to_dict(), sort_keys=False))
+        run._threads_before = threads_before
         run._start_threads()
         return run
 
     def _start_threads(self) -> None:
-        self.low_precision = autocast_dtype(self.config.precision)
-        workers = task_workers(self.config, self.learner, self.world, self.local_batch, self.device)
-        self._threads_before = torch.get_num_threads()
+        """Task threads where they apply, and torch's intra-op threads (`metalab.threads`): unless
+        `threads` is set, one per task-thread worker, one for a small model, else (on the CPU) the
+        cores that other processes leave free, followed during the run."""
+        c = self.config
+        self.low_precision = autocast_dtype(c.precision)
+        workers = task_workers(c, self.learner, self.world, self.local_batch, self.device)
         if workers > 1:
             torch.set_num_threads(1)  # one intra-op thread per worker (see metalab.parallel)
             self.engine = TaskThreads(
                 self.learner, workers, autocast=self.low_precision, device_type=self.device.type
             )
+        elif not c.threads and is_small_model(self.learner):
+            torch.set_num_threads(1)
+        elif not c.threads and self.device.type == "cpu":
+            cores = available_cores()
+            self.governor = ThreadGovernor(max(1, cores // self.world), cores)
 
     def restore(self, log: Callable[[str], None]) -> None:
         """Continue from the run folder's checkpoint (its config must match but for the budget keys)."""
@@ -213,6 +225,8 @@ class Run:
         batch = on_device(self.source.sample(self.local_batch), self.device)
         self.learner.set_iteration(iteration)
         self.optimizer.zero_grad(set_to_none=True)
+        if self.governor is not None:
+            self.governor.follow()
         scaler = self.scaler
         if self.engine is None:
             with autocast_context(self.device.type, self.low_precision):
@@ -268,4 +282,4 @@ class Run:
     def close(self) -> None:
         if self.engine is not None:
             self.engine.close()
-            torch.set_num_threads(self._threads_before)
+        torch.set_num_threads(self._threads_before)
