@@ -12,7 +12,7 @@ from metalab.models import MLP, Conv4
 from metalab.threads import (
     SMALL_PARAMETERS,
     ThreadGovernor,
-    busy_cores,
+    background_load,
     choose_threads,
     free_threads,
     is_small_model,
@@ -77,18 +77,18 @@ def test_the_governor_drops_at_once_and_grows_after_two_agreeing_samples():
     assert set_to == [2, 1, 2]  # 4 s: free again once (0.0), but 6 s: busy, so it stays at one
 
 
-def test_busy_cores_counts_other_processes_scaled_to_this_process_cores(monkeypatch):
+def test_background_load_counts_other_processes_scaled_to_this_process_cores(monkeypatch):
     monkeypatch.setattr(threads_module, "_runnable_threads", lambda: 7)
     monkeypatch.setattr(threads_module, "_own_runnable_threads", lambda: 3)
     monkeypatch.setattr(threads_module, "available_cores", lambda: 2)
     monkeypatch.setattr(threads_module.os, "cpu_count", lambda: 8)
-    assert busy_cores(samples=3, gap=0) == pytest.approx(4 * 2 / 8)
+    assert background_load(samples=3, gap=0) == pytest.approx(4 * 2 / 8)
     monkeypatch.setattr(threads_module, "_runnable_threads", lambda: None)
-    assert busy_cores(samples=3, gap=0) is None
+    assert background_load(samples=3, gap=0) is None
 
 
-def test_busy_cores_reads_this_machine():
-    busy = busy_cores(samples=2, gap=0)
+def test_background_load_reads_this_machine():
+    busy = background_load(samples=2, gap=0)
     assert busy is None or busy >= 0.0
 
 
@@ -133,7 +133,7 @@ def test_a_sine_run_trains_on_one_thread_and_gives_back_the_setting(tmp_path):
 @pytest.mark.parametrize("busy, expected", [(0.0, 2), (1.5, 1)])
 def test_a_larger_model_follows_the_load(tmp_path, monkeypatch, busy, expected):
     """A model off the small list and off task threads takes the cores that the load leaves free."""
-    monkeypatch.setattr(threads_module, "busy_cores", lambda: busy)
+    monkeypatch.setattr(threads_module, "background_load", lambda: busy)
     monkeypatch.setattr(threads_module, "available_cores", lambda: 2)
     monkeypatch.setattr("metalab.run.available_cores", lambda: 2)
     torch.set_num_threads(2)
@@ -143,14 +143,14 @@ def test_a_larger_model_follows_the_load(tmp_path, monkeypatch, busy, expected):
 
 
 def test_evaluation_takes_the_same_choice_and_restores_the_setting(monkeypatch):
-    monkeypatch.setattr(threads_module, "busy_cores", lambda: 1.0)
+    monkeypatch.setattr(threads_module, "background_load", lambda: 1.0)
     monkeypatch.setattr(threads_module, "available_cores", lambda: 2)
     torch.set_num_threads(2)
     with threads_for(None, MAML(MLP(), "regression")) as n:
         assert n == torch.get_num_threads() == 1
     with threads_for(None, ProtoNet(Conv4(1, 8))) as n:
         assert n == 1  # one core of two busy
-    monkeypatch.setattr(threads_module, "busy_cores", lambda: 0.0)
+    monkeypatch.setattr(threads_module, "background_load", lambda: 0.0)
     with threads_for(None, ProtoNet(Conv4(1, 8))) as n:
         assert n == torch.get_num_threads() == 2
     with threads_for(2, MAML(MLP(), "regression")) as n:

@@ -43,7 +43,7 @@ from .parallel import available_cores
 __all__ = [
     "SMALL_PARAMETERS",
     "ThreadGovernor",
-    "busy_cores",
+    "background_load",
     "choose_threads",
     "free_threads",
     "is_small_model",
@@ -91,10 +91,11 @@ def _own_runnable_threads() -> int:
     return max(count, 1)  # the thread reading
 
 
-def busy_cores(samples: int = 10, gap: float = 0.001) -> float | None:
-    """How many of this process's cores other processes keep busy: the mean over `samples` readings,
+def background_load(samples: int = 10, gap: float = 0.001) -> float | None:
+    """The load that other processes put on this process's cores: the mean over `samples` readings,
     `gap` seconds apart, of the machine's runnable threads less this process's own, scaled by the
-    share of the machine's cores this process may use. None where the load cannot be read."""
+    share of the machine's cores this process may use (2.0 on 2 cores: both taken; more: a queue).
+    None where the load cannot be read."""
     readings = []
     for i in range(samples):
         if i:
@@ -132,7 +133,7 @@ def choose_threads(
         workers: task-thread workers (`metalab.run.task_workers`); each runs on one intra-op thread.
         cores: the cores this process may use.
         world: processes of this launch on the machine's cores (torchrun), sharing them.
-        busy: cores that other processes keep busy (`busy_cores`), None if unknown.
+        busy: cores that other processes keep busy (`background_load`), None if unknown.
     """
     if explicit:
         return explicit
@@ -165,7 +166,7 @@ class ThreadGovernor:
         set_threads: Callable[[int], None] | None = None,
     ) -> None:
         self.ceiling, self.cores, self.every, self.patience = ceiling, cores, every, patience
-        self._measure = measure or (lambda: busy_cores())
+        self._measure = measure or (lambda: background_load())
         self._set = set_threads or torch.set_num_threads
         self._clock = clock
         self.threads = free_threads(cores, ceiling, self._measure())
@@ -200,7 +201,7 @@ def threads_for_learner(
         return 1
     if any(p.device.type != "cpu" for p in learner.parameters()):
         return torch.get_num_threads()
-    busy = measure() if measure is not None else busy_cores()
+    busy = measure() if measure is not None else background_load()
     return choose_threads(explicit=None, small=False, workers=1, cores=available_cores(), busy=busy)
 
 
