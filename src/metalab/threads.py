@@ -4,10 +4,11 @@ torch splits a large operation between its intra-op threads (OpenMP), and at the
 operation the threads wait for each other, spinning on a core rather than sleeping. On cores that
 nothing else wants, that costs microseconds. On cores shared with other busy processes, a thread
 that the operating system has paused keeps its partners spinning until it runs again, a scheduler
-time slice of milliseconds, and that happens at every parallel operation: on 2 cores beside two or
-more busy processes, MAML on sine waves (about 25 parallel operations per meta-iteration) ran 20 to
-40 times slower on two threads than on one, and Prototypical Networks on Omniglot 1.2 to 2 times
-slower (docs/engine.md, "Threads under load"; `python benchmarks/load.py`).
+time slice of milliseconds, and that happens at every parallel operation. On 2 cores, MAML on sine
+waves (about 30 such operations per meta-iteration) trained 4 times as long on two threads as on
+one beside two busy processes, 7 times beside four, and 16 times or more beside other people's
+jobs; Prototypical Networks on Omniglot 1.3 times (docs/engine.md, "Threads under load";
+`python benchmarks/load.py`).
 
 So when the `threads` key is unset, a run picks its intra-op threads itself:
 
@@ -21,7 +22,7 @@ So when the `threads` key is unset, a run picks its intra-op threads itself:
 
 Two runs whose thread counts differ may differ in the last bits of their results (a reduction split
 between threads sums in another order); a `threads` value of your own fixes the count, and with it
-the bits. The sine MLP's results do not depend on the thread count.
+the bits. With torch 2.13 on the CPU, the sine MLP trains to the same bits on one and two threads.
 
 The load is read from Linux's `/proc/loadavg` (the runnable threads of the whole machine, less this
 process's own), averaged over a few samples and scaled to the share of the machine's cores that this
