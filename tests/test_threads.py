@@ -54,8 +54,10 @@ def test_the_free_cores_are_used(cores, world, busy, expected):
 
 def test_small_means_no_convolution_and_few_parameters():
     assert is_small_model(MAML(MLP(), "regression"))  # the sine MLP: 1,761 parameters
-    assert not is_small_model(MLP(hidden=(300, 300)))  # 91,201
+    assert is_small_model(MLP(hidden=(100, 100)))  # 10,401
+    assert not is_small_model(MLP(hidden=(128, 128)))  # 16,897
     assert sum(p.numel() for p in MLP(hidden=(300, 300)).parameters()) > SMALL_PARAMETERS
+    assert not is_small_model(MLP(hidden=(300, 300)))
     assert not is_small_model(Conv4(1, 8, 5))  # few parameters, but convolutions on images
 
 

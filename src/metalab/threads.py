@@ -52,9 +52,11 @@ __all__ = [
     "threads_for",
 ]
 
-# The sine MLP has 1,761 parameters and a Conv-4 backbone about 113,000; an MLP below this size runs
-# operations of at most a few thousand multiply-adds per row, where a second thread only adds waiting.
-SMALL_PARAMETERS = 50_000
+# On an idle 2-core machine, a second thread made sine-wave MAML with MLPs of 1,761 to 10,401
+# parameters (hidden widths 40 to 100) 0.87-1.10x as fast end to end, and with 16,897 and 40,801
+# (128 and 200) 1.24x and 1.46x (docs/engine.md, "Threads under load"). Below this size a second
+# thread gains too little to risk its waiting on shared cores.
+SMALL_PARAMETERS = 15_000
 # A core counts as free while other processes keep it busy less than half the time.
 _FREE_SLACK = 0.5
 
