@@ -4,8 +4,8 @@ Runs the README's main command (`metalab train`: MAML on sine waves; `--iteratio
 with the default threads and with explicit `--threads N`, first alone and then beside 2, 4, ...
 CPU-bound processes of its own (a Python busy loop each, killed at the end), the variants
 alternated and repeated so that drifts in the machine's other load hit them alike. `--threads C`
-for the C cores this process may use is what the default was before the thread choice of
-`metalab.threads`: torch's own, one intra-op thread per core.
+for the C cores this process may use is torch's own default, one intra-op thread per core, against
+the choice of `metalab.threads`.
 
 Beside each time it records the machine's background: the 1-minute load average and the runnable
 threads sampled during the run (the command's own threads and the busy processes included), and,
@@ -95,7 +95,7 @@ def variant_label(variant: str) -> str:
     suffix = " OMP_WAIT_POLICY=PASSIVE" if policy == "passive" else ""
     if threads == "default":
         return "default" + suffix
-    note = " (previous default)" if int(threads) == cores() and not suffix else ""
+    note = " (torch's default)" if int(threads) == cores() and not suffix else ""
     return f"--threads {threads}{suffix}{note}"
 
 
