@@ -3,13 +3,21 @@
 A checkpoint is a dict of plain data and tensors: the learner's state, the optimizer's and the LR
 schedule's states, the RNG states, the iteration and the resolved config. It is written to a temporary
 file in the same folder, flushed to disk, then renamed over the old one, so a crash at any moment
-leaves either the old checkpoint or the new one, never a broken or missing file.
+leaves either the old checkpoint or the new one, never a broken or missing file. The file gets the
+mode an ordinary new file would (0666 less the umask), or keeps the mode of the file it replaces. A
+write that fails (disk full, quota, I/O error) raises `WriteError` naming the file and the reason;
+the previous file is intact and the temporary file is removed. Temporary files a killed process
+leaves behind match `TEMP_FILE` and are removed by `remove_temp_files` when the next writer of the
+folder starts.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import re
+import shutil
+import stat
 import tempfile
 import zipfile
 from pathlib import Path
@@ -19,11 +27,16 @@ import torch
 
 __all__ = [
     "CheckpointError",
+    "WriteError",
+    "TEMP_FILE",
     "save_checkpoint",
     "load_checkpoint",
     "atomic_write_text",
     "state_error",
     "device_free",
+    "file_mode",
+    "remove_temp_files",
+    "write_error",
 ]
 
 FORMAT = "metalab-checkpoint-1"
@@ -33,19 +46,101 @@ class CheckpointError(Exception):
     """A checkpoint that is missing, unreadable or not a metalab checkpoint."""
 
 
+class WriteError(CheckpointError, OSError):
+    """A file that could not be written (disk full, over quota, an I/O error); the file's previous
+    version is intact and no temporary file is left. `errno` is the system's error number where known."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = code
+
+
+# The temporary files `_atomic_replace` makes: "." + the file's name + mkstemp's 8 random characters.
+TEMP_FILE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def _umask() -> int:
+    try:  # Linux: read without changing it (os.umask sets it for every thread while it reads it)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode(path: Path) -> int:
+    """The mode a file written at `path` gets: that of the file it replaces, else 0666 less the umask
+    (what `open(path, "w")` gives a new file)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def write_error(path: Path, error: BaseException) -> WriteError:
+    """`error` from writing `path` as one line: the system's reason (e.g. "No space left on device")."""
+    if isinstance(error, OSError):
+        reason = error.strerror or str(error) or type(error).__name__
+        code = error.errno
+    else:  # torch.save's "[enforce fail at inline_container.cc:...] ... file write failed"
+        reason, code = f"the write failed ({_first_line(error)})", None
+        try:
+            free = shutil.disk_usage(path.parent).free
+            reason += f"; {free / 2**20:,.1f} MiB free on its disk"
+        except OSError:
+            pass
+    return WriteError(f"could not write {path}: {reason}", code)
+
+
+def _is_write_failure(error: BaseException) -> bool:
+    if isinstance(error, OSError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("inline_container" in text or "file write failed" in text)
+
+
 def _atomic_replace(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mode = file_mode(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise write_error(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), mode)  # mkstemp makes it 0600
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         # Whatever happened (disk full, Ctrl-C), the previous file at `path` is untouched.
-        Path(tmp).unlink(missing_ok=True)
+        try:
+            Path(tmp).unlink(missing_ok=True)
+        except OSError:
+            pass  # the write's own error is the one to report
+        if _is_write_failure(e):
+            raise write_error(path, e) from None
         raise
+
+
+def remove_temp_files(folder: str | Path) -> list[Path]:
+    """Remove the temporary files interrupted atomic writes left in `folder` (only safe while no
+    other process writes there: a run folder's lock says so); returns those removed."""
+    removed = []
+    for entry in Path(folder).iterdir() if Path(folder).is_dir() else []:
+        if TEMP_FILE.match(entry.name) and entry.is_file() and not entry.is_symlink():
+            try:
+                entry.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(entry)
+    return removed
 
 
 def device_free(state: Any) -> Any:
