@@ -299,6 +299,9 @@ def config_from_dict(values: dict[str, Any], base: Config | None = None) -> Conf
     for name, value in values.items():
         name = str(name)
         if name in FIELDS:
+            choices = FIELDS[name].metadata.get("choices") or ()
+            if isinstance(value, bool) and ("off" if not value else "on") in choices:
+                value = "off" if not value else "on"  # YAML 1.1 reads `off` and `on` as booleans
             setattr(c, name, coerce(name, value, HINTS[name]))
         else:
             own[name] = value

@@ -39,6 +39,8 @@ def validate(c: Config, spec: AlgorithmSpec) -> None:
         if getattr(c, name) < 0:
             raise ConfigError(f"config key {name!r} must be >= 0, got {getattr(c, name)}")
     if any(s < 0 for s in c.eval_steps):
+        # The default comes from the algorithm's keys (inner_steps, eval_inner_steps): name them first.
+        option_errors(lambda: check_options(c.options, c))
         raise ConfigError(f"config key 'eval_steps' must hold steps >= 0, got {c.eval_steps}")
     if c.eval_steps and not spec.learner.inner_loop:
         raise ConfigError(
