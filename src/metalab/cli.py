@@ -36,6 +36,10 @@ _EXAMPLES = """examples:
   metalab info                                    # versions, devices, kernels: for a bug report
 """
 _DEVICE_HELP = "auto | cpu | cuda | cuda:N | mps (default: the checkpoint's device key; docs/gpu.md)"
+_INVERT_HELP = (
+    "read images as 255 - pixel (true) or as they are (false), whatever the checkpoint was trained with "
+    "(default: the checkpoint's invert; a warning names it when they differ)"
+)
 
 
 def _allowed(meta: dict, default) -> str:
@@ -177,6 +181,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--data-dir", help="data folder, if it moved since training")
     e.add_argument("--json", help="also write the results to this JSON file")
     e.add_argument("--device", help=_DEVICE_HELP)
+    e.add_argument("--quiet", action="store_true", help="no progress bar (none is shown off a terminal)")
 
     pr = sub.add_parser(
         "predict", help="adapt a checkpoint to a support folder of your classes and label query images"
@@ -194,6 +199,7 @@ def parser() -> argparse.ArgumentParser:
         help="inner steps for gradient-based learners (default: the checkpoint's eval_inner_steps)",
     )
     pr.add_argument("--device", help=_DEVICE_HELP)
+    pr.add_argument("--invert", metavar="true|false", help=_INVERT_HELP)
 
     sv = sub.add_parser(
         "serve", help="serve a checkpoint over HTTP: a JSON API and a page to draw classes and queries"
@@ -205,6 +211,7 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument(
         "--episode-ttl", type=float, default=3600, help="seconds an unused episode is kept (default: 3600)"
     )
+    sv.add_argument("--invert", metavar="true|false", help=_INVERT_HELP)
 
     sw = sub.add_parser(
         "sweep", help="train and meta-test a grid of configs, one run folder each, and print a table"

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
 from .algorithms.optimization.options import MAX_INNER_STEPS
 from .cli import config_keys
 from .config import Config, ConfigError, config_from_dict, load_config, parse_override
-from .experiment import default_run_dir, list_runs, meta_test, runs_table, sweep
+from .experiment import default_run_dir, list_runs, meta_test, run_details, runs_table, sweep
 
 
 def _yaml(text: str):
@@ -35,9 +37,10 @@ def _train_config(args) -> Config:
 
 
 def cmd_train(args, argv=None) -> int:
-    from . import distributed
-    from .train import train
+    from . import distributed, run_folder
+    from .train import final_lines, train
 
+    check_nproc(args.nproc)
     if args.resume and not args.run_dir:
         raise ConfigError("--resume needs --run-dir, the folder of the run to continue")
     if (
@@ -60,24 +63,34 @@ def cmd_train(args, argv=None) -> int:
             if token.startswith("--nproc="):
                 del argv[i]
                 break
+        run_dir = args.run_dir or default_run_dir(config)
         if not args.run_dir:
-            argv += ["--run-dir", str(default_run_dir(config))]
+            argv += ["--run-dir", str(run_dir)]
+        run_folder.check_free(run_dir)  # refused here in one line, before any process starts
         return distributed.launch(args.nproc, argv)
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(config)
-    result = train(config, run_dir, resume=args.resume, progress=not args.quiet)
-    if not distributed.is_main():
-        return 0
-    c = result.config
-    summary = (
-        f"trained {c.algorithm} on {c.benchmark} for {result.iteration} iterations "
-        f"in {result.seconds:.0f} s -> {run_dir}/checkpoint.pt"
-    )
-    if result.last_val is not None:
-        summary += f"; last validation {result.last_val}"
-    print(summary)
-    if not args.no_eval:
-        meta_test(result)
+    # One process writes: the lock is held from training through results.json (under torchrun, rank
+    # 0 takes it in Run.start, and again here for the final meta-test).
+    with contextlib.nullcontext() if distributed.launched_by_torchrun() else run_folder.hold(run_dir):
+        result = train(config, run_dir, resume=args.resume, progress=not args.quiet)
+        if not distributed.is_main():
+            return 0
+        print(final_lines(result))
+        if not args.no_eval:
+            with run_folder.hold(run_dir):
+                meta_test(result, progress=not args.quiet)
     return 0
+
+
+def check_nproc(nproc: int | None) -> None:
+    """`--nproc` must be >= 1 and at most 8 processes per core of this machine."""
+    if nproc is None:
+        return
+    cores = os.cpu_count() or 1
+    if not 1 <= nproc <= 8 * cores:
+        raise ConfigError(
+            f"--nproc must be between 1 and {8 * cores} (8 per core of this machine's {cores}), got {nproc}"
+        )
 
 
 def cmd_sweep(args) -> int:
@@ -92,6 +105,10 @@ def cmd_runs(args) -> int:
         print(f"no runs under {args.root}")
         return 0
     print(runs_table(runs))
+    if len(runs) == 1 and runs[0].path == Path(args.root):  # one run folder: its split and figures
+        details = run_details(runs[0])
+        if details:
+            print(details)
     return 0
 
 
@@ -109,6 +126,9 @@ def cmd_eval(args) -> int:
     from .evaluate import evaluate
     from .train import learner_on_device
 
+    for flag in ("ways", "shots", "queries", "tasks"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     learner, c, state = learner_on_device(args.checkpoint, args.device)
     device = next(learner.parameters()).device
     overrides = {
@@ -135,7 +155,8 @@ def cmd_eval(args) -> int:
     print(f"{args.checkpoint}: {c.algorithm} on {c.benchmark}, iteration {state['iteration']}, {cell}")
     results = []
     for steps in steps_list:
-        r = evaluate(learner, build_source(c, "test", dataset, device=device), tasks, steps=steps)
+        source = build_source(c, "test", dataset, device=device)
+        r = evaluate(learner, source, tasks, steps=steps, progress=not args.quiet)
         results.append(r.to_dict())
         print("test " + str(r))
     if args.json:
@@ -150,13 +171,33 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     from .predict import format_predictions, predict, write_predictions_csv
 
-    predictions = predict(args.checkpoint, args.support, args.queries, steps=args.steps, device=args.device)
+    predictions = predict(
+        args.checkpoint,
+        args.support,
+        args.queries,
+        steps=args.steps,
+        device=args.device,
+        invert=_true_false("--invert", args.invert),
+        warn=_warn,
+    )
     if args.csv:
         write_predictions_csv(predictions, args.csv)
         print(f"wrote {len(predictions)} predictions to {args.csv}")
     else:
         print(format_predictions(predictions))
     return 0
+
+
+def _true_false(flag: str, text: str | None) -> bool | None:
+    if text is None:
+        return None
+    if text.lower() not in ("true", "false"):
+        raise ConfigError(f"{flag} must be true or false, got {text!r}")
+    return text.lower() == "true"
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 SERVE_NEEDS_CHECKPOINT = (
@@ -178,7 +219,7 @@ def cmd_serve(args) -> int:
         )
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be in 0..65535, got {args.port}")
-    if args.max_episodes < 1 or args.episode_ttl <= 0:
+    if args.max_episodes < 1 or not 0 < args.episode_ttl < float("inf"):
         raise ConfigError("--max-episodes must be >= 1 and --episode-ttl > 0")
     from .serve import Limits, serve
 
@@ -187,6 +228,8 @@ def cmd_serve(args) -> int:
         args.host,
         args.port,
         Limits(max_episodes=args.max_episodes, episode_ttl=args.episode_ttl),
+        invert=_true_false("--invert", args.invert),
+        warn=_warn,
     )
     return 0
 
@@ -195,6 +238,10 @@ def cmd_plot(args) -> int:
     from .plots import sine_adaptation_figure
     from .train import learner_on_device
 
+    if args.shots < 1:
+        raise ConfigError(f"--shots must be >= 1, got {args.shots}")
+    if any(not 0 <= s <= MAX_INNER_STEPS for s in args.steps):
+        raise ConfigError(f"--steps must be between 0 and {MAX_INNER_STEPS:,}, got {args.steps}")
     learners = {}
     for path in [args.checkpoint] + ([args.baseline] if args.baseline else []):
         learner, c, _ = learner_on_device(path, args.device)
@@ -202,8 +249,6 @@ def cmd_plot(args) -> int:
             raise ConfigError(f"plot draws sine-wave tasks; {path} was trained on {c.benchmark}")
         label = type(learner).__name__  # MAML, Pretrained, MetaSGD, ...
         learners[label if label not in learners else c.algorithm] = learner
-    if args.shots < 1:
-        raise ConfigError(f"--shots must be >= 1, got {args.shots}")
     sine_adaptation_figure(learners, args.out, shots=args.shots, steps=args.steps, seed=args.seed)
     print(f"wrote {args.out}")
     return 0

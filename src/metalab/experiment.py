@@ -15,7 +15,8 @@ from typing import Callable
 
 import yaml
 
-from .checkpoint import atomic_write_text
+from . import run_folder
+from .checkpoint import WriteError, atomic_write_text
 from .config import Config, ConfigError, config_from_dict, parse_override
 
 __all__ = [
@@ -24,6 +25,8 @@ __all__ = [
     "read_metrics",
     "read_results",
     "list_runs",
+    "run_details",
+    "figure_cell",
     "format_table",
     "expand_grid",
     "sweep",
@@ -39,8 +42,11 @@ def default_run_dir(c: Config, root: str | Path = "runs", stamp: str | None = No
     return Path(root) / f"{stamp}-{c.benchmark}-{c.algorithm}{cell}"
 
 
-def meta_test(result, log: Callable[[str], None] = print) -> dict:
-    """Meta-test a finished run on `test_tasks` held-out tasks per step count; write results.json."""
+def meta_test(result, log: Callable[[str], None] = print, *, progress: bool = False) -> dict:
+    """Meta-test a finished run on `test_tasks` held-out tasks per step count; write results.json.
+
+    Each line names the inner steps (learners with an inner loop) and the checkpoint's iteration;
+    `progress` shows a progress bar per step count (on a terminal)."""
     from .builders import build_source, load_dataset
     from .devices import place_dataset
     from .evaluate import evaluate
@@ -51,8 +57,8 @@ def meta_test(result, log: Callable[[str], None] = print) -> dict:
     tests = []
     for steps in c.eval_steps or [None]:
         source = build_source(c, "test", dataset, device=device)
-        r = evaluate(result.learner, source, c.test_tasks, steps=steps)
-        log("test " + str(r))
+        r = evaluate(result.learner, source, c.test_tasks, steps=steps, progress=progress)
+        log(f"test {r} at iteration {result.iteration}")
         tests.append(r.to_dict())
     record = {
         "algorithm": c.algorithm,
@@ -63,7 +69,10 @@ def meta_test(result, log: Callable[[str], None] = print) -> dict:
         "train_seconds": round(result.seconds, 1),
         "test": tests,
     }
-    atomic_write_text(Path(result.run_dir) / RESULTS, json.dumps(record, indent=2) + "\n")
+    try:
+        atomic_write_text(Path(result.run_dir) / RESULTS, json.dumps(record, indent=2) + "\n")
+    except WriteError as e:
+        raise WriteError(f"{e}; the checkpoint (iteration {result.iteration}) is intact", e.errno) from None
     return record
 
 
@@ -90,10 +99,17 @@ class RunSummary:
     def headline(self) -> str:
         if not self.results or not self.results["test"]:
             return "-"
-        t = self.results["test"][-1]
-        if t["metric"] == "accuracy":
-            return f"{100 * t['mean']:.2f} ± {100 * t['ci95']:.2f}%"
-        return f"{t['mean']:.3f} ± {t['ci95']:.3f} MSE"
+        return figure_cell(self.results["test"][-1], unit=True)
+
+
+def figure_cell(t: dict, *, unit: bool = False) -> str:
+    """A results.json test entry as a table cell: "97.40 ± 0.30% (5 steps)", "0.366 ± 0.033 MSE
+    (10 steps)"; no step count for learners without an inner loop."""
+    steps = t.get("steps")
+    after = f" ({steps} step{'s' if steps != 1 else ''})" if steps is not None else ""
+    if t["metric"] == "accuracy":
+        return f"{100 * t['mean']:.2f} ± {100 * t['ci95']:.2f}%{after}"
+    return f"{t['mean']:.3f} ± {t['ci95']:.3f}{' MSE' if unit else ''}{after}"
 
 
 def list_runs(root: str | Path = "runs") -> list[RunSummary]:
@@ -105,6 +121,16 @@ def list_runs(root: str | Path = "runs") -> list[RunSummary]:
         config = yaml.safe_load(cfg.read_text()) or {}
         runs.append(RunSummary(run, config, metrics[-1]["iteration"] if metrics else 0, read_results(run)))
     return runs
+
+
+def run_details(run: RunSummary) -> str:
+    """What `metalab runs RUN` adds for one run folder: its class split and every test figure."""
+    lines = run_folder.describe_split(run.path, run.config)
+    if run.results:
+        at = run.results.get("iterations")
+        for t in run.results["test"]:
+            lines.append(f"test at iteration {at}: {figure_cell(t, unit=True)}, {t['tasks']} tasks")
+    return "\n".join(lines)
 
 
 def format_table(rows: list[list[str]], header: list[str]) -> str:
@@ -171,14 +197,10 @@ def sweep(
         slug = "".join(ch for ch in name.replace(",", "-") if ch.isalnum() or ch in "-_.")
         run_dir = Path(root) / f"{stamp}-sweep-{i:02d}-{slug}"
         log(f"[{i + 1}/{len(grid)}] {name} -> {run_dir}")
-        result = train(c, run_dir, progress=progress, log=log)
-        record = meta_test(result, log=log)
-        t = record["test"][-1]
-        value = (
-            f"{100 * t['mean']:.2f} ± {100 * t['ci95']:.2f}%"
-            if t["metric"] == "accuracy"
-            else f"{t['mean']:.3f} ± {t['ci95']:.3f}"
-        )
+        with run_folder.hold(run_dir):  # one writer from training through results.json
+            result = train(c, run_dir, progress=progress, log=log)
+            record = meta_test(result, log=log, progress=progress)
+        value = figure_cell(record["test"][-1])
         rows.append(
             [*[str(v) for v in overrides.values()], value, f"{record['train_seconds']:.0f}", str(run_dir)]
         )

@@ -1,14 +1,16 @@
 """A meta-training run's set-up, its state and its steps, for the loop in `metalab.train`.
 
-`Run.start` resolves the config and its device, joins the process group under torchrun, loads the
-data (kept on the device where it fits), builds the learner on the CPU from the seed (the same
-initialisation on every device) and moves it to the device, then the outer optimizer, its schedule,
-the training task source and the task threads, and restores all of it from `checkpoint.pt` when
-resuming. `Run.step` is one outer step, `Run.validate` one validation, `Run.save` one checkpoint:
-the learner's, optimizer's, schedule's (and fp16's loss scaler's) states, the RNG states (the torch
-generator's and every rank's task source's), the iteration, the training seconds and the resolved
-config. Checkpoints hold CPU tensors only, so a run trained on a GPU is evaluated, resumed or
-served on any device.
+`Run.start` resolves the config and its device, joins the process group under torchrun, takes the
+run folder's writer lock (rank 0; `metalab.run_folder`), loads the data (kept on the device where it
+fits), builds the learner on the CPU from the seed (the same initialisation on every device) and
+moves it to the device, then the outer optimizer, its schedule, the training task source and the
+task threads, and restores all of it from `checkpoint.pt` when resuming; the class split of your own
+data goes to split.json (checked on resumption). `Run.step` is one outer step, `Run.validate` one
+validation, `Run.save` one checkpoint: the learner's, optimizer's, schedule's (and fp16's loss
+scaler's) states, the RNG states (the torch generator's and every rank's task source's), the
+iteration, the training seconds and the resolved config. Checkpoints hold CPU tensors only, so a run
+trained on a GPU is evaluated, resumed or served on any device. A write that fails (disk full) says
+which checkpoint the run keeps.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from typing import Any, Callable
 import torch
 import yaml
 
-from . import distributed
+from . import distributed, run_folder
 from .algorithms.base import MetaLearner
 from .builders import bind_dataset, build_learner, build_optimizer, build_schedule, build_source, load_dataset
 from .checkpoint import (
     CheckpointError,
+    WriteError,
     atomic_write_text,
     device_free,
     load_checkpoint,
@@ -101,6 +104,8 @@ class Run:
     device: torch.device = torch.device("cpu")
     low_precision: torch.dtype | None = None
     scaler: Any = None
+    lock: Any = None  # the run folder's writer lock (rank 0), released by close()
+    saved_iteration: int = 0  # the iteration of the checkpoint on disk (0: none yet)
     _threads_before: int = field(default=0, repr=False)
 
     @property
@@ -127,6 +132,20 @@ class Run:
             torch.cuda.set_device(device)  # one GPU per process under torchrun
         distributed.setup(c.dist_timeout, device)
         rank, world = distributed.rank(), distributed.world_size()
+        # One writer per run folder (metalab.run_folder): the rank that writes locks it first.
+        lock = _on_main(rank == 0, lambda: run_folder.acquire(run_dir))
+        try:
+            return cls._start(c, run_dir, device, rank, world, lock, resume=resume, log=log)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+
+    @classmethod
+    def _start(cls, c, run_dir, device, rank, world, lock, *, resume, log) -> Run:
+        if lock is not None and lock.removed:
+            log(f"removed {len(lock.removed)} temporary file(s) that an interrupted write left in {run_dir}")
+            lock.removed = []
         if c.meta_batch % world:
             raise ConfigError(
                 f"config key 'meta_batch' ({c.meta_batch}) must be divisible by the number of processes "
@@ -160,9 +179,17 @@ class Run:
                 f"{run.checkpoint_path} exists: pass --resume to continue that run, or choose another run "
                 "folder"
             )
-        if run.main:
+
+        def write_run_files() -> None:
+            run_folder.record_split(run_dir, c, dataset, resume=resume)
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(c.to_dict(), sort_keys=False))
+
+        try:
+            _on_main(run.main, write_run_files)
+        except WriteError as e:
+            raise WriteError(f"{e}; {run.kept()}", e.errno) from None
+        run.lock = lock
         run._start_threads()
         return run
 
@@ -203,7 +230,7 @@ class Run:
             raise CheckpointError(
                 f"cannot resume {path}: its saved state does not fit this run ({state_error(e)})"
             ) from None
-        self.start_iteration = state["iteration"]
+        self.start_iteration = self.saved_iteration = state["iteration"]
         self.seconds_before = state.get("seconds", 0.0)
         if self.main:
             log(f"resuming {self.run_dir} at iteration {self.start_iteration}")
@@ -245,6 +272,13 @@ class Run:
         task_states = distributed.gather_objects(self.source.get_state())
         if not self.main:
             return
+        try:
+            self._save(iteration, seconds, task_states)
+        except WriteError as e:  # disk full, quota, I/O error: the previous checkpoint is intact
+            raise WriteError(f"{e}; {self.kept()}", e.errno) from None
+        self.saved_iteration = iteration
+
+    def _save(self, iteration: int, seconds: float, task_states: list) -> None:
         save_checkpoint(
             self.checkpoint_path,
             device_free(
@@ -265,7 +299,32 @@ class Run:
             ),
         )
 
+    def kept(self) -> str:
+        """What a run that stops now keeps: "the previous checkpoint (iteration N) is intact"."""
+        if not self.saved_iteration:
+            return "no checkpoint was written"
+        return f"the previous checkpoint (iteration {self.saved_iteration}) is intact"
+
     def close(self) -> None:
         if self.engine is not None:
             self.engine.close()
+            self.engine = None
             torch.set_num_threads(self._threads_before)
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+
+def _on_main(main: bool, fn: Callable[[], Any]) -> Any:
+    """`fn()` on the main rank; a refusal it raises is raised on every rank (the others would
+    otherwise wait for the main rank at their next collective until `dist_timeout`)."""
+    result = error = None
+    if main:
+        try:
+            result = fn()
+        except (ConfigError, CheckpointError) as e:
+            error = e
+    error = distributed.broadcast_object(error)
+    if error is not None:
+        raise error
+    return result
