@@ -21,10 +21,12 @@ Both take `norm`:
   batch's statistics, eval mode with the running ones), for the metric family and the transfer
   baselines.
 
-Like `Conv4`, each returns features `(n, feature_dim)` when `out_features` is None, else the logits
-of a linear head (`.head`) on them; `features_map(x)` gives the last block's map before the global
-pool, `(n, feature_dim, s, s)` with `s = feature_map_size`, for learners that compare feature maps
-(Relation Networks).
+Like `Conv4`, each is `features` (an `nn.Sequential` ending in the global pool) then an optional
+linear `head`: the output is the features `(n, feature_dim)` when `out_features` is None, else the
+head's logits, and `model(x) == head(features(x))` (ANIL splits the model there). `features_map(x)`
+gives the last block's map before the pool, `(n, feature_dim, s, s)` with `s = feature_map_size`,
+and `pool=False` makes that map the output, for learners that compare feature maps (Relation
+Networks).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from torch import Tensor, nn
 
 from .conv4 import BatchStatNorm2d
 
-__all__ = ["ResNet12", "ResNet18", "DropBlock", "resnet12_drop_block_size"]
+__all__ = ["ResNet12", "ResNet18", "DropBlock", "GlobalAvgPool", "resnet12_drop_block_size"]
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -98,6 +100,13 @@ class DropBlock(nn.Module):
         return f"rate={self.rate}, block_size={self.block_size}"
 
 
+class GlobalAvgPool(nn.Module):
+    """The mean over the spatial dimensions: (n, c, h, w) -> (n, c)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean((2, 3))
+
+
 def resnet12_drop_block_size(image_size: int) -> int:
     """DropBlock's block size for a ResNet-12 on `image_size` inputs: MetaOptNet's 5 at 84x84
     (where block 4's map is 5x5), scaled with the input (2 at 32x32, MetaOptNet's CIFAR-FS
@@ -141,6 +150,8 @@ class ResNet12(nn.Module):
             `resnet12_drop_block_size(image_size)` (5 at 84x84), at most the map's side.
         image_size: input height/width: sizes DropBlock's blocks and `feature_map_size`; at least
             16 (four 2x2 max-pools).
+        pool: end with the global average pool (features of shape (n, feature_dim)); False
+            leaves the last block's map, (n, feature_dim, s, s), as the output (no head then).
         channels_last: keep the weights in the channels-last memory layout.
 
     Input of shape (n, in_channels, image_size, image_size) -> (n, out_features) or (n, feature_dim).
@@ -159,6 +170,7 @@ class ResNet12(nn.Module):
         norm: str = "batch",
         drop_block: float = 0.0,
         image_size: int = 84,
+        pool: bool = True,
         channels_last: bool = False,
     ) -> None:
         super().__init__()
@@ -171,7 +183,9 @@ class ResNet12(nn.Module):
         if not 0.0 <= drop_block < 1.0:
             raise ValueError(f"drop_block must be in [0, 1), got {drop_block}")
         _norm(norm, 1)  # check the name
-        blocks = []
+        if not pool and out_features:
+            raise ValueError("a head needs pooled features: pool=False takes out_features=None")
+        blocks: list[nn.Module] = []
         cin, size = in_channels, image_size
         block = resnet12_drop_block_size(image_size)
         for i, cout in enumerate(widths):
@@ -181,7 +195,7 @@ class ResNet12(nn.Module):
                 drop = nn.Dropout(drop_block) if i < 2 else DropBlock(drop_block, min(block, size))
             blocks.append(_ResNet12Block(cin, cout, norm, drop))
             cin = cout
-        self.blocks = nn.Sequential(*blocks)
+        self.features = nn.Sequential(*blocks, GlobalAvgPool() if pool else nn.Identity())
         self.feature_dim = widths[-1]
         self.feature_map_size = size
         self.head = nn.Linear(self.feature_dim, out_features) if out_features else None
@@ -192,10 +206,10 @@ class ResNet12(nn.Module):
 
     def features_map(self, x: Tensor) -> Tensor:
         """The last block's map before the global pool, (n, feature_dim, s, s)."""
-        return self.blocks(x)
+        return self.features[:-1](x)
 
     def forward(self, x: Tensor) -> Tensor:
-        z = self.features_map(x).mean((2, 3))
+        z = self.features(x)
         return self.head(z) if self.head is not None else z
 
 
@@ -235,6 +249,7 @@ class ResNet18(nn.Module):
             (3x3/1 conv, norm, ReLU, no pool: for 32x32).
         image_size: input height/width, to compute `feature_map_size`.
         widths: the four stages' widths; the last is `feature_dim` (512).
+        pool: end with the global average pool; False leaves the last stage's map as the output.
         channels_last: keep the weights in the channels-last memory layout.
 
     Input of shape (n, in_channels, image_size, image_size) -> (n, out_features) or (n, feature_dim).
@@ -252,6 +267,7 @@ class ResNet18(nn.Module):
         stem: str = "imagenet",
         image_size: int = 84,
         widths: Sequence[int] = (64, 128, 256, 512),
+        pool: bool = True,
         channels_last: bool = False,
     ) -> None:
         super().__init__()
@@ -259,7 +275,7 @@ class ResNet18(nn.Module):
             raise ValueError(f"ResNet18 takes four widths, got {tuple(widths)}")
         _norm(norm, 1)
         if stem == "imagenet":
-            self.stem = nn.Sequential(
+            stem_layers = nn.Sequential(
                 nn.Conv2d(in_channels, widths[0], 7, stride=2, padding=3, bias=False),
                 _norm(norm, widths[0]),
                 nn.ReLU(),
@@ -267,7 +283,7 @@ class ResNet18(nn.Module):
             )
             size = _conv_out(_conv_out(image_size, 7, 2, 3), 3, 2, 1)
         elif stem == "cifar":
-            self.stem = nn.Sequential(_conv3x3(in_channels, widths[0]), _norm(norm, widths[0]), nn.ReLU())
+            stem_layers = nn.Sequential(_conv3x3(in_channels, widths[0]), _norm(norm, widths[0]), nn.ReLU())
             size = image_size
         else:
             raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
@@ -275,18 +291,20 @@ class ResNet18(nn.Module):
             raise ValueError(
                 f"ResNet18 with the {stem} stem needs larger images than {image_size}x{image_size}"
             )
-        stages: list[nn.Module] = []
+        if not pool and out_features:
+            raise ValueError("a head needs pooled features: pool=False takes out_features=None")
+        layers: list[nn.Module] = [stem_layers]
         cin = widths[0]
         for i, cout in enumerate(widths):
             stride = 1 if i == 0 else 2
-            stages += [_BasicBlock(cin, cout, stride, norm), _BasicBlock(cout, cout, 1, norm)]
+            layers += [_BasicBlock(cin, cout, stride, norm), _BasicBlock(cout, cout, 1, norm)]
             cin = cout
             if stride == 2:
                 size = _conv_out(size, 3, 2, 1)
-        self.stages = nn.Sequential(*stages)
+        self.features = nn.Sequential(*layers, GlobalAvgPool() if pool else nn.Identity())
         self.feature_dim = widths[-1]
         self.feature_map_size = size
-        self.stem_kind = stem
+        self.stem = stem
         self.head = nn.Linear(self.feature_dim, out_features) if out_features else None
         _init_weights(self, "relu")
         self.channels_last = channels_last
@@ -295,10 +313,10 @@ class ResNet18(nn.Module):
 
     def features_map(self, x: Tensor) -> Tensor:
         """The last stage's map before the global pool, (n, feature_dim, s, s)."""
-        return self.stages(self.stem(x))
+        return self.features[:-1](x)
 
     def forward(self, x: Tensor) -> Tensor:
-        z = self.features_map(x).mean((2, 3))
+        z = self.features(x)
         return self.head(z) if self.head is not None else z
 
 
