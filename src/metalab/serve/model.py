@@ -181,7 +181,7 @@ class ServedModel:
             "summary": spec.summary,
             "benchmark": c.benchmark,
             "iteration": self.iteration,
-            "backbone": "conv4",
+            "backbone": c.backbone,
             "parameters": sum(p.numel() for p in learner.parameters()),
             "input_shape": [c.channels, c.image_size, c.image_size],
             "image": {
