@@ -30,7 +30,15 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-__all__ = ["AUGMENTATIONS", "JITTER", "crop_padding", "standard_augment"]
+__all__ = [
+    "AUGMENTATIONS",
+    "JITTER",
+    "colour_jitter",
+    "crop_padding",
+    "random_crop",
+    "random_flip",
+    "standard_augment",
+]
 
 AUGMENTATIONS = ("auto", "none", "standard")
 JITTER = 0.4  # Chen et al.'s brightness / contrast / colour strength
@@ -48,8 +56,9 @@ def _grey(x: Tensor) -> Tensor:
     return (x * w).sum(dim=1, keepdim=True)
 
 
-def _random_crop(x: Tensor, pad: int, generator: torch.Generator) -> Tensor:
-    """(N, C, H, W) -> (N, C, H, W): each image's window at a random offset in its zero-padded copy."""
+def random_crop(x: Tensor, pad: int, generator: torch.Generator) -> Tensor:
+    """(N, C, H, W) -> (N, C, H, W): each image's window at a random offset in its copy padded by
+    `pad` zero pixels on every side (offsets uniform in [-pad, pad] on each axis)."""
     n, _, h, w = x.shape
     offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator).to(x.device)
     padded = F.pad(x, (pad, pad, pad, pad))
@@ -58,6 +67,28 @@ def _random_crop(x: Tensor, pad: int, generator: torch.Generator) -> Tensor:
     index = torch.arange(n, device=x.device)[:, None, None]
     out = padded.permute(0, 2, 3, 1)[index, rows[:, :, None], cols[:, None, :]]  # (N, H, W, C)
     return out.permute(0, 3, 1, 2).contiguous()
+
+
+def random_flip(x: Tensor, generator: torch.Generator) -> Tensor:
+    """(N, C, H, W): each image mirrored left-right with probability 1/2."""
+    flip = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+def colour_jitter(x: Tensor, generator: torch.Generator, strength: float = JITTER) -> Tensor:
+    """(N, C, H, W) in [0, 1]: brightness, contrast and (C = 3) saturation, each scaled by its own
+    factor in [1 - strength, 1 + strength] per image, as Pillow's `ImageEnhance` (see the module)."""
+    n, c = x.shape[:2]
+    factors = 1.0 + strength * (2.0 * torch.rand(n, 3, generator=generator) - 1.0)
+    f = factors.to(x.device, x.dtype)[:, :, None, None, None]  # (N, 3, 1, 1, 1)
+    out = (x * f[:, 0]).clamp(0.0, 1.0)
+    grey = _grey(out) if c == 3 else out
+    mean = grey.mean(dim=(1, 2, 3), keepdim=True)
+    out = (mean + f[:, 1] * (out - mean)).clamp_(0.0, 1.0)
+    if c == 3:
+        grey = _grey(out)
+        out = (grey + f[:, 2] * (out - grey)).clamp_(0.0, 1.0)
+    return out
 
 
 def standard_augment(x: Tensor, generator: torch.Generator, *, jitter: float = JITTER) -> Tensor:
@@ -74,19 +105,8 @@ def standard_augment(x: Tensor, generator: torch.Generator, *, jitter: float = J
     shape = x.shape
     if x.numel() == 0:
         return x
-    flat = x.reshape(-1, *shape[-3:])
-    n, c = flat.shape[:2]
-    out = _random_crop(flat, crop_padding(shape[-1]), generator)
-    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
-    out = torch.where(flip[:, None, None, None], out.flip(-1), out)
+    out = random_crop(x.reshape(-1, *shape[-3:]), crop_padding(shape[-1]), generator)
+    out = random_flip(out, generator)
     if jitter > 0:
-        factors = (1.0 + jitter * (2.0 * torch.rand(n, 3, generator=generator) - 1.0)).to(x.device, x.dtype)
-        f = factors[:, :, None, None, None]  # (N, 3, 1, 1, 1): brightness, contrast, saturation
-        out = (out * f[:, 0]).clamp_(0.0, 1.0)
-        grey = _grey(out) if c == 3 else out
-        mean = grey.mean(dim=(1, 2, 3), keepdim=True)
-        out = (mean + f[:, 1] * (out - mean)).clamp_(0.0, 1.0)
-        if c == 3:
-            grey = _grey(out)
-            out = (grey + f[:, 2] * (out - grey)).clamp_(0.0, 1.0)
+        out = colour_jitter(out, generator, jitter)
     return out.reshape(shape)
