@@ -187,12 +187,14 @@ def load_cub(
             f"CUB-200-2011 not found in {data_dir}: put the official {CUB_TARBALL.name} (from "
             f"{CUB_TARBALL.url}) there, or run `metalab data download cub --data-dir {data_dir}`"
         )
-    if source.is_file():
-        key_files = [source]
-        if verify:
-            check_digests(source, CUB_TARBALL.digests(), file_digests(source))
-    else:
-        key_files = [source / "images.txt", source / "images"]
+    archive = source.is_file()
+    key_files = [source] if archive else [source / "images.txt", source / "images"]
+
+    def build() -> dict:
+        digests = file_digests(source) if archive else {}
+        if archive and verify:
+            check_digests(source, CUB_TARBALL.digests(), digests)  # before spending time decoding
+        return {**_Reader(source).read_all(image_size), "digests": digests}
 
     def check(blob: dict) -> bool:
         x, y = blob.get("images"), blob.get("labels")
@@ -203,12 +205,13 @@ def load_cub(
             and isinstance(y, torch.Tensor)
             and y.shape == x.shape[:1]
             and isinstance(blob.get("classes"), list)
+            and isinstance(blob.get("digests"), dict)
         )
 
     key = {"source": source_key(key_files), "size": image_size, "format": _CACHE_FORMAT}
-    blob = cached(
-        cache_dir_for("cub", cache_dir), "cub", key, lambda: _Reader(source).read_all(image_size), check
-    )
+    blob = cached(cache_dir_for("cub", cache_dir), "cub", key, build, check)
+    if archive and verify:
+        check_digests(source, CUB_TARBALL.digests(), blob["digests"])  # a cache built without verifying
     if verify and (len(blob["classes"]) != CLASSES or len(blob["labels"]) != IMAGES):
         raise DataIntegrityError(
             f"{source}: {len(blob['classes'])} classes and {len(blob['labels']):,} images, expected "

@@ -197,6 +197,8 @@ def _read_metaoptnet(path: Path) -> dict:
     labels = np.asarray(d["labels"], dtype=np.int64)
     name_of = {int(v): str(k) for k, v in d["catname2label"].items()}
     present = sorted(set(labels.tolist()))
+    if not present:
+        raise DataIntegrityError(f"{path}: holds no labelled images")
     unnamed = [lab for lab in present if lab not in name_of]
     if unnamed:
         raise DataIntegrityError(f"{path}: labels {unnamed[:5]} have no name in catname2label")
