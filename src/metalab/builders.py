@@ -250,7 +250,12 @@ class Context:
 
     def train_classes(self) -> int | None:
         c = self.config
-        return SPLIT_CLASSES[c.split]["train"] if c.benchmark == "omniglot" else None
+        if c.benchmark == "omniglot":
+            return SPLIT_CLASSES[c.split]["train"]
+        from .data.catalog import CATALOG
+
+        info = CATALOG.get(c.benchmark)
+        return info.classes[0] if info is not None else None  # your own data: bound from the data set
 
 
 def build_model(c: Config) -> nn.Module:
