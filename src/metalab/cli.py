@@ -186,7 +186,10 @@ def parser() -> argparse.ArgumentParser:
     pr = sub.add_parser(
         "predict", help="adapt a checkpoint to a support folder of your classes and label query images"
     )
-    pr.add_argument("checkpoint", help="a checkpoint trained on images (omniglot or folder)")
+    pr.add_argument(
+        "checkpoint",
+        help="a checkpoint trained on an image benchmark (omniglot, folder, cifar_fs, mini_imagenet, ...)",
+    )
     pr.add_argument("queries", nargs="+", help="query images or folders of them (searched recursively)")
     pr.add_argument("--support", required=True, help="folder of your classes: SUPPORT/<class>/<a few images>")
     pr.add_argument(
@@ -204,7 +207,11 @@ def parser() -> argparse.ArgumentParser:
     sv = sub.add_parser(
         "serve", help="serve a checkpoint over HTTP: a JSON API and a page to draw classes and queries"
     )
-    sv.add_argument("checkpoint", nargs="?", help="a checkpoint trained on images (omniglot or folder)")
+    sv.add_argument(
+        "checkpoint",
+        nargs="?",
+        help="a checkpoint trained on an image benchmark (omniglot, folder, cifar_fs, mini_imagenet, ...)",
+    )
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     sv.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     sv.add_argument("--max-episodes", type=int, default=256, help="episodes kept in memory (default: 256)")
