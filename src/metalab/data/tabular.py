@@ -63,6 +63,11 @@ def read_csv(path: str | os.PathLike) -> tuple[list[str], list[list[str]], list[
                 lines.append(reader.line_num)
         except csv.Error as e:
             raise DataIntegrityError(f"{path}, line {reader.line_num}: {e}") from None
+        except UnicodeDecodeError as e:
+            raise DataIntegrityError(
+                f"{path} is not UTF-8 text ({e.reason}, byte {e.object[e.start : e.start + 1]!r} after line "
+                f"{reader.line_num}): save it as a UTF-8 CSV"
+            ) from None
     if not header or not rows:
         raise DataIntegrityError(
             f"{path}: no {'header' if not header else 'data rows'}; expected a header line naming the "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 import zipfile
 import zlib
 from pathlib import Path
@@ -103,6 +104,10 @@ def _index_entries(
     for info in zf.infolist():
         name = info.filename
         _check_entry_name(archive, name)
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise DataIntegrityError(
+                f"{archive}: entry {name!r} is a symbolic link; refusing to read this archive"
+            )
         if name.startswith(_IGNORED_PREFIXES) or name.rsplit("/", 1)[-1].startswith("."):
             continue
         parts = name.rstrip("/").split("/")
