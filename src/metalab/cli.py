@@ -13,6 +13,7 @@ import dataclasses
 import os
 import sys
 import traceback
+import warnings
 
 from .algorithms.spec import OptionError, algorithm_names, load_plugins, option_keys, specs
 from .checkpoint import CheckpointError
@@ -279,6 +280,16 @@ def main(argv: list[str] | None = None) -> int:
     (its traceback, then a line saying so), 130 interrupted. Malformed flags exit through argparse
     (status 2, its usage and one error line)."""
     argv = sys.argv[1:] if argv is None else argv
+    with warnings.catch_warnings():
+        # An image beyond Pillow's size limit is refused by the loaders rather than decoded after a
+        # warning: a command's bad input ends with one line.
+        from PIL.Image import DecompressionBombWarning
+
+        warnings.simplefilter("error", DecompressionBombWarning)
+        return _run(argv)
+
+
+def _run(argv: list[str]) -> int:
     try:
         _preload_plugins(argv)
         # No command at all means the built-in default job: `metalab train`.

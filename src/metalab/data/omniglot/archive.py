@@ -27,6 +27,7 @@ from PIL import Image
 from torch import Tensor
 
 from ..dataset import DataIntegrityError, DataNotFoundError
+from ..images import pillow_error
 from .splits import EXAMPLES_PER_CLASS
 
 __all__ = ["ARCHIVES", "OmniglotArchive", "read_omniglot_zip"]
@@ -220,13 +221,14 @@ def read_omniglot_zip(
                     images[k] = _decode_png(zf.read(info), image_size)
                 # BadZipFile: CRC mismatch; zlib.error / EOFError: broken deflate stream or truncated
                 # data; OSError (incl. UnidentifiedImageError), SyntaxError, ValueError,
-                # DecompressionBombError: Pillow, or an entry beyond the limits above.
+                # DecompressionBombError (or its warning, where warnings are errors): Pillow, or an
+                # entry beyond the limits above.
                 except (
                     zipfile.BadZipFile, zlib.error, EOFError, OSError, SyntaxError, ValueError,
-                    Image.DecompressionBombError,
+                    Image.DecompressionBombError, Image.DecompressionBombWarning,
                 ) as err:  # fmt: skip
                     raise DataIntegrityError(
-                        f"{path}: cannot read entry {info.filename!r} ({type(err).__name__}: {err}); "
+                        f"{path}: cannot read entry {info.filename!r} ({pillow_error(err)}); "
                         "the archive is corrupt or truncated"
                     ) from err
                 k += 1
