@@ -203,18 +203,32 @@ def state_mismatch(fresh: Any, saved: Any, where: str) -> str | None:
     return None
 
 
-def optimizer_state_mismatch(optimizer: torch.optim.Optimizer) -> str | None:
-    """After `optimizer.load_state_dict`: the first per-parameter state that does not fit its
-    parameter (a moment of another shape, a step count that is not a number)."""
-    for g, group in enumerate(optimizer.param_groups):
-        for i, p in enumerate(group["params"]):
-            for key, value in optimizer.state.get(p, {}).items():
-                where = f"optimizer state {key!r} of parameter {i} (group {g})"
-                if torch.is_tensor(value):
-                    if value.dim() > 0 and value.shape != p.shape:
-                        return f"{where} has shape {tuple(value.shape)}, the parameter {tuple(p.shape)}"
-                elif _kind(value) != "number":
-                    return f"{where} is {_shown(value)}, not a number or a tensor"
+def optimizer_state_mismatch(optimizer: torch.optim.Optimizer, saved: dict) -> str | None:
+    """Before `optimizer.load_state_dict(saved)`: the first per-parameter state in `saved` that does
+    not fit its parameter (a moment of another shape, a step count that is not a number)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    ids = [
+        i
+        for group in saved.get("param_groups", [])
+        if isinstance(group, dict)
+        for i in group.get("params", [])
+    ]
+    if len(ids) != len(params):
+        return f"the optimizer's state holds {len(ids)} parameters, this run's optimizer {len(params)}"
+    by_id = dict(zip(ids, params))
+    state = saved.get("state", {})
+    if not isinstance(state, dict):
+        return f"the optimizer's state is {_shown(state)}, not a mapping"
+    for i, values in state.items():
+        if i not in by_id or not isinstance(values, dict):
+            return f"the optimizer's state of parameter {i!r} is {_shown(values)}, not a parameter's state"
+        for key, value in values.items():
+            where = f"optimizer state {key!r} of parameter {i}"
+            if torch.is_tensor(value):
+                if value.dim() > 0 and value.shape != by_id[i].shape:
+                    return f"{where} has shape {tuple(value.shape)}, the parameter {tuple(by_id[i].shape)}"
+            elif _kind(value) != "number":
+                return f"{where} is {_shown(value)}, not a number or a tensor"
     return None
 
 

@@ -41,7 +41,7 @@ from .evaluate import EvalResult, evaluate
 from .parallel import TaskThreads, available_cores
 from .tasks.episode import TaskBatch
 
-__all__ = ["Run", "CHECKPOINT", "METRICS", "task_workers", "on_device", "metrics_lines"]
+__all__ = ["Run", "CHECKPOINT", "METRICS", "task_workers", "on_device", "metrics_lines", "checkpoint_config"]
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -84,6 +84,15 @@ def task_workers(
 def on_device(batch: TaskBatch, device: torch.device) -> TaskBatch:
     """`batch` on `device` (as it is, where its source already delivers there)."""
     return batch if batch.support_x.device == device else batch.to(device)
+
+
+def checkpoint_config(path: Path, state: dict) -> Config:
+    """The resolved config a checkpoint holds; one this version cannot run is a `CheckpointError`
+    naming the checkpoint."""
+    try:
+        return config_from_dict(state["config"]).resolved(saved=True)
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {path} holds a config this metalab cannot run: {e}") from None
 
 
 def metrics_lines(path: Path, iteration: int) -> list[str]:
@@ -212,7 +221,7 @@ class Run:
         """Continue from the run folder's checkpoint (its config must match but for the budget keys)."""
         path, c = self.checkpoint_path, self.config
         state = load_checkpoint(path, resuming=True)
-        saved = config_from_dict(state["config"]).resolved(saved=True).to_dict()
+        saved = checkpoint_config(path, state).to_dict()
         now = c.to_dict()
         changed = [k for k in {*saved, *now} - _RESUMABLE_CHANGES if saved.get(k) != now.get(k)]
         if changed:
@@ -221,18 +230,19 @@ class Run:
         if bad is not None:
             raise CheckpointError(f"cannot resume {path}: it holds non-finite weights ({bad!r})")
         try:
-            problem = state_mismatch(
-                self.optimizer.state_dict()["param_groups"],
-                state["optimizer"].get("param_groups"),
-                "optimizer",
-            ) or state_mismatch(self.schedule.state_dict(), state["schedule"], "schedule")
-            if problem:
+            problem = (
+                state_mismatch(
+                    self.optimizer.state_dict()["param_groups"],
+                    state["optimizer"].get("param_groups"),
+                    "optimizer",
+                )
+                or optimizer_state_mismatch(self.optimizer, state["optimizer"])
+                or state_mismatch(self.schedule.state_dict(), state["schedule"], "schedule")
+            )
+            if problem:  # load_state_dict would take these, and the first step would fail inside torch
                 raise ValueError(problem)
             self.learner.load_state_dict(state["learner"])
             self.optimizer.load_state_dict(state["optimizer"])
-            problem = optimizer_state_mismatch(self.optimizer)
-            if problem:
-                raise ValueError(problem)
             self.schedule.load_state_dict(state["schedule"])
             if self.scaler is not None and state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])

@@ -25,10 +25,10 @@ from . import distributed
 from .algorithms.base import MetaLearner
 from .builders import build_learner
 from .checkpoint import CheckpointError, atomic_write_text, load_checkpoint, non_finite, state_error
-from .config import Config, config_from_dict
+from .config import Config
 from .devices import check_device_name, resolve_device
 from .evaluate import EvalResult
-from .run import CHECKPOINT, METRICS, Run, metrics_lines, task_workers
+from .run import CHECKPOINT, METRICS, Run, checkpoint_config, metrics_lines, task_workers
 
 __all__ = [
     "TrainResult",
@@ -78,7 +78,7 @@ def learner_from_checkpoint(
     """Rebuild the learner a checkpoint was saved from, with its weights, on `device` (default: the
     CPU; checkpoints hold CPU tensors, so any device will do)."""
     state = load_checkpoint(path)
-    config = config_from_dict(state["config"]).resolved(saved=True)
+    config = checkpoint_config(path, state)
     learner = build_learner(config)
     bad = non_finite(state["learner"])
     if bad is not None:
