@@ -185,8 +185,10 @@ def cmd_serve(args) -> int:
         )
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be in 0..65535, got {args.port}")
-    if args.max_episodes < 1 or not args.episode_ttl > 0:  # (a NaN is not > 0 either)
-        raise ConfigError("--max-episodes must be >= 1 and --episode-ttl > 0")
+    if args.max_episodes < 1:
+        raise ConfigError(f"--max-episodes must be >= 1, got {args.max_episodes}")
+    if not args.episode_ttl > 0:  # (a NaN is not > 0 either)
+        raise ConfigError(f"--episode-ttl must be > 0 seconds, got {args.episode_ttl}")
     from .serve import Limits, serve
 
     serve(

@@ -359,6 +359,10 @@ def load_config(path: str | Path, base: Config | None = None) -> Config:
         raise ConfigError(f"config file {path} is not valid YAML ({yaml_problem(e)})") from None
     except RecursionError:
         raise ConfigError(f"config file {path} is nested too deeply to be a config") from None
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"config file {path} is a YAML {type(values).__name__}, not a mapping of config keys to values"
+        )
     return config_from_dict(values, base)
 
 

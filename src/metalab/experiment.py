@@ -93,7 +93,7 @@ def read_run_config(run_dir: str | Path) -> dict:
         return {}
     if not isinstance(values, dict):
         raise RunFolderError(
-            f"{path} holds a {type(values).__name__}, not a mapping of config keys to values"
+            f"{path} is a YAML {type(values).__name__}, not a mapping of config keys to values"
         )
     return values
 
