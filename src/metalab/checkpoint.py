@@ -13,6 +13,7 @@ folder starts.
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import re
@@ -37,6 +38,9 @@ __all__ = [
     "file_mode",
     "remove_temp_files",
     "write_error",
+    "non_finite",
+    "state_mismatch",
+    "optimizer_state_mismatch",
 ]
 
 FORMAT = "metalab-checkpoint-1"
@@ -185,6 +189,8 @@ def load_checkpoint(path: str | Path, *, resuming: bool = False) -> dict[str, An
             holds objects whose loading would run code; the message says which.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory; give the checkpoint file in it")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
@@ -205,7 +211,13 @@ def load_checkpoint(path: str | Path, *, resuming: bool = False) -> dict[str, An
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({_first_line(e)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({_first_line(e)})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    written_by = state.get("format") if isinstance(state, dict) else None
+    if isinstance(written_by, str) and written_by.startswith("metalab-checkpoint-") and written_by != FORMAT:
+        raise CheckpointError(
+            f"checkpoint {path} is in format {written_by!r}, written by a newer metalab; this one reads "
+            f"{FORMAT!r}: upgrade metalab to read it"
+        )
+    if written_by != FORMAT:
         raise CheckpointError(f"{path} is not a metalab checkpoint")
     wanted = {**_FOR_EVALUATION, **(_FOR_RESUMING if resuming else {})}
     for key, (kind, what) in wanted.items():
@@ -217,7 +229,18 @@ def load_checkpoint(path: str | Path, *, resuming: bool = False) -> dict[str, An
             )
     if state["iteration"] < 0:
         raise CheckpointError(f"checkpoint {path}: 'iteration' is {state['iteration']}, not >= 0")
+    seconds = state.get("seconds", 0.0)
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 <= seconds < math.inf:
+        raise CheckpointError(f"checkpoint {path}: 'seconds' (the training time) is {seconds!r}, not >= 0")
     return state
+
+
+def non_finite(weights: dict[str, Any]) -> str | None:
+    """The name of the first floating-point tensor in `weights` holding a NaN or an infinity."""
+    for name, value in weights.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not value.isfinite().all():
+            return name
+    return None
 
 
 def _first_line(error: BaseException) -> str:
@@ -232,3 +255,78 @@ def state_error(error: BaseException) -> str:
     if len(lines) > 1 and lines[0].startswith("Error(s) in loading"):
         return lines[1]
     return lines[0] if lines else type(error).__name__
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, (list, tuple)):
+        return "sequence"
+    if isinstance(value, dict):
+        return "mapping"
+    if torch.is_tensor(value):
+        return "tensor"
+    return type(value).__name__
+
+
+def state_mismatch(fresh: Any, saved: Any, where: str) -> str | None:
+    """Where a saved state (an optimizer's param groups, a schedule's state) differs in kind from
+    the same object's freshly made state: the first entry holding another type, a list of
+    another length or a tensor of another shape (a number where a number was is fine). `load_state_dict`
+    takes such states without a word, and the first step after them fails deep inside torch."""
+    if fresh is None or saved is None:
+        return None
+    kinds = _kind(fresh), _kind(saved)
+    if kinds[0] != kinds[1]:
+        return f"{where} is {_shown(saved)}, where a {kinds[0]} was expected"
+    if kinds[0] == "mapping":
+        for key in fresh.keys() & saved.keys():
+            problem = state_mismatch(fresh[key], saved[key], f"{where}[{key!r}]")
+            if problem:
+                return problem
+    elif kinds[0] == "sequence":
+        if len(fresh) != len(saved):
+            return f"{where} has {len(saved)} entries, where {len(fresh)} were expected"
+        for i, (a, b) in enumerate(zip(fresh, saved)):
+            problem = state_mismatch(a, b, f"{where}[{i}]")
+            if problem:
+                return problem
+    elif kinds[0] == "tensor" and fresh.shape != saved.shape:
+        return f"{where} has shape {tuple(saved.shape)}, where {tuple(fresh.shape)} was expected"
+    return None
+
+
+def optimizer_state_mismatch(optimizer: torch.optim.Optimizer, saved: dict) -> str | None:
+    """Before `optimizer.load_state_dict(saved)`: the first per-parameter state in `saved` that does
+    not fit its parameter (a moment of another shape, a step count that is not a number)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    ids = [
+        i
+        for group in saved.get("param_groups", [])
+        if isinstance(group, dict)
+        for i in group.get("params", [])
+    ]
+    if len(ids) != len(params):
+        return f"the optimizer's state holds {len(ids)} parameters, this run's optimizer {len(params)}"
+    by_id = dict(zip(ids, params))
+    state = saved.get("state", {})
+    if not isinstance(state, dict):
+        return f"the optimizer's state is {_shown(state)}, not a mapping"
+    for i, values in state.items():
+        if i not in by_id or not isinstance(values, dict):
+            return f"the optimizer's state of parameter {i!r} is {_shown(values)}, not a parameter's state"
+        for key, value in values.items():
+            where = f"optimizer state {key!r} of parameter {i}"
+            if torch.is_tensor(value):
+                if value.dim() > 0 and value.shape != by_id[i].shape:
+                    return f"{where} has shape {tuple(value.shape)}, the parameter {tuple(by_id[i].shape)}"
+            elif _kind(value) != "number":
+                return f"{where} is {_shown(value)}, not a number or a tensor"
+    return None
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."

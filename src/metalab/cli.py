@@ -1,8 +1,9 @@
 """The `metalab` command: train | eval | predict | serve | plot | data | sweep | runs | report | info.
 
 Bad input (an unknown algorithm or config key, a negative shot count, a missing or corrupt
-checkpoint, a missing data folder) ends with one line on stderr and exit status 2, not a traceback.
-Set METALAB_DEBUG=1 to see the traceback.
+checkpoint, a missing data folder) ends with one line on stderr and exit status 2, not a traceback;
+so does a training run that diverges. Set METALAB_DEBUG=1 to see the traceback. Any other exception
+is a bug: its traceback is printed, then a line saying so, and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import argparse
 import dataclasses
 import os
 import sys
+import traceback
+import warnings
 
 from .algorithms.spec import OptionError, algorithm_names, load_plugins, option_keys, specs
 from .checkpoint import CheckpointError
@@ -314,20 +317,27 @@ def _preload_plugins(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run `metalab ARGV...`; the exit status: 0 done, 2 bad input (one line on stderr), 1 a bug
+    (its traceback, then a line saying so), 130 interrupted. Malformed flags exit through argparse
+    (status 2, its usage and one error line)."""
     argv = sys.argv[1:] if argv is None else argv
+    with warnings.catch_warnings():
+        # An image beyond Pillow's size limit is refused by the loaders rather than decoded after a
+        # warning: a command's bad input ends with one line.
+        from PIL.Image import DecompressionBombWarning
+
+        warnings.simplefilter("error", DecompressionBombWarning)
+        return _run(argv)
+
+
+def _run(argv: list[str]) -> int:
     try:
         _preload_plugins(argv)
-    except (OptionError, ValueError) as e:
-        print(f"metalab: error: {e}", file=sys.stderr)
-        return 2
-    parser_ = parser()
-    # No command at all means the built-in default job: `metalab train`.
-    args = parser_.parse_args(argv or ["train"])
-    command = args.command
-    from . import commands  # the subcommands import this module's key list
+        # No command at all means the built-in default job: `metalab train`.
+        args = parser().parse_args(argv or ["train"])
+        from . import commands  # the subcommands import this module's key list
 
-    try:
-        if command == "train":
+        if args.command == "train":
             return commands.cmd_train(args, argv)
         handlers = {
             "eval": commands.cmd_eval,
@@ -340,15 +350,27 @@ def main(argv: list[str] | None = None) -> int:
             "serve": commands.cmd_serve,
             "info": commands.cmd_info,
         }
-        return handlers[command](args)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError, DistributedError) as e:
+        return handlers[args.command](args)
+    except (ConfigError, CheckpointError, OptionError, FileNotFoundError, ValueError, DistributedError) as e:
         if os.environ.get("METALAB_DEBUG"):
             raise
-        print(f"metalab: error: {e}", file=sys.stderr)
+        print(f"metalab: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("metalab: interrupted (the last checkpoint is intact; continue with --resume)", file=sys.stderr)
         return 130
+    except Exception:  # not a recognised error: a bug, reported as one with its traceback
+        traceback.print_exc()
+        print(INTERNAL_ERROR, file=sys.stderr)
+        return 1
+
+
+INTERNAL_ERROR = "metalab: internal error (a bug; please report it with the traceback above)"
+
+
+def _one_line(error: BaseException) -> str:
+    """The error's message on one line (a message quoting a file's lines is joined up)."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 if __name__ == "__main__":

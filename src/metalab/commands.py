@@ -10,17 +10,9 @@ from pathlib import Path
 
 from .algorithms.optimization.options import MAX_INNER_STEPS
 from .cli import config_keys
-from .config import Config, ConfigError, config_from_dict, load_config, parse_override
+from .config import Config, ConfigError, config_from_dict, load_config, parse_override, parse_value
 from .experiment import default_run_dir, list_runs, meta_test, run_details, runs_table, sweep
-
-
-def _yaml(text: str):
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+from .paths import PathError, check_output_file, check_output_folder
 
 
 def _train_config(args) -> Config:
@@ -29,7 +21,7 @@ def _train_config(args) -> Config:
     for name in config_keys():
         raw = getattr(args, f"cfg_{name}")
         if raw is not None:
-            values[name] = [_yaml(v) for v in raw] if isinstance(raw, list) else _yaml(raw)
+            values[name] = [parse_value(v) for v in raw] if isinstance(raw, list) else parse_value(raw)
     for text in args.set:
         key, value = parse_override(text)
         values[key] = value
@@ -68,7 +60,7 @@ def cmd_train(args, argv=None) -> int:
             argv += ["--run-dir", str(run_dir)]
         run_folder.check_free(run_dir)  # refused here in one line, before any process starts
         return distributed.launch(args.nproc, argv)
-    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(config)
+    run_dir = check_output_folder(args.run_dir or default_run_dir(config), "--run-dir")
     # One process writes: the lock is held from training through results.json (under torchrun, rank
     # 0 takes it in Run.start, and again here for the final meta-test).
     with contextlib.nullcontext() if distributed.launched_by_torchrun() else run_folder.hold(run_dir):
@@ -94,18 +86,24 @@ def check_nproc(nproc: int | None) -> None:
 
 
 def cmd_sweep(args) -> int:
+    check_output_folder(args.runs, "--runs")
     table = sweep(load_config(args.config), args.set, args.runs, progress=args.progress)
     print(table)
     return 0
 
 
 def cmd_runs(args) -> int:
-    runs = list_runs(args.root)
+    root = Path(args.root or "runs")
+    if root.exists() and not root.is_dir():
+        raise PathError(f"{root} is a file, not a folder of runs")
+    if args.root is not None and not root.exists():
+        raise PathError(f"no such folder: {root}")
+    runs = list_runs(root)
     if not runs:
-        print(f"no runs under {args.root}")
+        print(f"no runs under {root}")
         return 0
     print(runs_table(runs))
-    if len(runs) == 1 and runs[0].path == Path(args.root):  # one run folder: its split and figures
+    if len(runs) == 1 and runs[0].path == root:  # one run folder: its split and figures
         details = run_details(runs[0])
         if details:
             print(details)
@@ -113,8 +111,12 @@ def cmd_runs(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from .devices import check_device_name, resolve_device
     from .report import write_report
 
+    check_output_folder(args.out, "--out")
+    if args.device is not None:  # before any figure is drawn
+        resolve_device(check_device_name(args.device))
     page = write_report(args.runs, args.out, device=args.device)
     print(f"wrote {page} and {Path(args.out) / 'report.md'}")
     return 0
@@ -129,6 +131,8 @@ def cmd_eval(args) -> int:
     for flag in ("ways", "shots", "queries", "tasks"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise ConfigError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    if args.json:
+        check_output_file(args.json, "--json")
     learner, c, state = learner_on_device(args.checkpoint, args.device)
     device = next(learner.parameters()).device
     overrides = {
@@ -160,6 +164,7 @@ def cmd_eval(args) -> int:
         results.append(r.to_dict())
         print("test " + str(r))
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(
             json.dumps(
                 {"checkpoint": str(args.checkpoint), "shots": c.test_shots, "results": results}, indent=2
@@ -171,6 +176,8 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     from .predict import format_predictions, predict, write_predictions_csv
 
+    if args.csv:
+        check_output_file(args.csv, "--csv")
     predictions = predict(
         args.checkpoint,
         args.support,
@@ -219,8 +226,10 @@ def cmd_serve(args) -> int:
         )
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be in 0..65535, got {args.port}")
-    if args.max_episodes < 1 or not 0 < args.episode_ttl < float("inf"):
-        raise ConfigError("--max-episodes must be >= 1 and --episode-ttl > 0")
+    if args.max_episodes < 1:
+        raise ConfigError(f"--max-episodes must be >= 1, got {args.max_episodes}")
+    if not 0 < args.episode_ttl < float("inf"):  # (a NaN is not > 0 either)
+        raise ConfigError(f"--episode-ttl must be a positive number of seconds, got {args.episode_ttl}")
     from .serve import Limits, serve
 
     serve(
@@ -235,13 +244,16 @@ def cmd_serve(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from .plots import sine_adaptation_figure
+    from .plots import SINE_TEST_SEED, sine_adaptation_figure
     from .train import learner_on_device
 
+    check_output_file(args.out, "--out")
     if args.shots < 1:
         raise ConfigError(f"--shots must be >= 1, got {args.shots}")
     if any(not 0 <= s <= MAX_INNER_STEPS for s in args.steps):
         raise ConfigError(f"--steps must be between 0 and {MAX_INNER_STEPS:,}, got {args.steps}")
+    if not 0 <= args.seed < 2**63 - SINE_TEST_SEED:
+        raise ConfigError(f"--seed must be between 0 and 2**63 - {SINE_TEST_SEED:,}, got {args.seed}")
     learners = {}
     for path in [args.checkpoint] + ([args.baseline] if args.baseline else []):
         learner, c, _ = learner_on_device(path, args.device)
@@ -267,6 +279,7 @@ def cmd_data(args) -> int:
     if args.action == "list":
         print(catalog.format_catalog(args.data_dir))
         return 0
+    check_output_folder(args.data_dir, "--data-dir")
     path = catalog.download(args.dataset, args.data_dir)
     print(f"{args.dataset} ready in {path}")
     return 0

@@ -12,6 +12,7 @@ A key of another registered algorithm is dropped where it holds its default and 
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ __all__ = [
     "config_from_dict",
     "load_config",
     "parse_override",
+    "parse_value",
 ]
 
 # The data-set benchmarks (omniglot, cifar10, cifar_fs, ...) are those of `metalab.data.catalog`.
@@ -364,7 +366,9 @@ def config_from_dict(values: dict[str, Any], base: Config | None = None) -> Conf
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """A YAML loader that refuses a key given twice (plain YAML silently keeps the last one)."""
+    """A YAML loader that refuses a key given twice (plain YAML silently keeps the last one) and
+    reads only true and false as booleans, as YAML 1.2 does: YAML 1.1's on/off/yes/no stay strings,
+    so that `kernels: off` is the string its key takes ("off"), not false."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -376,19 +380,57 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+_UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def parse_value(text: str) -> Any:
+    """One value as a config file reads it (`0.1`, `true`, `[40, 40]`, `off`); text YAML cannot
+    read is kept as it is."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except (yaml.YAMLError, ConfigError, RecursionError):
+        return text
+
+
 def load_config(path: str | Path, base: Config | None = None) -> Config:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory; give a YAML file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     try:
         values = yaml.load(text, Loader=_UniqueKeyLoader) or {}
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        raise ConfigError(f"config file {path} is not valid YAML ({yaml_problem(e)})") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply to be a config") from None
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"config file {path} is a YAML {type(values).__name__}, not a mapping of config keys to values"
+        )
     return config_from_dict(values, base)
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error in one line: where, and what (PyYAML's own message spans several lines)."""
+    mark, problem = getattr(error, "problem_mark", None), getattr(error, "problem", None)
+    if problem is None:
+        return " ".join(str(error).split())
+    context = getattr(error, "context", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + (f"{context}, {problem}" if context else problem)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -401,8 +443,4 @@ def parse_override(text: str) -> tuple[str, Any]:
     name = name.strip().replace("-", "_")
     if name not in FIELDS and name not in option_keys():
         raise unknown_key(name, FIELDS)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    return name, value
+    return name, parse_value(raw) if raw.strip() else None

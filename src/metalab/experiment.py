@@ -17,13 +17,15 @@ import yaml
 
 from . import run_folder
 from .checkpoint import WriteError, atomic_write_text
-from .config import Config, ConfigError, config_from_dict, parse_override
+from .config import Config, ConfigError, config_from_dict, parse_override, yaml_problem
 
 __all__ = [
     "default_run_dir",
     "meta_test",
+    "RunFolderError",
     "read_metrics",
     "read_results",
+    "read_run_config",
     "list_runs",
     "run_details",
     "figure_cell",
@@ -76,16 +78,81 @@ def meta_test(result, log: Callable[[str], None] = print, *, progress: bool = Fa
     return record
 
 
+class RunFolderError(ValueError):
+    """A file of a run folder that cannot be read as what it should hold; the message names it."""
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise RunFolderError(f"{path} is not UTF-8 text ({e.reason})") from None
+    except IsADirectoryError:
+        raise RunFolderError(f"{path} is a directory") from None
+
+
+def read_run_config(run_dir: str | Path) -> dict:
+    """A run folder's config.yaml as a dict (`RunFolderError` where it is not one)."""
+    path = Path(run_dir) / "config.yaml"
+    try:
+        values = yaml.safe_load(_read_text(path))
+    except yaml.YAMLError as e:
+        raise RunFolderError(f"{path} is not valid YAML ({yaml_problem(e)})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise RunFolderError(
+            f"{path} is a YAML {type(values).__name__}, not a mapping of config keys to values"
+        )
+    return values
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The records of a run folder's metrics.jsonl (a torn last line, left by a process killed
+    while writing it, is skipped); a line that is not a record is a `RunFolderError` naming it."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in _read_text(path).splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        at = record.get("iteration") if isinstance(record, dict) else None
+        if not isinstance(at, int) or isinstance(at, bool):
+            if number == len(lines) and record is None:
+                break  # torn by an interrupted write
+            raise RunFolderError(f"{path}, line {number} is not a metrics record: {line[:60]!r}")
+        records.append(record)
+    return records
 
 
 def read_results(run_dir: str | Path) -> dict | None:
+    """A run folder's results.json, checked to hold what `meta_test` writes (None if absent)."""
     path = Path(run_dir) / RESULTS
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(_read_text(path))
+    except ValueError as e:
+        raise RunFolderError(f"{path} is not valid JSON ({e})") from None
+    tests = record.get("test") if isinstance(record, dict) else None
+    fields = {"metric": str, "mean": (int, float), "ci95": (int, float)}
+    if not (
+        isinstance(tests, list)
+        and all(isinstance(record.get(k), int) for k in ("ways", "shots", "iterations"))
+        and all(
+            isinstance(t, dict) and all(isinstance(t.get(k), kind) for k, kind in fields.items())
+            for t in tests
+        )
+    ):
+        raise RunFolderError(
+            f"{path} is not a results record (ways, shots, iterations and a list of test figures, each "
+            "with its metric, mean and ci95)"
+        )
+    return record
 
 
 @dataclass
@@ -118,7 +185,7 @@ def list_runs(root: str | Path = "runs") -> list[RunSummary]:
     for cfg in sorted(Path(root).rglob("config.yaml")):
         run = cfg.parent
         metrics = read_metrics(run)
-        config = yaml.safe_load(cfg.read_text()) or {}
+        config = read_run_config(run)
         runs.append(RunSummary(run, config, metrics[-1]["iteration"] if metrics else 0, read_results(run)))
     return runs
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Callable, NamedTuple, Sequence
 import numpy as np
 import torch
 
+from .algorithms.optimization.options import MAX_INNER_STEPS
 from .config import IMAGE_BENCHMARKS, Config, ConfigError
 from .data.dataset import DataNotFoundError, to_float
 from .data.folder import read_class_folders
@@ -165,8 +166,6 @@ def image_learner(checkpoint: PathLike, device: str | None = None) -> tuple[Meta
 def check_steps(learner: MetaLearner, c: Config, steps: int | None) -> None:
     """Inner steps, where given, must be in 0..MAX_INNER_STEPS and for a learner with an inner loop
     (`ConfigError`)."""
-    from .algorithms.optimization.options import MAX_INNER_STEPS
-
     if steps is not None and not learner.inner_loop:
         raise ConfigError(f"steps applies to gradient-based learners; {c.algorithm} has no inner loop")
     if steps is not None and not 0 <= steps <= MAX_INNER_STEPS:
@@ -286,6 +285,7 @@ def format_predictions(predictions: list[Prediction]) -> str:
 def write_predictions_csv(predictions: list[Prediction], path: PathLike) -> None:
     """CSV with the columns query, prediction, then one probability column per class (named by it)."""
     classes = list(predictions[0].probabilities) if predictions else []
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["query", "prediction", *classes])

@@ -15,6 +15,7 @@ which checkpoint the run keeps.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -31,8 +32,11 @@ from .checkpoint import (
     atomic_write_text,
     device_free,
     load_checkpoint,
+    non_finite,
+    optimizer_state_mismatch,
     save_checkpoint,
     state_error,
+    state_mismatch,
 )
 from .config import Config, ConfigError, config_from_dict
 from .devices import autocast_context, autocast_dtype, check_precision, place_dataset, resolve_device
@@ -40,7 +44,7 @@ from .evaluate import EvalResult, evaluate
 from .parallel import TaskThreads, available_cores
 from .tasks.episode import TaskBatch
 
-__all__ = ["Run", "CHECKPOINT", "METRICS", "task_workers", "on_device"]
+__all__ = ["Run", "CHECKPOINT", "METRICS", "task_workers", "on_device", "metrics_lines", "checkpoint_config"]
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -83,6 +87,43 @@ def task_workers(
 def on_device(batch: TaskBatch, device: torch.device) -> TaskBatch:
     """`batch` on `device` (as it is, where its source already delivers there)."""
     return batch if batch.support_x.device == device else batch.to(device)
+
+
+def checkpoint_config(path: Path, state: dict) -> Config:
+    """The resolved config a checkpoint holds; one this version cannot run is a `CheckpointError`
+    naming the checkpoint."""
+    try:
+        return config_from_dict(state["config"]).resolved(saved=True)
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {path} holds a config this metalab cannot run: {e}") from None
+
+
+def metrics_lines(path: Path, iteration: int) -> list[str]:
+    """The lines of a run's metrics.jsonl up to `iteration`, where a resumed run continues it.
+
+    A torn last line (a process killed while writing it) is dropped; any other line that is not a
+    metrics record stops the resumption with its line number (a `CheckpointError`), so that
+    nothing is deleted unread.
+    """
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            at = record["iteration"] if isinstance(record, dict) else None
+        except (ValueError, KeyError):
+            at = None
+        if not isinstance(at, int) or isinstance(at, bool):
+            if number == len(lines):
+                break  # torn by an interrupted write
+            raise CheckpointError(
+                f"{path}, line {number} is not a metrics record ({line[:60]!r}): fix or remove it to resume"
+            )
+        if at <= iteration:
+            kept.append(line)
+    return kept
 
 
 @dataclass
@@ -207,12 +248,26 @@ class Run:
         """Continue from the run folder's checkpoint (its config must match but for the budget keys)."""
         path, c = self.checkpoint_path, self.config
         state = load_checkpoint(path, resuming=True)
-        saved = config_from_dict(state["config"]).resolved(saved=True).to_dict()
+        saved = checkpoint_config(path, state).to_dict()
         now = c.to_dict()
         changed = [k for k in {*saved, *now} - _RESUMABLE_CHANGES if saved.get(k) != now.get(k)]
         if changed:
             raise CheckpointError(f"cannot resume {path}: config differs in {', '.join(sorted(changed))}")
+        bad = non_finite(state["learner"])
+        if bad is not None:
+            raise CheckpointError(f"cannot resume {path}: it holds non-finite weights ({bad!r})")
         try:
+            problem = (
+                state_mismatch(
+                    self.optimizer.state_dict()["param_groups"],
+                    state["optimizer"].get("param_groups"),
+                    "optimizer",
+                )
+                or optimizer_state_mismatch(self.optimizer, state["optimizer"])
+                or state_mismatch(self.schedule.state_dict(), state["schedule"], "schedule")
+            )
+            if problem:  # load_state_dict would take these, and the first step would fail inside torch
+                raise ValueError(problem)
             self.learner.load_state_dict(state["learner"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.schedule.load_state_dict(state["schedule"])
@@ -232,6 +287,7 @@ class Run:
             ) from None
         self.start_iteration = self.saved_iteration = state["iteration"]
         self.seconds_before = state.get("seconds", 0.0)
+        metrics_lines(self.run_dir / METRICS, self.start_iteration)  # its lines checked before any write
         if self.main:
             log(f"resuming {self.run_dir} at iteration {self.start_iteration}")
 

@@ -29,14 +29,15 @@ from .checkpoint import (
     WriteError,
     atomic_write_text,
     load_checkpoint,
+    non_finite,
     state_error,
     write_error,
 )
-from .config import Config, config_from_dict
+from .config import Config
 from .devices import check_device_name, resolve_device
 from .evaluate import EvalResult
 from .notices import once_per_machine
-from .run import CHECKPOINT, METRICS, Run, task_workers
+from .run import CHECKPOINT, METRICS, Run, checkpoint_config, metrics_lines, task_workers
 
 __all__ = [
     "TrainResult",
@@ -88,15 +89,11 @@ def learner_from_checkpoint(
     """Rebuild the learner a checkpoint was saved from, with its weights, on `device` (default: the
     CPU; checkpoints hold CPU tensors, so any device will do)."""
     state = load_checkpoint(path)
-    config = config_from_dict(state["config"]).resolved(saved=True)
+    config = checkpoint_config(path, state)
     learner = build_learner(config)
-    bad = [
-        k
-        for k, v in state["learner"].items()
-        if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all()
-    ]
-    if bad:
-        raise CheckpointError(f"checkpoint {path} holds non-finite weights ({bad[0]!r}): its run diverged")
+    bad = non_finite(state["learner"])
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path} holds non-finite weights ({bad!r}): its run diverged")
     try:
         learner.load_state_dict(state["learner"])
     except (RuntimeError, KeyError, ValueError, TypeError) as e:
@@ -174,30 +171,10 @@ class MetricsLog:
 
 
 def _truncate_metrics(path: Path, iteration: int) -> None:
-    """Drop the lines an interrupted run logged after its last checkpoint (they will be redone).
-
-    A torn last line (a process killed while writing it) is dropped too; any other line that is not
-    a metrics record stops the resumption with its line number, so nothing is deleted unread.
-    """
-    if not path.exists():
-        return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = []
-    for number, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-            at = record["iteration"] if isinstance(record, dict) else None
-        except (ValueError, KeyError):
-            at = None
-        if not isinstance(at, int) or isinstance(at, bool):
-            if number == len(lines):
-                break  # torn by an interrupted write
-            raise CheckpointError(
-                f"{path}, line {number} is not a metrics record ({line[:60]!r}): fix or remove it to resume"
-            )
-        if at <= iteration:
-            kept.append(line)
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
+    """Drop the lines an interrupted run logged after its last checkpoint (they will be redone);
+    see `metalab.run.metrics_lines`."""
+    if path.exists():
+        atomic_write_text(path, "".join(line + "\n" for line in metrics_lines(path, iteration)))
 
 
 def train(

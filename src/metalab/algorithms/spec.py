@@ -333,11 +333,21 @@ def load_plugins(plugins: list[str]) -> None:
             sys.modules[name] = module
             try:
                 spec.loader.exec_module(module)
-            except Exception:
+            except Exception as e:
                 del sys.modules[name]
-                raise
+                raise _plugin_failed(plugin, e) from e
         else:
             try:
                 importlib.import_module(plugin)
             except ModuleNotFoundError as e:
                 raise OptionError(f"plugin module {plugin!r} cannot be imported: {e}") from None
+            except Exception as e:
+                raise _plugin_failed(plugin, e) from e
+
+
+def _plugin_failed(plugin: str, error: Exception) -> OptionError:
+    """A plugin whose own code raised while it was imported: named, with what it raised."""
+    return OptionError(
+        f"plugin {plugin} failed while being imported ({type(error).__name__}: {error}); "
+        "METALAB_DEBUG=1 shows its traceback"
+    )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 import zipfile
 import zlib
 from pathlib import Path
@@ -26,6 +27,7 @@ from PIL import Image
 from torch import Tensor
 
 from ..dataset import DataIntegrityError, DataNotFoundError
+from ..images import pillow_error
 from .splits import EXAMPLES_PER_CLASS
 
 __all__ = ["ARCHIVES", "OmniglotArchive", "read_omniglot_zip"]
@@ -103,6 +105,10 @@ def _index_entries(
     for info in zf.infolist():
         name = info.filename
         _check_entry_name(archive, name)
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise DataIntegrityError(
+                f"{archive}: entry {name!r} is a symbolic link; refusing to read this archive"
+            )
         if name.startswith(_IGNORED_PREFIXES) or name.rsplit("/", 1)[-1].startswith("."):
             continue
         parts = name.rstrip("/").split("/")
@@ -215,13 +221,14 @@ def read_omniglot_zip(
                     images[k] = _decode_png(zf.read(info), image_size)
                 # BadZipFile: CRC mismatch; zlib.error / EOFError: broken deflate stream or truncated
                 # data; OSError (incl. UnidentifiedImageError), SyntaxError, ValueError,
-                # DecompressionBombError: Pillow, or an entry beyond the limits above.
+                # DecompressionBombError (or its warning, where warnings are errors): Pillow, or an
+                # entry beyond the limits above.
                 except (
                     zipfile.BadZipFile, zlib.error, EOFError, OSError, SyntaxError, ValueError,
-                    Image.DecompressionBombError,
+                    Image.DecompressionBombError, Image.DecompressionBombWarning,
                 ) as err:  # fmt: skip
                     raise DataIntegrityError(
-                        f"{path}: cannot read entry {info.filename!r} ({type(err).__name__}: {err}); "
+                        f"{path}: cannot read entry {info.filename!r} ({pillow_error(err)}); "
                         "the archive is corrupt or truncated"
                     ) from err
                 k += 1

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ...paths import PathError
 from ..dataset import DataIntegrityError, DataNotFoundError
 from .archive import ARCHIVES, OmniglotArchive, _check_counts, read_omniglot_zip
 
@@ -45,14 +46,15 @@ def _default_cache_dir(data_dir: Path) -> Path:
 
 def _prepare_cache_dir(cache_dir: Path) -> None:
     """Create the cache folder and check it is writable, before spending time decoding."""
+    hint = "set XDG_CACHE_HOME to a writable folder (in Python: pass cache_dir=...)"
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise OSError(
-            f"cannot create the Omniglot cache folder {cache_dir} ({err}); pass cache_dir=..."
+        raise PathError(
+            f"cannot create the Omniglot cache folder {cache_dir} ({err.strerror}); {hint}"
         ) from err
     if not os.access(cache_dir, os.W_OK):
-        raise OSError(f"the Omniglot cache folder {cache_dir} is not writable; pass cache_dir=...")
+        raise PathError(f"the Omniglot cache folder {cache_dir} is not writable; {hint}")
 
 
 def _read_cache(cache_file: Path, sha256: str, image_size: int) -> OmniglotArchive:

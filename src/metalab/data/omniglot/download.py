@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
+from ...paths import check_output_folder
 from ..dataset import DataIntegrityError, DataNotFoundError
 from .archive import ARCHIVES
 
@@ -91,7 +92,7 @@ def download_omniglot(
         DataNotFoundError: the download failed (e.g. offline).
         DataIntegrityError: the md5 of a download is wrong.
     """
-    root = Path(root)
+    root = check_output_folder(root, "data folder")
     root.mkdir(parents=True, exist_ok=True)
     opener = _urlopen if opener is None else opener
     for name, spec in ARCHIVES.items():
