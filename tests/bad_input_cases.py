@@ -1067,7 +1067,7 @@ case(
     PR,
     "steps-negative",
     ["predict", "{maml_img}", "--support", "{support}", "{queries}", "--steps", "-1"],
-    "steps must be >= 0",
+    "steps must be between 0 and",
 )
 case(
     PR,
@@ -1486,10 +1486,10 @@ for name, argv, match, *setup in (
     ("eval-steps-negative", [*EVAL, "--steps", "-1"], "--steps must be between 0 and 10,000"),
     ("eval-steps-too-many", [*EVAL, "--steps", "1", "100001"], "--steps must be between 0 and 10,000"),
     ("eval-ways-one", ["eval", "{img}", "--ways", "1", "--tasks", "2"], "'test_ways' must be >= 2"),
-    ("eval-ways-zero", [*EVAL, "--ways", "0"], "'test_ways' must be >= 1"),
-    ("eval-shots-zero", [*EVAL, "--shots", "0"], "'test_shots' must be >= 1"),
-    ("eval-queries-zero", [*EVAL, "--queries", "0"], "'test_queries' must be >= 1"),
-    ("eval-queries-negative", [*EVAL, "--queries", "-2"], "'test_queries' must be >= 1"),
+    ("eval-ways-zero", [*EVAL, "--ways", "0"], "--ways must be >= 1"),
+    ("eval-shots-zero", [*EVAL, "--shots", "0"], "--shots must be >= 1"),
+    ("eval-queries-zero", [*EVAL, "--queries", "0"], "--queries must be >= 1"),
+    ("eval-queries-negative", [*EVAL, "--queries", "-2"], "--queries must be >= 1"),
     ("eval-device-unknown", [*EVAL, "--device", "foo"], "foo"),
     ("eval-device-absent", [*EVAL, "--device", "cuda:99"], "cuda:99"),
     ("eval-json-a-directory", [*EVAL, "--json", "{tmp}"], "--json"),
@@ -1730,7 +1730,7 @@ for name, argv, match, setup in (
 
 
 def summary(outcomes: dict[str, str] | None = None) -> str:
-    """ "bad-input corpus: N cases (by category: ...)", and of them, what this session ran:
+    """ "bad-input corpus: N cases (by category: ...)", and of them, what this pytest run ran:
     `outcomes` maps a case id to "passed", "failed" or "skipped"."""
     counts: dict[str, int] = {}
     for c in CASES:
@@ -1741,5 +1741,5 @@ def summary(outcomes: dict[str, str] | None = None) -> str:
         tally: dict[str, int] = {}
         for outcome in outcomes.values():
             tally[outcome] = tally.get(outcome, 0) + 1
-        line += f"; this session ran {len(outcomes)}: " + ", ".join(f"{n} {o}" for o, n in tally.items())
+        line += f"; this pytest run ran {len(outcomes)}: " + ", ".join(f"{n} {o}" for o, n in tally.items())
     return line

@@ -413,7 +413,7 @@ def test_a_full_disk_while_writing_the_config_or_the_metrics(tmp_path, capsys, m
         (["eval", "missing.pt", "--queries", "-1"], "--queries must be >= 1, got -1"),
         (["eval", "missing.pt", "--ways", "0"], "--ways must be >= 1, got 0"),
         (["plot", "missing.pt", "--steps", "-1"], "--steps must be between 0 and 10,000, got [-1]"),
-        (["serve", "missing.pt", "--episode-ttl", "nan"], "--episode-ttl > 0"),
+        (["serve", "missing.pt", "--episode-ttl", "nan"], "--episode-ttl must be a positive"),
     ],
 )
 def test_integer_flags_refuse_what_they_cannot_mean(capsys, argv, message):
