@@ -192,19 +192,31 @@ def cmd_serve(args) -> int:
 
 
 def cmd_plot(args) -> int:
+    from .config import RL_BENCHMARKS
     from .plots import sine_adaptation_figure
     from .train import learner_on_device
 
-    learners = {}
+    learners, run_dirs = {}, {}
     for path in [args.checkpoint] + ([args.baseline] if args.baseline else []):
         learner, c, _ = learner_on_device(path, args.device)
+        if c.benchmark in RL_BENCHMARKS:  # trajectories before and after adaptation, learning curves
+            learners[c.algorithm], run_dirs[c.algorithm] = learner, Path(path).parent
+            continue
         if c.benchmark != "sine":
             raise ConfigError(f"plot draws sine-wave tasks; {path} was trained on {c.benchmark}")
         label = type(learner).__name__  # MAML, Pretrained, MetaSGD, ...
         learners[label if label not in learners else c.algorithm] = learner
+    if run_dirs:
+        from .rl.plots import rl_figure
+
+        if len(learners) != len(run_dirs):
+            raise ConfigError("plot draws RL checkpoints beside RL checkpoints only")
+        rl_figure(learners, run_dirs, args.out, steps=max(args.steps or [3]), seed=args.seed)
+        print(f"wrote {args.out}")
+        return 0
     if args.shots < 1:
         raise ConfigError(f"--shots must be >= 1, got {args.shots}")
-    sine_adaptation_figure(learners, args.out, shots=args.shots, steps=args.steps, seed=args.seed)
+    sine_adaptation_figure(learners, args.out, shots=args.shots, steps=args.steps or [1, 10], seed=args.seed)
     print(f"wrote {args.out}")
     return 0
 

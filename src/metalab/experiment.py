@@ -93,7 +93,7 @@ class RunSummary:
         t = self.results["test"][-1]
         if t["metric"] == "accuracy":
             return f"{100 * t['mean']:.2f} ± {100 * t['ci95']:.2f}%"
-        return f"{t['mean']:.3f} ± {t['ci95']:.3f} MSE"
+        return f"{t['mean']:.3f} ± {t['ci95']:.3f} {'MSE' if t['metric'] == 'mse' else t['metric']}"
 
 
 def list_runs(root: str | Path = "runs") -> list[RunSummary]:
