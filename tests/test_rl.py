@@ -75,8 +75,10 @@ def test_halfcheetah_follows_gymnasium_and_its_reward_formula(task):
     import gymnasium
 
     from metalab.rl import HalfCheetah
+    from metalab.rl.envs import quiet_mujoco
 
-    reference = gymnasium.make("HalfCheetah-v5").unwrapped
+    with quiet_mujoco():
+        reference = gymnasium.make("HalfCheetah-v5").unwrapped
     reference.reset(seed=3)
     env = HalfCheetah(task, horizon=200)
     goal = 1.3 if task == "vel" else -1.0

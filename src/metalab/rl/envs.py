@@ -17,6 +17,8 @@ bounds, then clipped). Random numbers (task draws, initial-state noise) come fro
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -95,6 +97,21 @@ def mujoco_missing() -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def quiet_mujoco():
+    """MuJoCo's warnings dropped while loading a model: gymnasium's half-cheetah still uses a
+    deprecated compiler attribute, and MuJoCo would append that warning to MUJOCO_LOG.TXT in the
+    working folder on every load."""
+    import mujoco
+
+    previous = mujoco.get_mju_user_warning()
+    mujoco.set_mju_user_warning(lambda message: None)
+    try:
+        yield
+    finally:
+        mujoco.set_mju_user_warning(previous)
+
+
 class HalfCheetah:
     """Gymnasium's MuJoCo HalfCheetah (v5 model and observation), one `MjData` per episode.
 
@@ -124,14 +141,8 @@ class HalfCheetah:
         import mujoco
 
         self.task, self.horizon, self._mujoco = task, horizon, mujoco
-        # gymnasium's model still uses a deprecated compiler attribute; MuJoCo would append that
-        # warning to MUJOCO_LOG.TXT in the working folder on every load.
-        previous = mujoco.get_mju_user_warning()
-        mujoco.set_mju_user_warning(lambda message: None)
-        try:
+        with quiet_mujoco():
             self.model = mujoco.MjModel.from_xml_path(self.model_path())
-        finally:
-            mujoco.set_mju_user_warning(previous)
         self.dt = self.model.opt.timestep * self.frame_skip
         init = mujoco.MjData(self.model)
         self.init_qpos, self.init_qvel = init.qpos.copy(), init.qvel.copy()

@@ -46,8 +46,10 @@ MODES = ("maml", "pretrained", "random")
 class RLOptions(Options):
     """The keys shared by the RL learners (the environment, the returns, the outer step)."""
 
+    # The default is the other inner-loop learners' (a key shared by several algorithms is dropped
+    # at its default when another algorithm runs); configs/rl/*.yaml set the paper's 0.1.
     inner_lr: float = option(
-        0.1, "alpha, the step size of the first inner policy-gradient step", allowed="> 0"
+        0.01, "alpha, the step size of the first inner policy-gradient step (paper: 0.1)", allowed="> 0"
     )
     later_inner_lr: Optional[float] = option(
         None,
