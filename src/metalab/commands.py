@@ -132,6 +132,8 @@ def cmd_eval(args) -> int:
         raise ConfigError(f"--steps must be between 0 and {MAX_INNER_STEPS:,}, got {steps_list}")
     dataset = place_dataset(load_dataset(c), device)
     cell = f"{c.test_ways}-way {c.test_shots}-shot" if c.benchmark != "sine" else f"K={c.test_shots}"
+    if learner.kind == "rl":
+        cell = f"{c.test_shots} trajectories per task and inner step"
     print(f"{args.checkpoint}: {c.algorithm} on {c.benchmark}, iteration {state['iteration']}, {cell}")
     results = []
     for steps in steps_list:
@@ -196,11 +198,15 @@ def cmd_plot(args) -> int:
     from .plots import sine_adaptation_figure
     from .train import learner_on_device
 
-    learners, run_dirs = {}, {}
+    learners, run_dirs, benchmarks = {}, {}, set()
     for path in [args.checkpoint] + ([args.baseline] if args.baseline else []):
         learner, c, _ = learner_on_device(path, args.device)
         if c.benchmark in RL_BENCHMARKS:  # trajectories before and after adaptation, learning curves
-            learners[c.algorithm], run_dirs[c.algorithm] = learner, Path(path).parent
+            label = (
+                c.algorithm if c.algorithm not in learners else f"{c.algorithm} ({Path(path).parent.name})"
+            )
+            learners[label], run_dirs[label] = learner, Path(path).parent
+            benchmarks.add(c.benchmark.split("_")[0])
             continue
         if c.benchmark != "sine":
             raise ConfigError(f"plot draws sine-wave tasks; {path} was trained on {c.benchmark}")
@@ -209,8 +215,8 @@ def cmd_plot(args) -> int:
     if run_dirs:
         from .rl.plots import rl_figure
 
-        if len(learners) != len(run_dirs):
-            raise ConfigError("plot draws RL checkpoints beside RL checkpoints only")
+        if len(learners) != len(run_dirs) or len(benchmarks) > 1:
+            raise ConfigError("plot draws an RL checkpoint beside another of the same environment only")
         rl_figure(learners, run_dirs, args.out, steps=max(args.steps or [3]), seed=args.seed)
         print(f"wrote {args.out}")
         return 0

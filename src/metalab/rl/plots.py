@@ -63,17 +63,17 @@ def rl_figure(learners: dict, run_dirs: dict, out: str | Path, *, steps: int = 3
             ax.set_xlim(-0.6, 0.6)
             ax.set_ylim(-0.6, 0.6)
             ax.set_aspect("equal")
-            ax.legend(fontsize=8, loc="lower right")
+            ax.legend(fontsize=8, loc="upper left")
     curve_ax = axes[0][-1]
     for title, run_dir in run_dirs.items():
         records = [r for r in read_curve(run_dir) if "return" in r]
         if not records:
             continue
         its = [r["iteration"] for r in records]
-        (line,) = curve_ax.plot(
-            its, [r["return"] for r in records], lw=1.5, label=f"{title}: after the inner step"
-        )
-        if any(r.get("return_pre") != r["return"] for r in records):
+        adapted = any(r.get("return_pre") != r["return"] for r in records)
+        label = f"{title}: after the inner step" if adapted else title
+        (line,) = curve_ax.plot(its, [r["return"] for r in records], lw=1.5, label=label)
+        if adapted:
             curve_ax.plot(
                 its, [r["return_pre"] for r in records], ":", color=line.get_color(), label=f"{title}: before"
             )
