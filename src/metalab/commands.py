@@ -202,9 +202,8 @@ def cmd_plot(args) -> int:
     for path in [args.checkpoint] + ([args.baseline] if args.baseline else []):
         learner, c, _ = learner_on_device(path, args.device)
         if c.benchmark in RL_BENCHMARKS:  # trajectories before and after adaptation, learning curves
-            label = (
-                c.algorithm if c.algorithm not in learners else f"{c.algorithm} ({Path(path).parent.name})"
-            )
+            label = c.algorithm if c.benchmark == "navigation" else f"{c.algorithm} ({c.benchmark})"
+            label = label if label not in learners else f"{label} ({Path(path).parent.name})"
             learners[label], run_dirs[label] = learner, Path(path).parent
             benchmarks.add(c.benchmark.split("_")[0])
             continue
