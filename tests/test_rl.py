@@ -298,6 +298,7 @@ def test_training_checkpoints_resumes_exactly_evaluates_and_plots(tmp_path, caps
             ["--benchmark", "navigation", "--algorithm", "maml_rl", "--set", "max_kl=0"],
             "'max_kl' must be > 0",
         ),
+        (["--benchmark", "navigation", "--algorithm", "maml_rl", "--precision", "bf16"], "own outer step"),
         (
             ["--benchmark", "halfcheetah_vel", "--algorithm", "maml_rl", "--set", "nav_reward=squared"],
             "nav_reward",

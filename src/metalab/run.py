@@ -143,8 +143,8 @@ class Run:
         learner = build_learner(c).to(device)  # initialised on the CPU: the same weights everywhere
         if learner.owns_outer_step and (world > 1 or c.precision != "fp32"):
             raise ConfigError(
-                f"{c.algorithm} takes its own outer step (TRPO): it runs in one process in fp32 (set trpo "
-                "false for the outer_optimizer)"
+                f"{c.algorithm} takes its own outer step (TRPO, or none for random_rl): it runs in one "
+                "process in fp32 (maml_rl and pretrained_rl with trpo false use the outer_optimizer)"
             )
         optimizer = build_optimizer(c, learner)
         run = cls(
