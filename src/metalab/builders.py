@@ -15,7 +15,7 @@ from torch import nn
 
 from .algorithms import MetaLearner
 from .algorithms.spec import AlgorithmSpec, OptionError
-from .config import IMAGE_BENCHMARKS, Config, ConfigError, task_kind
+from .config import IMAGE_BENCHMARKS, RL_BENCHMARKS, Config, ConfigError, task_kind
 from .data.augment import standard_augment
 from .data.catalog import CATALOG
 from .data.omniglot.splits import SPLIT_CLASSES
@@ -61,7 +61,7 @@ def load_dataset(c: Config):
     For your own data (folder, csv) the splits are checked against the episodes at once, so that a
     split with too few classes or a class with too few examples is reported before training starts.
     """
-    if c.benchmark == "sine":
+    if c.benchmark == "sine" or c.benchmark in RL_BENCHMARKS:
         return None
     if c.data_dir is None:
         raise ConfigError(f"the {c.benchmark} benchmark needs data_dir ({_DATA_DIR_HELP[c.benchmark]})")
@@ -159,6 +159,10 @@ def build_source(c: Config, split: str, dataset=None, *, rank: int = 0, device=N
     seed = rank_seed(c.seed, rank) if split == "train" else SPLIT_SEEDS[split]
     if c.benchmark == "sine":
         return SineTasks(shots, queries, seed=seed, device=device)
+    if c.benchmark in RL_BENCHMARKS:
+        from .rl import RLTasks  # task parameters; the learner samples the episodes
+
+        return RLTasks(c.benchmark, seed=seed)
     dataset = dataset if dataset is not None else load_dataset(c)
     # Only meta-training data are augmented (docs/datasets.md), never validation or meta-test tasks.
     augment = {"augment": standard_augment} if split == "train" and c.augment == "standard" else {}

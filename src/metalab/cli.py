@@ -248,12 +248,16 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", default="report", help="folder for the PNGs, report.md and report.html")
     rp.add_argument("--device", help="where the sine figure's learners adapt: " + _DEVICE_HELP)
 
-    pl = sub.add_parser("plot", help="figure 2 of Finn et al. 2017: a sine task before and after adaptation")
-    pl.add_argument("checkpoint", help="a sine-wave checkpoint (e.g. MAML)")
+    pl = sub.add_parser(
+        "plot",
+        help="figure 2 of Finn et al. 2017: a sine task before and after adaptation (RL: navigation "
+        "trajectories and learning curves)",
+    )
+    pl.add_argument("checkpoint", help="a sine-wave or RL checkpoint (e.g. MAML)")
     pl.add_argument("--baseline", help="a second checkpoint to draw beside it (e.g. the pretrained baseline)")
     pl.add_argument("--out", default="sine.png", help="PNG to write")
     pl.add_argument("--shots", type=int, default=5)
-    pl.add_argument("--steps", type=int, nargs="+", default=[1, 10])
+    pl.add_argument("--steps", type=int, nargs="+", help="inner steps to draw (default: 1 10; RL: 3)")
     pl.add_argument("--seed", type=int, default=0, help="which held-out task to draw")
     pl.add_argument("--device", help=_DEVICE_HELP)
 

@@ -156,6 +156,8 @@ def cmd_eval(args) -> int:
         raise ConfigError(f"--steps must be between 0 and {MAX_INNER_STEPS:,}, got {steps_list}")
     dataset = place_dataset(load_dataset(c), device)
     cell = f"{c.test_ways}-way {c.test_shots}-shot" if c.benchmark != "sine" else f"K={c.test_shots}"
+    if learner.kind == "rl":
+        cell = f"{c.test_shots} trajectories per task and inner step"
     print(f"{args.checkpoint}: {c.algorithm} on {c.benchmark}, iteration {state['iteration']}, {cell}")
     results = []
     for steps in steps_list:
@@ -244,24 +246,39 @@ def cmd_serve(args) -> int:
 
 
 def cmd_plot(args) -> int:
+    from .config import RL_BENCHMARKS
     from .plots import SINE_TEST_SEED, sine_adaptation_figure
     from .train import learner_on_device
 
     check_output_file(args.out, "--out")
-    if args.shots < 1:
-        raise ConfigError(f"--shots must be >= 1, got {args.shots}")
-    if any(not 0 <= s <= MAX_INNER_STEPS for s in args.steps):
+    if any(not 0 <= s <= MAX_INNER_STEPS for s in args.steps or []):
         raise ConfigError(f"--steps must be between 0 and {MAX_INNER_STEPS:,}, got {args.steps}")
     if not 0 <= args.seed < 2**63 - SINE_TEST_SEED:
         raise ConfigError(f"--seed must be between 0 and 2**63 - {SINE_TEST_SEED:,}, got {args.seed}")
-    learners = {}
+    learners, run_dirs, benchmarks = {}, {}, set()
     for path in [args.checkpoint] + ([args.baseline] if args.baseline else []):
         learner, c, _ = learner_on_device(path, args.device)
+        if c.benchmark in RL_BENCHMARKS:  # trajectories before and after adaptation, learning curves
+            label = c.algorithm if c.benchmark == "navigation" else f"{c.algorithm} ({c.benchmark})"
+            label = label if label not in learners else f"{label} ({Path(path).parent.name})"
+            learners[label], run_dirs[label] = learner, Path(path).parent
+            benchmarks.add(c.benchmark.split("_")[0])
+            continue
         if c.benchmark != "sine":
             raise ConfigError(f"plot draws sine-wave tasks; {path} was trained on {c.benchmark}")
         label = type(learner).__name__  # MAML, Pretrained, MetaSGD, ...
         learners[label if label not in learners else c.algorithm] = learner
-    sine_adaptation_figure(learners, args.out, shots=args.shots, steps=args.steps, seed=args.seed)
+    if run_dirs:
+        from .rl.plots import rl_figure
+
+        if len(learners) != len(run_dirs) or len(benchmarks) > 1:
+            raise ConfigError("plot draws an RL checkpoint beside another of the same environment only")
+        rl_figure(learners, run_dirs, args.out, steps=max(args.steps or [3]), seed=args.seed)
+        print(f"wrote {args.out}")
+        return 0
+    if args.shots < 1:
+        raise ConfigError(f"--shots must be >= 1, got {args.shots}")
+    sine_adaptation_figure(learners, args.out, shots=args.shots, steps=args.steps or [1, 10], seed=args.seed)
     print(f"wrote {args.out}")
     return 0
 

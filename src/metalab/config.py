@@ -38,6 +38,7 @@ __all__ = [
     "GROUPS",
     "BENCHMARKS",
     "IMAGE_BENCHMARKS",
+    "RL_BENCHMARKS",
     "config_from_dict",
     "load_config",
     "parse_override",
@@ -45,7 +46,9 @@ __all__ = [
 ]
 
 # The data-set benchmarks (omniglot, cifar10, cifar_fs, ...) are those of `metalab.data.catalog`.
-BENCHMARKS = ("sine", "omniglot", "folder", "csv", *(b for b in CATALOG if b != "omniglot"))
+# Reinforcement-learning benchmarks (task kind "rl"; metalab.rl): their tasks are environments.
+RL_BENCHMARKS = ("navigation", "halfcheetah_vel", "halfcheetah_dir")
+BENCHMARKS = ("sine", "omniglot", "folder", "csv", *(b for b in CATALOG if b != "omniglot"), *RL_BENCHMARKS)
 # Benchmarks whose examples are images (Conv-4 backbones; `metalab predict` applies to them).
 IMAGE_BENCHMARKS = ("omniglot", "folder", *(b for b in CATALOG if b != "omniglot"))
 GROUPS = ("tasks", "data", "model", "training", "evaluation")
@@ -73,12 +76,17 @@ class Config:
     test_ways: Optional[int] = key(None, "N at evaluation (default: ways)", "tasks", allowed=">= 1")
     shots: int = key(
         10,
-        "K, support examples per class (per task for regression) in meta-training",
+        "K, support examples per class (per task for regression; trajectories per task and inner step "
+        "for RL) in meta-training",
         "tasks",
         allowed=">= 1",
     )
     queries: int = key(
-        10, "query examples per class (per task for regression) in meta-training", "tasks", allowed=">= 1"
+        10,
+        "query examples per class (per task for regression; post-update trajectories per task for RL) in "
+        "meta-training",
+        "tasks",
+        allowed=">= 1",
     )
     test_shots: Optional[int] = key(None, "K at evaluation (default: shots)", "tasks", allowed=">= 1")
     test_queries: Optional[int] = key(
@@ -338,7 +346,10 @@ def key_help(name: str) -> dict[str, Any]:
 
 
 def task_kind(c: Config) -> str:
-    """ "regression" (sine waves, a CSV with a target column) or "classification"."""
+    """ "regression" (sine waves, a CSV with a target column), "rl" (an RL benchmark) or
+    "classification"."""
+    if c.benchmark in RL_BENCHMARKS:
+        return "rl"
     regression = c.benchmark == "sine" or (c.benchmark == "csv" and c.csv_target is not None)
     return "regression" if regression else "classification"
 

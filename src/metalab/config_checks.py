@@ -7,7 +7,7 @@ import os
 
 from .algorithms.optimization.options import MAX_INNER_STEPS
 from .algorithms.spec import AlgorithmSpec, check_options
-from .config import FIELDS, IMAGE_BENCHMARKS, Config, ConfigError, option_errors, task_kind
+from .config import FIELDS, IMAGE_BENCHMARKS, RL_BENCHMARKS, Config, ConfigError, option_errors, task_kind
 from .data.catalog import CATALOG
 from .data.omniglot.splits import EXAMPLES_PER_CLASS, SPLIT_CLASSES
 from .devices import check_device_name
@@ -71,6 +71,13 @@ def validate(c: Config, spec: AlgorithmSpec) -> None:
 
 def _validate_needs(c: Config, spec: AlgorithmSpec) -> None:
     kind, needs = task_kind(c), spec.needs
+    if kind not in needs.kinds and "rl" in (kind, *needs.kinds):
+        learners = "maml_rl, pretrained_rl, random_rl"
+        raise ConfigError(
+            f"algorithm {spec.name!r} does not learn {'RL tasks' if kind == 'rl' else c.benchmark}: the RL "
+            f"benchmarks ({', '.join(RL_BENCHMARKS)}) go with the RL learners ({learners}), and those with "
+            "them only"
+        )
     if kind not in needs.kinds:
         if kind == "regression":
             raise ConfigError(

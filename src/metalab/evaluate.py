@@ -17,7 +17,8 @@ __all__ = ["EvalResult", "evaluate", "confidence_interval"]
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Mean accuracy (or MSE) over `tasks` test tasks, with the half-width of its 95% interval."""
+    """Mean accuracy (or MSE, or an RL learner's return) over `tasks` test tasks, with the half-width
+    of its 95% interval."""
 
     metric: str
     mean: float
@@ -103,6 +104,12 @@ def evaluate(
         done = 0
         while done < tasks:
             batch = source.sample(min(batch_size, tasks - done))
+            if learner.kind == "rl":  # scored by the returns of episodes after adapting
+                score = learner.evaluate_batch(batch, **kwargs)
+                scores.append(score)
+                diverged += int((~score.isfinite()).sum())
+                done += batch.num_tasks
+                continue
             if batch.support_x.device != device:
                 batch = batch.to(device)
             with torch.no_grad():

@@ -171,12 +171,13 @@ class RunSummary:
 
 def figure_cell(t: dict, *, unit: bool = False) -> str:
     """A results.json test entry as a table cell: "97.40 ± 0.30% (5 steps)", "0.366 ± 0.033 MSE
-    (10 steps)"; no step count for learners without an inner loop."""
+    (10 steps)", "-13.7 ± 0.9 return (1 step)"; no step count for learners without an inner loop."""
     steps = t.get("steps")
     after = f" ({steps} step{'s' if steps != 1 else ''})" if steps is not None else ""
     if t["metric"] == "accuracy":
         return f"{100 * t['mean']:.2f} ± {100 * t['ci95']:.2f}%{after}"
-    return f"{t['mean']:.3f} ± {t['ci95']:.3f}{' MSE' if unit else ''}{after}"
+    name = "MSE" if t["metric"] == "mse" else t["metric"]
+    return f"{t['mean']:.3f} ± {t['ci95']:.3f}{' ' + name if unit else ''}{after}"
 
 
 def list_runs(root: str | Path = "runs") -> list[RunSummary]:

@@ -85,8 +85,11 @@ def task_workers(
 
 
 def on_device(batch: TaskBatch, device: torch.device) -> TaskBatch:
-    """`batch` on `device` (as it is, where its source already delivers there)."""
-    return batch if batch.support_x.device == device else batch.to(device)
+    """`batch` on `device` (as it is, where its source already delivers there, or where it is not a
+    `TaskBatch`: RL task parameters stay with the environments, on the CPU)."""
+    if not isinstance(batch, TaskBatch) or batch.support_x.device == device:
+        return batch
+    return batch.to(device)
 
 
 def checkpoint_config(path: Path, state: dict) -> Config:
@@ -198,6 +201,11 @@ class Run:
         dataset = place_dataset(dataset, device)
         torch.manual_seed(c.seed)
         learner = build_learner(c).to(device)  # initialised on the CPU: the same weights everywhere
+        if learner.owns_outer_step and (world > 1 or c.precision != "fp32"):
+            raise ConfigError(
+                f"{c.algorithm} takes its own outer step (TRPO, or none for random_rl): it runs in one "
+                "process in fp32 (maml_rl and pretrained_rl with trpo false use the outer_optimizer)"
+            )
         optimizer = build_optimizer(c, learner)
         run = cls(
             c,
@@ -296,6 +304,9 @@ class Run:
         batch = on_device(self.source.sample(self.local_batch), self.device)
         self.learner.set_iteration(iteration)
         self.optimizer.zero_grad(set_to_none=True)
+        if self.learner.owns_outer_step:  # e.g. TRPO: the learner updates its parameters itself
+            loss, metrics = self.learner.meta_loss(batch)
+            return {**metrics, **self.learner.outer_step(loss)}
         scaler = self.scaler
         if self.engine is None:
             with autocast_context(self.device.type, self.low_precision):
