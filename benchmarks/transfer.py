@@ -6,9 +6,12 @@
     python benchmarks/transfer.py --stage scratch      # (a) the same network from scratch, n per class
     python benchmarks/transfer.py --stage finetune     # (b) the pre-trained network fine-tuned
     python benchmarks/transfer.py --stage frozen       # (c) linear / cosine classifier on frozen features
-    python benchmarks/transfer.py --stage episodes     # (d) ProtoNet, MAML, prototypes: 5-way episodes
+    python benchmarks/transfer.py --stage protonet     # (d) ProtoNet meta-trained, then its 5-way episodes
+    python benchmarks/transfer.py --stage maml         # (d) MAML (Conv-4) meta-trained, then its episodes
+    python benchmarks/transfer.py --stage episodes     # (d) frozen features: prototype / linear / cosine
     python benchmarks/transfer.py --stage crossdomain  # CIFAR features on Fashion-MNIST episodes
     python benchmarks/transfer.py --stage report       # tables + docs/transfer.png
+    python benchmarks/transfer.py --stage timing       # images/s of the candidate backbones (not in all)
 
 Base classes: airplane, automobile, bird, cat, deer; novel classes: dog, frog, horse, ship, truck.
 Every run writes its figure (and wall-clock) into benchmarks/results/transfer.json as soon as it
@@ -599,9 +602,8 @@ def stage_maml(args, data: Data, stats, results: Results) -> None:
 
 
 def stage_episodes(args, data: Data, stats, results: Results) -> None:
-    """All novel-class episodes: ProtoNet, MAML and the pre-trained network's frozen features."""
-    stage_protonet(args, data, stats, results)
-    stage_maml(args, data, stats, results)
+    """The pre-trained network's frozen features on the novel-class episodes (ProtoNet's and MAML's
+    episodes are their own stages)."""
     encoder = pretrained(args, data, stats)[0]
     z = [
         cached_features(args, f"pretrain_novel_{s}", encoder, getattr(data, f"novel_{s}").x)
@@ -746,10 +748,8 @@ def stage_report(args, results: Results) -> str:
     text = "\n".join(lines) + "\n"
     for section, title in (("episodes", "CIFAR-10 novel classes"), ("crossdomain", "Fashion-MNIST")):
         entries = data.get(section, {})
-        names = sorted(
-            {k.split("/")[0] for k in entries},
-            key=lambda s: list(entries).index(s + "/1shot") if s + "/1shot" in entries else 0,
-        )
+        order = ["protonet", "maml", "pretrained+prototype", "pretrained+linear", "pretrained+cosine"]
+        names = sorted({k.split("/")[0] for k in entries}, key=lambda s: (order + [s]).index(s))
         if not names:
             continue
         shots = sorted({int(k.split("/")[1][: -len("shot")]) for k in entries})
@@ -765,6 +765,19 @@ def stage_report(args, results: Results) -> str:
                 )
                 secs.append(f"{e['seconds']:.0f} s" if e else "-")
             text += f"| {name} | " + " | ".join(cells) + " | " + " / ".join(secs) + " |\n"
+    text += "\nTraining runs\n\n| run | budget | done | wall-clock | result |\n|---|---|---|---|---|\n"
+    pre = data.get("pretrain", {}).get("resnet12")
+    if pre:
+        text += (
+            f"| pre-training, ResNet-12, 25,000 base images | {pre['epochs']:g} epochs | {pre['steps']} "
+            f"steps | {pre['seconds']:.0f} s | {100 * pre['base_test_accuracy']:.2f}% on the 5,000 base "
+            "test images |\n"
+        )
+    for name, meta in sorted(data.get("meta_training", {}).items(), reverse=True):
+        text += (
+            f"| {name} meta-training, {meta['train_shots']}-shot episodes | {meta['seconds'] / 60:.0f} min | "
+            f"{meta['iterations']} iterations | {meta['seconds']:.0f} s | - |\n"
+        )
     args.tables.parent.mkdir(parents=True, exist_ok=True)
     args.tables.write_text(text)
     plot(curves, data.get("episodes", {}), args.plot)
@@ -794,8 +807,9 @@ def plot(curves: dict, episodes: dict, path: Path) -> None:
                         yerr=[100 * e["ci95"] for _, e in pts], marker=style, linestyle=":", capsize=3,
                         label=f"{name} (5-way episodes)")  # fmt: skip
     ax.set_xscale("log")
+    ax.set_xticks([1, 5, 20, 100, 5000], ["1", "5", "20", "100", "5,000"])
     ax.set_xlabel("training images per novel class")
-    ax.set_ylabel("accuracy on the 5,000 novel test images (%)")
+    ax.set_ylabel("accuracy on novel-class test images (%)")
     ax.axhline(20, color="grey", lw=0.5)
     ax.set_title("CIFAR-10, 5 novel classes; pre-training on 5 base classes")
     ax.legend(fontsize=8)
@@ -826,7 +840,7 @@ def parse(argv=None):
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--timing-steps", type=int, default=4, help="timed SGD steps per candidate (stage timing)")
-    p.add_argument("--pretrain-epochs", type=float, default=5)
+    p.add_argument("--pretrain-epochs", type=float, default=4)
     p.add_argument("--scratch-epochs", type=float, default=3, help="from scratch on all novel images")
     p.add_argument("--finetune-epochs", type=float, default=1, help="fine-tuning on all novel images")
     p.add_argument("--scratch-lr", type=float, default=0.05)
