@@ -18,7 +18,7 @@ from .algorithms.spec import AlgorithmSpec, OptionError
 from .config import IMAGE_BENCHMARKS, Config, ConfigError, task_kind
 from .data.omniglot.splits import SPLIT_CLASSES
 from .models import MLP
-from .models.fast import conv4
+from .models.backbones import PAPER_FILTERS, image_backbone
 from .tasks import SineTasks
 
 __all__ = [
@@ -200,25 +200,38 @@ class Context:
         if out_features is None:
             out_features = c.ways if self.kind == "classification" else 1
         if self.images:
-            width = {} if hidden is None else {"hidden": hidden}
-            return conv4(
-                c.kernels == "auto",
-                in_channels=c.channels,
-                out_features=out_features,
-                image_size=c.image_size,
-                norm=norm,
-                **width,
-            )
+            return self._image_backbone(out_features=out_features, norm=norm, hidden=hidden)
         return MLP(self.input_shape[0], c.hidden, out_features)
 
-    def embedding(self) -> tuple[nn.Module, int]:
+    def embedding(self, *, norm: str = "batch") -> tuple[nn.Module, int]:
         c = self.config
         if self.images:
-            encoder = conv4(
-                c.kernels == "auto", in_channels=c.channels, image_size=c.image_size, norm="batch"
-            )
+            encoder = self._image_backbone(norm=norm)
             return encoder, encoder.feature_dim
         return MLP(self.input_shape[0], c.hidden[:-1], c.hidden[-1]), c.hidden[-1]
+
+    def feature_maps(self, *, norm: str = "batch") -> nn.Module:
+        return self._image_backbone(norm=norm, pool=False)
+
+    def _image_backbone(
+        self, *, norm: str, out_features: int | None = None, hidden: int | None = None, pool: bool = True
+    ) -> nn.Module:
+        """The config's backbone; Conv-4 takes the algorithm's `hidden` filters where `filters` is unset."""
+        c = self.config
+        filters = c.filters
+        if filters is None:
+            filters = hidden if hidden is not None and c.backbone == "conv4" else PAPER_FILTERS
+        return image_backbone(
+            c.backbone,
+            in_channels=c.channels,
+            image_size=c.image_size,
+            norm=norm,
+            out_features=out_features,
+            filters=filters,
+            fast=c.kernels == "auto",
+            drop_block=c.drop_block,
+            pool=pool,
+        )
 
     def train_classes(self) -> int | None:
         c = self.config
@@ -226,7 +239,7 @@ class Context:
 
 
 def build_model(c: Config) -> nn.Module:
-    """The task's default model (a Conv-4 or MLP with an N-way or scalar head)."""
+    """The task's default model (the image backbone or MLP with an N-way or scalar head)."""
     return Context(c, c.spec()).backbone()
 
 

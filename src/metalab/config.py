@@ -23,6 +23,7 @@ from .algorithms.spec import AlgorithmSpec, Options, get_spec, option_keys
 from .config_values import ConfigError, coerce, load_plugins_named, option_errors, options_for, unknown_key
 from .data.omniglot.splits import SPLIT_CLASSES
 from .devices import DEVICE_NAMES, PRECISIONS
+from .models.backbones import BACKBONES
 
 __all__ = [
     "Config",
@@ -128,10 +129,31 @@ class Config:
         "model",
         allowed="integers >= 1",
     )
+    backbone: str = key(
+        "conv4",
+        "image backbone: conv4 (Conv-4), resnet12 (ResNet-12 of TADAM/MetaOptNet, 640 features), resnet18 "
+        "(ResNet-18 of Chen et al. 2019, 512 features; CIFAR stem at <= 32 px); docs/backbones.md",
+        "model",
+        choices=BACKBONES,
+    )
+    filters: Optional[int] = key(
+        None,
+        "conv4: filters per block (default 64, lstm_meta 32; MAML's miniImageNet model: 32); resnet12/18: "
+        "the first width, the others scaled with it (default 64, the papers')",
+        "model",
+        allowed=">= 1",
+    )
+    drop_block: float = key(
+        0.0,
+        "resnet12: DropBlock rate after blocks 3-4 and dropout after blocks 1-2, in training (MetaOptNet: "
+        "0.1); 0: none",
+        "model",
+        allowed="in [0, 1)",
+    )
     kernels: str = key(
         "auto",
-        "Conv-4 fast path: auto (fused blocks and compiled CPU kernels where they apply) or off (the plain "
-        "reference layers)",
+        "Conv-4 fast path (conv4 only): auto (fused blocks and compiled CPU kernels where they apply) or off "
+        "(the plain reference layers)",
         "model",
         choices=("auto", "off"),
     )

@@ -164,7 +164,7 @@ class ServedModel:
             "summary": spec.summary,
             "benchmark": c.benchmark,
             "iteration": self.iteration,
-            "backbone": "conv4",
+            "backbone": c.backbone,
             "parameters": sum(p.numel() for p in learner.parameters()),
             "input_shape": [c.channels, c.image_size, c.image_size],
             "image": {"image_size": c.image_size, "channels": c.channels, "invert": bool(c.invert)},
