@@ -16,6 +16,8 @@ from torch import nn
 from .algorithms import MetaLearner
 from .algorithms.spec import AlgorithmSpec, OptionError
 from .config import IMAGE_BENCHMARKS, Config, ConfigError, task_kind
+from .data.augment import standard_augment
+from .data.catalog import CATALOG
 from .data.omniglot.splits import SPLIT_CLASSES
 from .models import MLP
 from .models.backbones import PAPER_FILTERS, image_backbone
@@ -45,6 +47,11 @@ _DATA_DIR_HELP = {
     "omniglot": "--data-dir DIR holding images_background.zip and images_evaluation.zip",
     "folder": "--data-dir DIR holding one folder of images per class, DIR/<class>/<image>",
     "csv": "--data-dir FILE.csv, the CSV file",
+    **{
+        name: f"--data-dir DIR holding {' or '.join(info.files)}"
+        for name, info in CATALOG.items()
+        if name != "omniglot"
+    },
 }
 
 
@@ -61,7 +68,13 @@ def load_dataset(c: Config):
     if c.benchmark == "omniglot":
         from .data import load_omniglot
 
-        return load_omniglot(c.data_dir, split=c.split, image_size=c.image_size)
+        return load_omniglot(c.data_dir, split=c.split, image_size=c.image_size, verify_counts=c.verify_data)
+    if c.benchmark in CATALOG:
+        from .data import catalog
+
+        dataset = catalog.load(c.benchmark, c.data_dir, c.image_size, verify=c.verify_data)
+        _check_splits(c, dataset)
+        return dataset
     least = c.test_ways if task_kind(c) == "classification" else 1
     if c.benchmark == "folder":
         from .data import load_image_folder
@@ -147,11 +160,13 @@ def build_source(c: Config, split: str, dataset=None, *, rank: int = 0, device=N
     if c.benchmark == "sine":
         return SineTasks(shots, queries, seed=seed, device=device)
     dataset = dataset if dataset is not None else load_dataset(c)
+    # Only meta-training data are augmented (docs/datasets.md), never validation or meta-test tasks.
+    augment = {"augment": standard_augment} if split == "train" and c.augment == "standard" else {}
     if split == "train" and c.spec().learner.training_source == "batches":
         # Plain mini-batches with global labels: meta_batch rows of one example each, so meta_batch
         # is the mini-batch size (split across processes).
-        return dataset.batches(split, batch_size=1, seed=seed)
-    return dataset.sampler(split, ways=ways, shots=shots, queries=queries, seed=seed)
+        return dataset.batches(split, batch_size=1, seed=seed, **augment)
+    return dataset.sampler(split, ways=ways, shots=shots, queries=queries, seed=seed, **augment)
 
 
 def _csv_features(c: Config) -> int:

@@ -240,10 +240,7 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--seed", type=int, default=0, help="which held-out task to draw")
     pl.add_argument("--device", help=_DEVICE_HELP)
 
-    d = sub.add_parser("data", help="fetch or check data sets")
-    d.add_argument("action", choices=["download"])
-    d.add_argument("dataset", choices=["omniglot"])
-    d.add_argument("--data-dir", required=True, help="folder to download into")
+    _add_data_parser(sub)
 
     i = sub.add_parser(
         "info", help="versions, devices, CPU kernels, threads, algorithms: what a bug report needs"
@@ -254,6 +251,36 @@ def parser() -> argparse.ArgumentParser:
         help="build the Conv-4 CPU kernels if needed (~30 s) and say so",
     )
     return p
+
+
+def _add_data_parser(sub) -> None:
+    """`metalab data list` and `metalab data download NAME` (the catalogue: `metalab.data.catalog`)."""
+    from .data.catalog import CATALOG, DOWNLOADS
+
+    d = sub.add_parser("data", help="list, check and download data sets")
+    actions = d.add_subparsers(dest="action", required=True, metavar="{list,download}")
+    ls = actions.add_parser(
+        "list", help="every data set: source, checksums, class split, and whether --data-dir holds it"
+    )
+    ls.add_argument("--data-dir", help="a folder to look in (and in its subfolder of each data set's name)")
+    fetched = "\n".join(f"  {name:<15} {what}" for name, (_, _, what) in DOWNLOADS.items())
+    manual = "\n".join(
+        f"  {name:<15} no public URL: put {' or '.join(info.files)} in --data-dir"
+        for name, info in CATALOG.items()
+        if info.download is None
+    )
+    dl = actions.add_parser(
+        "download",
+        help="fetch a data set's official files, md5-checked",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Fetch a data set's official files into --data-dir. Each is checked against its "
+        "published md5 and renamed into place only if it matches; a wrong one is refused and removed. "
+        "cifar_fs and fc100 read cifar100's file.",
+        epilog=f"downloads:\n{fetched}\n{manual}\n`metalab data list` gives every data set's checksums "
+        "and split.",
+    )
+    dl.add_argument("dataset", choices=sorted({*DOWNLOADS, *CATALOG}), metavar="NAME", help="the data set")
+    dl.add_argument("--data-dir", required=True, help="folder to download into")
 
 
 def _preload_plugins(argv: list[str]) -> None:

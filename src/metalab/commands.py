@@ -217,8 +217,11 @@ def cmd_info(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from .data import download_omniglot
+    from .data import catalog
 
-    path = download_omniglot(args.data_dir)
-    print(f"Omniglot ready in {path}")
+    if args.action == "list":
+        print(catalog.format_catalog(args.data_dir))
+        return 0
+    path = catalog.download(args.dataset, args.data_dir)
+    print(f"{args.dataset} ready in {path}")
     return 0

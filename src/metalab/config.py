@@ -21,6 +21,8 @@ import yaml
 
 from .algorithms.spec import AlgorithmSpec, Options, get_spec, option_keys
 from .config_values import ConfigError, coerce, load_plugins_named, option_errors, options_for, unknown_key
+from .data.augment import AUGMENTATIONS
+from .data.catalog import CATALOG, default_image
 from .data.omniglot.splits import SPLIT_CLASSES
 from .devices import DEVICE_NAMES, PRECISIONS
 from .models.backbones import BACKBONES
@@ -40,9 +42,10 @@ __all__ = [
     "parse_override",
 ]
 
-BENCHMARKS = ("sine", "omniglot", "folder", "csv")
+# The data-set benchmarks (omniglot, cifar10, cifar_fs, ...) are those of `metalab.data.catalog`.
+BENCHMARKS = ("sine", "omniglot", "folder", "csv", *(b for b in CATALOG if b != "omniglot"))
 # Benchmarks whose examples are images (Conv-4 backbones; `metalab predict` applies to them).
-IMAGE_BENCHMARKS = ("omniglot", "folder")
+IMAGE_BENCHMARKS = ("omniglot", "folder", *(b for b in CATALOG if b != "omniglot"))
 GROUPS = ("tasks", "data", "model", "training", "evaluation")
 
 
@@ -96,15 +99,38 @@ class Config:
         "data",
         allowed=">= 1",
     )
-    image_size: int = key(
-        28, "images are resized to image_size x image_size (recorded for predict)", "data", allowed=">= 16"
+    image_size: Optional[int] = key(
+        None,
+        "images are resized to image_size x image_size (recorded for predict; default: the data set's, 32 "
+        "for CIFAR, 84 for ImageNet and CUB, else 28)",
+        "data",
+        allowed=">= 16",
     )
-    channels: int = key(1, "1: greyscale, 3: RGB (folder); Omniglot is greyscale", "data", choices=(1, 3))
+    channels: Optional[int] = key(
+        None,
+        "1: greyscale, 3: RGB (default: the data set's; folder: 1)",
+        "data",
+        choices=(1, 3),
+    )
     invert: Optional[bool] = key(
         None,
         "store 255 - pixel, ink bright (default: true for omniglot, else false)",
         "data",
         allowed="true, false",
+    )
+    verify_data: bool = key(
+        True,
+        "check the data set's published checksums, class lists and counts (false: a copy of your own in the "
+        "same format)",
+        "data",
+        allowed="true, false",
+    )
+    augment: str = key(
+        "auto",
+        "meta-training data augmentation (crop, flip, colour jitter; docs/datasets.md): auto is standard for "
+        "learners that pre-train on batches on colour data sets, else none",
+        "data",
+        choices=AUGMENTATIONS,
     )
     csv_label: Optional[str] = key(
         None, "csv classification: the class column", "data", allowed="a column name"
@@ -274,6 +300,12 @@ class Config:
             c.test_queries = 100 if c.benchmark == "sine" else c.queries
         if c.invert is None:
             c.invert = c.benchmark == "omniglot"
+        size, channels = default_image(c.benchmark) or (28, 1)
+        c.image_size = size if c.image_size is None else c.image_size
+        c.channels = channels if c.channels is None else c.channels
+        if c.augment == "auto":
+            colour = c.benchmark in CATALOG and c.channels == 3
+            c.augment = "standard" if colour and spec.learner.training_source == "batches" else "none"
         c.options = option_errors(lambda: c.options.resolved(c))
         if not c.eval_steps:
             c.eval_steps = c.options.eval_steps()

@@ -8,6 +8,7 @@ import os
 from .algorithms.optimization.options import MAX_INNER_STEPS
 from .algorithms.spec import AlgorithmSpec, check_options
 from .config import FIELDS, IMAGE_BENCHMARKS, Config, ConfigError, option_errors, task_kind
+from .data.catalog import CATALOG
 from .data.omniglot.splits import EXAMPLES_PER_CLASS, SPLIT_CLASSES
 from .devices import check_device_name
 from .models.backbones import PAPER_FILTERS, activation_floats
@@ -72,15 +73,15 @@ def _validate_needs(c: Config, spec: AlgorithmSpec) -> None:
         if kind == "regression":
             raise ConfigError(
                 f"algorithm {spec.name!r} is a few-shot classifier; it needs a classification benchmark: "
-                "an image benchmark (omniglot, folder) or csv with csv_label"
+                f"an image benchmark ({', '.join(IMAGE_BENCHMARKS)}) or csv with csv_label"
             )
         raise ConfigError(
             f"algorithm {spec.name!r} is defined for regression benchmarks only (sine, csv with csv_target)"
         )
     if needs.images and c.benchmark not in IMAGE_BENCHMARKS:
         raise ConfigError(
-            f"algorithm {spec.name!r} has a convolutional backbone; it needs an image benchmark (omniglot, "
-            "folder)"
+            f"algorithm {spec.name!r} has a convolutional backbone; it needs an image benchmark "
+            f"({', '.join(IMAGE_BENCHMARKS)})"
         )
     if needs.fixed_head and kind == "classification" and c.test_ways != c.ways:
         raise ConfigError(
@@ -103,6 +104,10 @@ def _validate_data_keys(c: Config, spec: AlgorithmSpec) -> None:
         )
     if c.benchmark == "omniglot":
         _validate_omniglot(c)
+    elif c.benchmark in CATALOG:
+        _validate_catalog(c)
+    if c.augment == "standard" and c.benchmark not in IMAGE_BENCHMARKS:
+        raise ConfigError(f"config key 'augment' (standard) applies to image benchmarks, not {c.benchmark}")
     if c.benchmark in ("folder", "csv"):
         classes = task_kind(c) == "classification"
         least, unit = (c.test_ways, "classes (test_ways)") if classes else (1, "task")
@@ -190,6 +195,29 @@ def _validate_omniglot(c: Config) -> None:
             )
 
 
+def _validate_catalog(c: Config) -> None:
+    """The data-set benchmarks of `metalab.data.catalog`: their channels, and ways within their splits."""
+    info = CATALOG[c.benchmark]
+    if c.channels != info.channels or c.invert:
+        kind = "RGB" if info.channels == 3 else "greyscale"
+        raise ConfigError(
+            f"{c.benchmark} is {kind}: it needs 'channels' {info.channels} and 'invert' false, got "
+            f"{c.channels} and {c.invert}"
+        )
+    if not c.verify_data:
+        return  # a copy of one's own may hold other classes; the data are checked when loaded
+    for ways_key, split, classes in zip(
+        ("ways", "test_ways", "test_ways"), ("train", "val", "test"), info.classes
+    ):
+        if split == "val" and not c.val_every:
+            continue
+        if getattr(c, ways_key) > classes:
+            raise ConfigError(
+                f"config key {ways_key!r} ({getattr(c, ways_key)}) exceeds the {classes} classes of "
+                f"{c.benchmark}'s meta-{split} set"
+            )
+
+
 def _validate_sizes(c: Config, spec: AlgorithmSpec) -> None:
     """Sizes checked before anything is allocated: ways that leave a choice, widths >= 1, step
     counts within `MAX_INNER_STEPS`, and a memory estimate within the machine's memory."""
@@ -243,6 +271,8 @@ def estimated_bytes(c: Config) -> int:
         else:  # every layer's output kept for the backward, and as much again for its gradient
             activations = examples * activation_floats(c.backbone, c.image_size, filters) * 4 * 2
         stored = 40_000 * c.channels * c.image_size**2 if c.benchmark == "omniglot" else 0
+        if c.benchmark in CATALOG and c.benchmark != "omniglot":
+            stored = CATALOG[c.benchmark].total_images * c.channels * c.image_size**2
         return activations + stored
     widths = [len(c.csv_features) or 1, *c.hidden, max(c.ways, 1)]
     parameters = sum(a * b for a, b in zip(widths, widths[1:]))

@@ -152,7 +152,7 @@ def image_learner(checkpoint: PathLike, device: str | None = None) -> tuple[Meta
     if c.benchmark not in IMAGE_BENCHMARKS:
         raise ConfigError(
             f"{checkpoint} was trained on {c.benchmark}; predict labels images and needs a checkpoint "
-            "trained on omniglot or folder"
+            f"trained on an image benchmark ({', '.join(IMAGE_BENCHMARKS)})"
         )
     learner.eval()
     return learner, c, state

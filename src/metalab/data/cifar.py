@@ -13,9 +13,10 @@ Sources read (never extracted to disk):
   and `test` (10,000), dicts with b"data", b"fine_labels" and b"coarse_labels"; `meta` holds
   b"fine_label_names" and b"coarse_label_names".
 
-Each is decoded once (the 60,000 JPEGs in about 7 s on one core) into uint8 tensors of shape
-(N, 3, 32, 32) and cached (see `metalab.data.store`); later loads read the cache in well under a
-second. The official split of every image (train or test) is kept: `Cifar.train_*` and `Cifar.test_*`.
+Each is decoded once into uint8 tensors of shape (N, 3, 32, 32) and cached (see
+`metalab.data.store`); later loads read the cache in well under a second (docs/datasets.md has
+the measured times). The official split of every image (train or test) is kept: `Cifar.train_*`
+and `Cifar.test_*`.
 
 Example (`data/cifar10` holding the tarball or the JPEG zip):
     >>> cifar = load_cifar10("data/cifar10")                                  # doctest: +SKIP

@@ -12,6 +12,8 @@
   data folder is never written to: it may be shared or read-only. A cache file is keyed by the
   source files' names, sizes and modification times and by the loader's settings, so a changed
   file is decoded again; files are written atomically, so a crash never leaves half a cache.
+- `few_shot_dataset` puts decoded images, labels and the published class lists together into the
+  `FewShotDataset` every image benchmark hands to the samplers.
 """
 
 from __future__ import annotations
@@ -32,13 +34,15 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .dataset import DataIntegrityError, DataNotFoundError
+from ..tasks.splits import ClassSplits
+from .dataset import DataIntegrityError, DataNotFoundError, FewShotDataset
 
 __all__ = [
     "cache_dir_for",
     "cached",
     "check_digests",
     "download_file",
+    "few_shot_dataset",
     "file_digests",
     "load_pickle",
     "resize_images",
@@ -278,3 +282,34 @@ def resize_images(x: Tensor, size: int, chunk: int = 4096) -> Tensor:
         part = F.interpolate(part, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         out[start : start + chunk] = part.round_().clamp_(0, 255).to(torch.uint8)
     return out
+
+
+def few_shot_dataset(
+    x: Tensor,
+    y: Tensor,
+    class_names: list[str],
+    split_names: tuple[Iterable[str], Iterable[str], Iterable[str]],
+    image_size: int,
+) -> FewShotDataset:
+    """A `FewShotDataset` from uint8 images (M, C, S, S), their class ids and the class names of the
+    meta-train / val / test splits; the images are resized to `image_size` where S differs.
+
+    Raises:
+        DataIntegrityError: a split names a class the data do not hold, or a class is in two splits.
+    """
+    index = {name: i for i, name in enumerate(class_names)}
+    ids = []
+    for part, names in zip(ClassSplits._fields, split_names):
+        names = list(names)
+        missing = [n for n in names if n not in index]
+        if missing:
+            raise DataIntegrityError(
+                f"the meta-{part} classes {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} are "
+                "not in the data"
+            )
+        ids.append(torch.tensor([index[n] for n in names], dtype=torch.long))
+    every = torch.cat(ids)
+    if every.unique().numel() != every.numel():
+        raise DataIntegrityError("a class is in two of the meta-train / val / test splits")
+    x = resize_images(x, image_size)
+    return FewShotDataset(x, y, list(class_names), ClassSplits(*ids), tuple(x.shape[1:]))
