@@ -90,7 +90,7 @@ def env(trained, tmp_path, monkeypatch):
         monkeypatch.setitem(omniglot_archive.ARCHIVES, name, spec)
 
     from metalab import run as run_module
-    from metalab.data.omniglot import download
+    from metalab.data import store
 
     step, steps = run_module.Run.step, []
 
@@ -103,7 +103,7 @@ def env(trained, tmp_path, monkeypatch):
         raise AssertionError("reached a server or the network: the bad input was not refused")
 
     monkeypatch.setattr(run_module.Run, "step", one_step_at_most)
-    monkeypatch.setattr(download, "_urlopen", refuse)
+    monkeypatch.setattr(store, "_urlopen", refuse)
     import uvicorn
 
     monkeypatch.setattr(uvicorn, "run", refuse)
