@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from ..paths import PathError
 from ..tasks.splits import ClassSplits
 from .dataset import DataIntegrityError, DataNotFoundError, FewShotDataset
 
@@ -45,7 +46,9 @@ __all__ = [
     "few_shot_dataset",
     "file_digests",
     "load_pickle",
+    "prepare_cache_dir",
     "resize_images",
+    "save_atomically",
     "source_key",
 ]
 
@@ -58,14 +61,15 @@ def cache_dir_for(name: str, cache_dir: str | os.PathLike | None = None) -> Path
     return base / "metalab" / name
 
 
-def file_digests(path: str | os.PathLike) -> dict[str, str]:
-    """{"md5": ..., "sha256": ...} of a file, read once in 1 MiB blocks."""
-    md5, sha256 = hashlib.md5(), hashlib.sha256()
+def file_digests(path: str | os.PathLike, algorithms: Iterable[str] = ("md5", "sha256")) -> dict[str, str]:
+    """{"md5": ..., "sha256": ...} of a file (or the `hashlib` digests named in `algorithms`), read
+    once in 1 MiB blocks."""
+    digests = {name: hashlib.new(name) for name in algorithms}
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
-            md5.update(block)
-            sha256.update(block)
-    return {"md5": md5.hexdigest(), "sha256": sha256.hexdigest()}
+            for digest in digests.values():
+                digest.update(block)
+    return {name: digest.hexdigest() for name, digest in digests.items()}
 
 
 def check_digests(path: str | os.PathLike, expected: dict[str, str], found: dict[str, str]) -> None:
@@ -191,14 +195,19 @@ def source_key(paths: Iterable[str | os.PathLike]) -> list[list]:
     return key
 
 
-def _prepare_cache_dir(cache_dir: Path) -> None:
-    """Create the cache folder and check it is writable, before spending time decoding."""
+def prepare_cache_dir(cache_dir: Path, what: str = "cache folder") -> None:
+    """Create the cache folder and check it is writable, before spending time decoding.
+
+    Raises:
+        PathError: the folder cannot be created or written; the message names it as `what`.
+    """
+    hint = "set XDG_CACHE_HOME to a writable folder (in Python: pass cache_dir=...)"
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise OSError(f"cannot create the cache folder {cache_dir} ({err}); pass cache_dir=...") from err
+        raise PathError(f"cannot create the {what} {cache_dir} ({err.strerror}); {hint}") from err
     if not os.access(cache_dir, os.W_OK):
-        raise OSError(f"the cache folder {cache_dir} is not writable; pass cache_dir=...")
+        raise PathError(f"the {what} {cache_dir} is not writable; {hint}")
 
 
 def _cache_file(cache_dir: Path, stem: str, key: dict) -> Path:
@@ -206,7 +215,9 @@ def _cache_file(cache_dir: Path, stem: str, key: dict) -> Path:
     return cache_dir / f"{stem}-{digest}.pt"
 
 
-def _write(cache_file: Path, blob: dict) -> None:
+def save_atomically(cache_file: Path, blob: dict) -> None:
+    """`torch.save(blob)` to a temporary file in the same folder, then `os.replace`, so that a crash
+    or a concurrent reader never sees a half-written file."""
     fd, tmp = tempfile.mkstemp(dir=cache_file.parent, prefix=f".{cache_file.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -240,7 +251,7 @@ def cached(
         DataIntegrityError: a cache file is damaged or holds something else; the message says to
             delete it.
     """
-    _prepare_cache_dir(cache_dir)
+    prepare_cache_dir(cache_dir)
     cache_file = _cache_file(cache_dir, stem, key)
     if cache_file.exists():
 
@@ -266,7 +277,7 @@ def cached(
     blob["key"] = key
     if not check(blob):
         raise AssertionError(f"the decoded data for {stem} fail their own check")  # a loader bug
-    _write(cache_file, blob)
+    save_atomically(cache_file, blob)
     blob["cache_file"] = str(cache_file)
     return blob
 
