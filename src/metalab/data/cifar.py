@@ -48,6 +48,7 @@ from torch import Tensor
 
 from .dataset import DataIntegrityError, DataNotFoundError
 from .store import cache_dir_for, cached, check_digests, download_file, file_digests, load_pickle, source_key
+from .zips import is_extra_entry, open_zip, reading_entry
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -257,20 +258,10 @@ _ZIP_ENTRY = re.compile(r"^cifar10-images/(train|test)/([a-z]+)/([^/]+\.jpe?g)$"
 
 def _read_jpeg_zip(path: Path) -> dict:
     """The JPEG copy (see the module): every entry's name is checked, every image decoded as RGB."""
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, EOFError) as err:
-        raise DataIntegrityError(
-            f"{path}: not a readable zip file ({err}); the archive is corrupt or truncated"
-        ) from err
     entries: dict[str, list[tuple[int, str, zipfile.ZipInfo]]] = {"train": [], "test": []}
-    with zf:
+    with open_zip(path) as zf:
         for info in zf.infolist():
-            if (
-                info.is_dir()
-                or info.filename.startswith("__MACOSX/")
-                or info.filename.rsplit("/", 1)[-1].startswith(".")
-            ):
+            if info.is_dir() or is_extra_entry(info.filename):
                 continue
             m = _ZIP_ENTRY.match(info.filename)
             if m is None or m.group(2) not in CIFAR10_CLASSES:
@@ -285,16 +276,10 @@ def _read_jpeg_zip(path: Path) -> dict:
             items.sort(key=lambda e: (e[0], e[1]))
             images = np.empty((len(items), _SIZE, _SIZE, 3), dtype=np.uint8)
             for k, (_, _, info) in enumerate(items):
-                try:
-                    with Image.open(io.BytesIO(zf.read(info))) as img:
-                        if img.size != (_SIZE, _SIZE):
-                            raise ValueError(f"a {img.width}x{img.height} image, expected {_SIZE}x{_SIZE}")
-                        images[k] = np.asarray(img.convert("RGB"))
-                except (zipfile.BadZipFile, zlib.error, EOFError, OSError, SyntaxError, ValueError) as err:
-                    raise DataIntegrityError(
-                        f"{path}: cannot read entry {info.filename!r} ({type(err).__name__}: {err}); the "
-                        "archive is corrupt or truncated"
-                    ) from err
+                with reading_entry(path, info.filename), Image.open(io.BytesIO(zf.read(info))) as img:
+                    if img.size != (_SIZE, _SIZE):
+                        raise ValueError(f"a {img.width}x{img.height} image, expected {_SIZE}x{_SIZE}")
+                    images[k] = np.asarray(img.convert("RGB"))
             out[f"{split}_images"] = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
             out[f"{split}_labels"] = torch.tensor([e[0] for e in items], dtype=torch.int64)
     return out

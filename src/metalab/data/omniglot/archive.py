@@ -17,7 +17,6 @@ import os
 import re
 import stat
 import zipfile
-import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -27,7 +26,7 @@ from PIL import Image
 from torch import Tensor
 
 from ..dataset import DataIntegrityError, DataNotFoundError
-from ..images import pillow_error
+from ..zips import is_extra_entry, open_zip, reading_entry
 from .splits import EXAMPLES_PER_CLASS
 
 __all__ = ["ARCHIVES", "OmniglotArchive", "read_omniglot_zip"]
@@ -58,7 +57,6 @@ ARCHIVES: dict[str, _ArchiveSpec] = {
         659 * EXAMPLES_PER_CLASS,
     ),
 }
-_IGNORED_PREFIXES = ("__MACOSX/",)  # resource forks some zip tools add; never image data
 
 
 class OmniglotArchive(NamedTuple):
@@ -109,7 +107,7 @@ def _index_entries(
             raise DataIntegrityError(
                 f"{archive}: entry {name!r} is a symbolic link; refusing to read this archive"
             )
-        if name.startswith(_IGNORED_PREFIXES) or name.rsplit("/", 1)[-1].startswith("."):
+        if is_extra_entry(name):
             continue
         parts = name.rstrip("/").split("/")
         if parts[0] != root:
@@ -198,13 +196,7 @@ def read_omniglot_zip(
     if not path.is_file():
         raise DataNotFoundError(f"Omniglot archive not found: {path}")
     root = path.name.removesuffix(".zip")
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, EOFError) as err:
-        raise DataIntegrityError(
-            f"{path}: not a readable zip file ({err}); the archive is corrupt or truncated"
-        ) from err
-    with zf:
+    with open_zip(path) as zf:
         characters, entries = _index_entries(path, zf, root)
         counts = [len(e) for e in entries]
         if verify_counts and root in ARCHIVES:
@@ -215,22 +207,10 @@ def read_omniglot_zip(
         k = 0
         for group in entries:
             for info in group:
-                try:
+                with reading_entry(path, info.filename):
                     if info.file_size > MAX_ENTRY_BYTES:
                         raise ValueError(f"{info.file_size:,} bytes, beyond the {MAX_ENTRY_BYTES:,} allowed")
                     images[k] = _decode_png(zf.read(info), image_size)
-                # BadZipFile: CRC mismatch; zlib.error / EOFError: broken deflate stream or truncated
-                # data; OSError (incl. UnidentifiedImageError), SyntaxError, ValueError,
-                # DecompressionBombError (or its warning, where warnings are errors): Pillow, or an
-                # entry beyond the limits above.
-                except (
-                    zipfile.BadZipFile, zlib.error, EOFError, OSError, SyntaxError, ValueError,
-                    Image.DecompressionBombError, Image.DecompressionBombWarning,
-                ) as err:  # fmt: skip
-                    raise DataIntegrityError(
-                        f"{path}: cannot read entry {info.filename!r} ({pillow_error(err)}); "
-                        "the archive is corrupt or truncated"
-                    ) from err
                 k += 1
     character = torch.arange(len(characters)).repeat_interleave(torch.tensor(counts))
     return OmniglotArchive(torch.from_numpy(images), character, characters)
