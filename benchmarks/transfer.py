@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import gzip
 import json
 import math
 import os
@@ -42,6 +41,7 @@ from metalab.algorithms.metric.protonet import ProtoNet
 from metalab.algorithms.optimization.maml import MAML
 from metalab.algorithms.transfer.baseline import Baseline, CosineClassifier
 from metalab.data.dataset import to_float
+from metalab.data.fashion_mnist import read_idx
 from metalab.evaluate import evaluate
 from metalab.models import Conv4
 from metalab.models.resnet import ResNet12
@@ -94,16 +94,6 @@ def _pick(images: Tensor, labels: Tensor, classes: list[str], names: tuple[str, 
     return Split(images[keep].contiguous(), remap[labels[keep]])
 
 
-def read_idx(path: Path) -> Tensor:
-    """An idx file (gzipped or not) as a uint8 tensor of the shape its header gives."""
-    raw = (gzip.open if str(path).endswith(".gz") else open)(path, "rb").read()
-    if raw[:2] != b"\x00\x00" or raw[2] != 8:
-        raise ValueError(f"{path} is not an idx file of unsigned bytes")
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(raw[3])]
-    data = torch.frombuffer(bytearray(raw[4 + 4 * len(dims) :]), dtype=torch.uint8)
-    return data.reshape(dims)
-
-
 def grey28_to_rgb32(x: Tensor) -> Tensor:
     """(M, 28, 28) uint8 greyscale -> (M, 3, 32, 32) uint8, bilinear resize, the grey in 3 channels."""
     up = F.interpolate(x[:, None].float(), size=(32, 32), mode="bilinear", align_corners=False)
@@ -111,8 +101,9 @@ def grey28_to_rgb32(x: Tensor) -> Tensor:
 
 
 def load_fmnist(folder: str) -> Split:
-    x = read_idx(Path(folder) / "t10k-images-idx3-ubyte.gz")
-    y = read_idx(Path(folder) / "t10k-labels-idx1-ubyte.gz").long()
+    """Fashion-MNIST's 10,000 test images as 32x32 RGB, with their labels 0-9."""
+    x = torch.tensor(read_idx(Path(folder) / "t10k-images-idx3-ubyte.gz", images=True))
+    y = torch.tensor(read_idx(Path(folder) / "t10k-labels-idx1-ubyte.gz", images=False), dtype=torch.long)
     return Split(grey28_to_rgb32(x), y)
 
 
@@ -147,6 +138,8 @@ def synthetic_data(per_class: int, seed: int = 0) -> Data:
 def crop_flip(x: Tensor, g: torch.Generator, pad: int = 4) -> Tensor:
     """The standard CIFAR augmentation on uint8 images (..., C, H, W): a random H x W crop of the image
     zero-padded by `pad` pixels on each side, and a horizontal flip with probability 1/2."""
+    # metalab.data.augment's random_crop + random_flip do the same but draw their random numbers in
+    # another order; this one is kept so that docs/transfer.md's figures reproduce draw for draw.
     lead, (c, h, w) = x.shape[:-3], x.shape[-3:]
     x = x.reshape(-1, c, h, w)
     b = x.shape[0]

@@ -1,6 +1,7 @@
 """benchmarks/transfer.py on tiny synthetic CIFAR-shaped data: every stage runs, records its
 figures, resumes without redoing finished runs, and its helpers do what the benchmark relies on."""
 
+import gzip
 import importlib.util
 import json
 import sys
@@ -98,9 +99,16 @@ def test_subsets_draw_n_distinct_images_per_class(bench):
 
 def test_fashion_mnist_images_become_32x32_rgb(bench, tmp_path):
     x = torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8)
+    y = torch.tensor([3, 0, 9, 5])
     out = bench.grey28_to_rgb32(x)
     assert out.shape == (4, 3, 32, 32) and out.dtype == torch.uint8
     assert torch.equal(out[:, 0], out[:, 2])
-    header = bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (4, 28, 28))
-    (tmp_path / "img.idx").write_bytes(header + x.numpy().tobytes())
-    assert torch.equal(bench.read_idx(tmp_path / "img.idx"), x)
+
+    def idx(magic: int, dims: tuple[int, ...], data: torch.Tensor) -> bytes:
+        header = b"".join(d.to_bytes(4, "big") for d in (magic, *dims))
+        return gzip.compress(header + data.to(torch.uint8).numpy().tobytes())
+
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(idx(2051, (4, 28, 28), x))
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(idx(2049, (4,), y))
+    split = bench.load_fmnist(str(tmp_path))
+    assert torch.equal(split.x, out) and torch.equal(split.y, y) and split.y.dtype == torch.long

@@ -38,6 +38,7 @@ __all__ = [
     "FASHION_MNIST_FILES",
     "download_fashion_mnist",
     "load_fashion_mnist",
+    "read_idx",
 ]
 
 _BASE = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com"
@@ -64,8 +65,12 @@ SIZE = 28
 _COUNTS = {"train": 60_000, "test": 10_000}
 
 
-def _read_idx(path: Path, images: bool) -> np.ndarray:
-    """One gzip-compressed idx file -> uint8 (N, 28, 28) images or (N,) labels."""
+def read_idx(path: str | os.PathLike, images: bool) -> np.ndarray:
+    """One gzip-compressed idx file -> uint8 (N, 28, 28) images or (N,) labels (a read-only array).
+
+    Raises:
+        DataIntegrityError: not gzip, a wrong magic number, image size or length; the message names `path`.
+    """
     try:
         with gzip.open(path, "rb") as f:
             data = f.read()
@@ -122,7 +127,7 @@ def load_fashion_mnist(
                 "corrupt, truncated or not the official one (a copy of your own in the same format loads "
                 "with verify_data: false)"
             )
-        arrays[key] = _read_idx(path, images=key.endswith("images"))
+        arrays[key] = read_idx(path, images=key.endswith("images"))
     for split, n in _COUNTS.items():
         x, y = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if len(x) != len(y) or (y.size and y.max() >= len(FASHION_MNIST_CLASSES)):
