@@ -114,6 +114,40 @@ def resnet12_drop_block_size(image_size: int) -> int:
     return max(1, round(5 * image_size / 84))
 
 
+class _ResNet(nn.Module):
+    """What both ResNets share: `features` (the blocks, then the global pool or, with pool=False,
+    nothing), an optional linear `head`, He initialisation and the memory layout (see the module)."""
+
+    def _finish(
+        self,
+        layers: list[nn.Module],
+        pool: bool,
+        feature_dim: int,
+        feature_map_size: int,
+        out_features: int | None,
+        nonlinearity: str,
+        channels_last: bool,
+    ) -> None:
+        """Set `features`, `feature_dim`, `feature_map_size` and `head`, initialise the weights for
+        `nonlinearity`, and take the channels-last layout if asked."""
+        self.features = nn.Sequential(*layers, GlobalAvgPool() if pool else nn.Identity())
+        self.feature_dim = feature_dim
+        self.feature_map_size = feature_map_size
+        self.head = nn.Linear(self.feature_dim, out_features) if out_features else None
+        _init_weights(self, nonlinearity)
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def features_map(self, x: Tensor) -> Tensor:
+        """The last block's map before the global pool, (n, feature_dim, s, s)."""
+        return self.features[:-1](x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.features(x)
+        return self.head(z) if self.head is not None else z
+
+
 class _ResNet12Block(nn.Module):
     """One ResNet-12 block: 3x [conv 3x3 -> norm -> LeakyReLU(0.1)] without the last activation, a
     1x1 conv + norm shortcut, sum, LeakyReLU(0.1), 2x2 max-pool, then dropout or DropBlock."""
@@ -135,7 +169,7 @@ class _ResNet12Block(nn.Module):
         return self.drop(out) if self.drop is not None else out
 
 
-class ResNet12(nn.Module):
+class ResNet12(_ResNet):
     """ResNet-12 (TADAM, MetaOptNet) with an optional linear head.
 
     Args:
@@ -195,22 +229,7 @@ class ResNet12(nn.Module):
                 drop = nn.Dropout(drop_block) if i < 2 else DropBlock(drop_block, min(block, size))
             blocks.append(_ResNet12Block(cin, cout, norm, drop))
             cin = cout
-        self.features = nn.Sequential(*blocks, GlobalAvgPool() if pool else nn.Identity())
-        self.feature_dim = widths[-1]
-        self.feature_map_size = size
-        self.head = nn.Linear(self.feature_dim, out_features) if out_features else None
-        _init_weights(self, "leaky_relu")
-        self.channels_last = channels_last
-        if channels_last:
-            self.to(memory_format=torch.channels_last)
-
-    def features_map(self, x: Tensor) -> Tensor:
-        """The last block's map before the global pool, (n, feature_dim, s, s)."""
-        return self.features[:-1](x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        z = self.features(x)
-        return self.head(z) if self.head is not None else z
+        self._finish(blocks, pool, widths[-1], size, out_features, "leaky_relu", channels_last)
 
 
 class _BasicBlock(nn.Module):
@@ -237,7 +256,7 @@ def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-class ResNet18(nn.Module):
+class ResNet18(_ResNet):
     """ResNet-18 (He et al. 2016, as in Chen et al. 2019) with an optional linear head.
 
     Args:
@@ -301,23 +320,8 @@ class ResNet18(nn.Module):
             cin = cout
             if stride == 2:
                 size = _conv_out(size, 3, 2, 1)
-        self.features = nn.Sequential(*layers, GlobalAvgPool() if pool else nn.Identity())
-        self.feature_dim = widths[-1]
-        self.feature_map_size = size
         self.stem = stem
-        self.head = nn.Linear(self.feature_dim, out_features) if out_features else None
-        _init_weights(self, "relu")
-        self.channels_last = channels_last
-        if channels_last:
-            self.to(memory_format=torch.channels_last)
-
-    def features_map(self, x: Tensor) -> Tensor:
-        """The last stage's map before the global pool, (n, feature_dim, s, s)."""
-        return self.features[:-1](x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        z = self.features(x)
-        return self.head(z) if self.head is not None else z
+        self._finish(layers, pool, widths[-1], size, out_features, "relu", channels_last)
 
 
 def _init_weights(model: nn.Module, nonlinearity: str) -> None:
