@@ -126,6 +126,7 @@ def cmd_eval(args) -> int:
     from .builders import build_source, load_dataset
     from .devices import place_dataset
     from .evaluate import evaluate
+    from .threads import threads_for
     from .train import learner_on_device
 
     for flag in ("ways", "shots", "queries", "tasks"):
@@ -160,11 +161,12 @@ def cmd_eval(args) -> int:
         cell = f"{c.test_shots} trajectories per task and inner step"
     print(f"{args.checkpoint}: {c.algorithm} on {c.benchmark}, iteration {state['iteration']}, {cell}")
     results = []
-    for steps in steps_list:
-        source = build_source(c, "test", dataset, device=device)
-        r = evaluate(learner, source, tasks, steps=steps, progress=not args.quiet)
-        results.append(r.to_dict())
-        print("test " + str(r))
+    with threads_for(c.threads, learner):
+        for steps in steps_list:
+            source = build_source(c, "test", dataset, device=device)
+            r = evaluate(learner, source, tasks, steps=steps, progress=not args.quiet)
+            results.append(r.to_dict())
+            print("test " + str(r))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(

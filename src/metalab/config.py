@@ -228,7 +228,14 @@ class Config:
         10, "append training metrics to metrics.jsonl every N iterations", "training", allowed=">= 1"
     )
     seed: int = key(0, "seeds the initialisation and the training tasks", "training", allowed="an integer")
-    threads: Optional[int] = key(None, "torch threads (default: torch's choice)", "training", allowed=">= 1")
+    threads: Optional[int] = key(
+        None,
+        "torch's intra-op threads (default: one per task thread, one for a small model such as the sine "
+        "MLP, else the cores other processes leave free, sampled again every 2 s; fixing it fixes the "
+        "last bits of the results; docs/engine.md, 'Threads under load')",
+        "training",
+        allowed=">= 1",
+    )
     task_threads: Optional[int] = key(
         None,
         "worker threads for the meta-batch of learners that map tasks on the per-task loop (default: "

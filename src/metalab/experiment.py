@@ -52,16 +52,18 @@ def meta_test(result, log: Callable[[str], None] = print, *, progress: bool = Fa
     from .builders import build_source, load_dataset
     from .devices import place_dataset
     from .evaluate import evaluate
+    from .threads import threads_for
 
     c = result.config
     device = next(result.learner.parameters()).device
     dataset = place_dataset(load_dataset(c), device)
     tests = []
-    for steps in c.eval_steps or [None]:
-        source = build_source(c, "test", dataset, device=device)
-        r = evaluate(result.learner, source, c.test_tasks, steps=steps, progress=progress)
-        log(f"test {r} at iteration {result.iteration}")
-        tests.append(r.to_dict())
+    with threads_for(c.threads, result.learner):
+        for steps in c.eval_steps or [None]:
+            source = build_source(c, "test", dataset, device=device)
+            r = evaluate(result.learner, source, c.test_tasks, steps=steps, progress=progress)
+            log(f"test {r} at iteration {result.iteration}")
+            tests.append(r.to_dict())
     record = {
         "algorithm": c.algorithm,
         "benchmark": c.benchmark,

@@ -2,7 +2,8 @@
 
 Versions (metalab, torch, Python), the device `auto` picks, CUDA and MPS availability with the GPUs'
 names, whether the Conv-4 CPU kernels are built (without building them unless asked: that takes
-about 30 s), torch's threads and the cores this process may use, and the registered algorithms.
+about 30 s), torch's threads, the cores this process may use, the load of other processes on them
+(what a run's thread choice sees, `metalab.threads`), and the registered algorithms.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from .algorithms.spec import algorithm_names
 from .devices import _mps_available, auto_device_name
 from .parallel import available_cores
+from .threads import background_load
 
 __all__ = ["system_info", "format_info"]
 
@@ -44,6 +46,7 @@ def system_info(*, build_kernels: bool = False) -> dict:
 
     if build_kernels:
         _kernels.kernels()
+    busy = background_load()  # what a run's thread choice sees (metalab.threads)
     return {
         "metalab": __version__,
         "torch": torch.__version__,
@@ -56,6 +59,7 @@ def system_info(*, build_kernels: bool = False) -> dict:
         "cpu kernels": _kernels.status(),
         "torch threads": torch.get_num_threads(),
         "cores (usable / machine)": f"{available_cores()} / {os.cpu_count()}",
+        "load of other processes (runnable threads)": "unknown" if busy is None else round(busy, 1),
         "algorithms": list(algorithm_names()),
     }
 

@@ -43,6 +43,7 @@ from .devices import autocast_context, autocast_dtype, check_precision, place_da
 from .evaluate import EvalResult, evaluate
 from .parallel import TaskThreads, available_cores
 from .tasks.episode import TaskBatch
+from .threads import ThreadGovernor, is_small_model
 
 __all__ = ["Run", "CHECKPOINT", "METRICS", "task_workers", "on_device", "metrics_lines", "checkpoint_config"]
 
@@ -145,6 +146,7 @@ class Run:
     start_iteration: int = 0
     seconds_before: float = 0.0
     engine: TaskThreads | None = None
+    governor: ThreadGovernor | None = None
     device: torch.device = torch.device("cpu")
     low_precision: torch.dtype | None = None
     scaler: Any = None
@@ -168,6 +170,7 @@ class Run:
     def start(cls, config: Config, run_dir: str | Path, *, resume: bool, log: Callable[[str], None]) -> Run:
         c = config.resolved()
         run_dir = Path(run_dir)
+        threads_before = torch.get_num_threads()
         if c.threads:
             torch.set_num_threads(c.threads)
         device = resolve_device(c.device, local_rank=distributed.local_rank())
@@ -179,14 +182,16 @@ class Run:
         # One writer per run folder (metalab.run_folder): the rank that writes locks it first.
         lock = _on_main(rank == 0, lambda: run_folder.acquire(run_dir))
         try:
-            return cls._start(c, run_dir, device, rank, world, lock, resume=resume, log=log)
+            return cls._start(
+                c, run_dir, device, rank, world, lock, resume=resume, log=log, threads_before=threads_before
+            )
         except BaseException:
             if lock is not None:
                 lock.release()
             raise
 
     @classmethod
-    def _start(cls, c, run_dir, device, rank, world, lock, *, resume, log) -> Run:
+    def _start(cls, c, run_dir, device, rank, world, lock, *, resume, log, threads_before) -> Run:
         if lock is not None and lock.removed:
             log(f"removed {len(lock.removed)} temporary file(s) that an interrupted write left in {run_dir}")
             lock.removed = []
@@ -239,18 +244,27 @@ class Run:
         except WriteError as e:
             raise WriteError(f"{e}; {run.kept()}", e.errno) from None
         run.lock = lock
+        run._threads_before = threads_before
         run._start_threads()
         return run
 
     def _start_threads(self) -> None:
-        self.low_precision = autocast_dtype(self.config.precision)
-        workers = task_workers(self.config, self.learner, self.world, self.local_batch, self.device)
-        self._threads_before = torch.get_num_threads()
+        """Task threads where they apply, and torch's intra-op threads (`metalab.threads`): unless
+        `threads` is set, one per task-thread worker, one for a small model, else (on the CPU) the
+        cores that other processes leave free, followed during the run."""
+        c = self.config
+        self.low_precision = autocast_dtype(c.precision)
+        workers = task_workers(c, self.learner, self.world, self.local_batch, self.device)
         if workers > 1:
             torch.set_num_threads(1)  # one intra-op thread per worker (see metalab.parallel)
             self.engine = TaskThreads(
                 self.learner, workers, autocast=self.low_precision, device_type=self.device.type
             )
+        elif not c.threads and is_small_model(self.learner):
+            torch.set_num_threads(1)
+        elif not c.threads and self.device.type == "cpu":
+            cores = available_cores()
+            self.governor = ThreadGovernor(max(1, cores // self.world), cores)
 
     def restore(self, log: Callable[[str], None]) -> None:
         """Continue from the run folder's checkpoint (its config must match but for the budget keys)."""
@@ -304,6 +318,8 @@ class Run:
         batch = on_device(self.source.sample(self.local_batch), self.device)
         self.learner.set_iteration(iteration)
         self.optimizer.zero_grad(set_to_none=True)
+        if self.governor is not None:
+            self.governor.follow()
         if self.learner.owns_outer_step:  # e.g. TRPO: the learner updates its parameters itself
             loss, metrics = self.learner.meta_loss(batch)
             return {**metrics, **self.learner.outer_step(loss)}
@@ -376,7 +392,7 @@ class Run:
         if self.engine is not None:
             self.engine.close()
             self.engine = None
-            torch.set_num_threads(self._threads_before)
+        torch.set_num_threads(self._threads_before)
         if self.lock is not None:
             self.lock.release()
             self.lock = None

@@ -1,0 +1,218 @@
+"""How many intra-op threads torch uses for a run: chosen from the work's size and the machine's load.
+
+torch splits a large operation between its intra-op threads (OpenMP), and at the end of every such
+operation the threads wait for each other, spinning on a core rather than sleeping. On cores that
+nothing else wants, that costs microseconds. On cores shared with other busy processes, a thread
+that the operating system has paused keeps its partners spinning until it runs again, a scheduler
+time slice of milliseconds, and that happens at every parallel operation: on 2 cores beside two or
+more busy processes, MAML on sine waves (about 25 parallel operations per meta-iteration) ran 20 to
+40 times slower on two threads than on one, and Prototypical Networks on Omniglot 1.2 to 2 times
+slower (docs/engine.md, "Threads under load"; `python benchmarks/load.py`).
+
+So when the `threads` key is unset, a run picks its intra-op threads itself:
+
+- one per task-thread worker (`metalab.parallel`), which already puts every core to work;
+- one for small models (no convolution and fewer than `SMALL_PARAMETERS` parameters, such as the
+  sine MLP), whose operations are too small for a second thread to pay for its waiting;
+- otherwise the cores this process may use (shared among the processes of a torchrun launch),
+  less those that other processes keep busy, at least one. During training the load is sampled
+  again every few seconds (`ThreadGovernor`): fewer threads as soon as the cores fill up, more once
+  they have stayed free for two samples in a row.
+
+Two runs whose thread counts differ may differ in the last bits of their results (a reduction split
+between threads sums in another order); a `threads` value of your own fixes the count, and with it
+the bits. The sine MLP's results do not depend on the thread count.
+
+The load is read from Linux's `/proc/loadavg` (the runnable threads of the whole machine, less this
+process's own), averaged over a few samples and scaled to the share of the machine's cores that this
+process may use. Elsewhere the load counts as zero: the cores, less nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from .parallel import available_cores
+
+__all__ = [
+    "SMALL_PARAMETERS",
+    "ThreadGovernor",
+    "background_load",
+    "choose_threads",
+    "free_threads",
+    "is_small_model",
+    "threads_for",
+]
+
+# The sine MLP has 1,761 parameters and a Conv-4 backbone about 113,000; an MLP below this size runs
+# operations of at most a few thousand multiply-adds per row, where a second thread only adds waiting.
+SMALL_PARAMETERS = 50_000
+# A core counts as free while other processes keep it busy less than this fraction of the time.
+_FREE_SLACK = 0.25
+
+
+def is_small_model(module: nn.Module) -> bool:
+    """Whether `module` is too small for intra-op threads to help: no convolution and fewer than
+    `SMALL_PARAMETERS` parameters (buffers not counted)."""
+    if any(isinstance(m, nn.modules.conv._ConvNd) for m in module.modules()):
+        return False
+    return sum(p.numel() for p in module.parameters()) < SMALL_PARAMETERS
+
+
+def _runnable_threads() -> int | None:
+    """Runnable threads on the whole machine right now (Linux), this one included."""
+    try:
+        with open("/proc/loadavg") as f:
+            return int(f.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _own_runnable_threads() -> int:
+    """Threads of this process that are running or waiting for a core right now."""
+    count = 0
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return 1
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:  # the thread ended
+            continue
+        count += stat[stat.rindex(")") + 2 : stat.rindex(")") + 3] == "R"
+    return max(count, 1)  # the thread reading
+
+
+def background_load(samples: int = 10, gap: float = 0.001) -> float | None:
+    """The load that other processes put on this process's cores: the mean over `samples` readings,
+    `gap` seconds apart, of the machine's runnable threads less this process's own, scaled by the
+    share of the machine's cores this process may use (2.0 on 2 cores: both taken; more: a queue).
+    None where the load cannot be read."""
+    readings = []
+    for i in range(samples):
+        if i:
+            time.sleep(gap)
+        total = _runnable_threads()
+        if total is None:
+            return None
+        readings.append(max(0, total - _own_runnable_threads()))
+    share = available_cores() / (os.cpu_count() or available_cores())
+    return sum(readings) / len(readings) * min(1.0, share)
+
+
+def free_threads(cores: int, ceiling: int, busy: float | None) -> int:
+    """The threads for `cores` cores of which `busy` are taken by others: the free ones, between 1 and
+    `ceiling` (a core busy less than a quarter of the time counts as free)."""
+    if busy is None:
+        return max(1, ceiling)
+    return max(1, min(ceiling, int(cores - busy + _FREE_SLACK)))
+
+
+def choose_threads(
+    *,
+    explicit: int | None,
+    small: bool,
+    workers: int,
+    cores: int,
+    world: int = 1,
+    busy: float | None = None,
+) -> int:
+    """Intra-op threads for a run (see the module docstring).
+
+    Args:
+        explicit: the `threads` config key (None: choose).
+        small: whether the model is too small for intra-op threads (`is_small_model`).
+        workers: task-thread workers (`metalab.run.task_workers`); each runs on one intra-op thread.
+        cores: the cores this process may use.
+        world: processes of this launch on the machine's cores (torchrun), sharing them.
+        busy: cores that other processes keep busy (`background_load`), None if unknown.
+    """
+    if explicit:
+        return explicit
+    if workers > 1 or small:
+        return 1
+    return free_threads(cores, max(1, cores // world), busy)
+
+
+class ThreadGovernor:
+    """Follows the load during a run: every `every` seconds, sets torch's intra-op threads to the free
+    cores (between 1 and `ceiling`); fewer at once, more only after `patience` samples in a row agree.
+
+    Args:
+        ceiling: the most threads (the cores per process).
+        cores: the cores this process may use.
+        every: seconds between samples of the load.
+        patience: samples that must agree before the threads grow.
+        measure, clock, set_threads: the load sampler, the clock and the setter (replaceable in tests).
+    """
+
+    def __init__(
+        self,
+        ceiling: int,
+        cores: int,
+        *,
+        every: float = 2.0,
+        patience: int = 2,
+        measure: Callable[[], float | None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        set_threads: Callable[[int], None] | None = None,
+    ) -> None:
+        self.ceiling, self.cores, self.every, self.patience = ceiling, cores, every, patience
+        self._measure = measure or (lambda: background_load())
+        self._set = set_threads or torch.set_num_threads
+        self._clock = clock
+        self.threads = free_threads(cores, ceiling, self._measure())
+        self._set(self.threads)
+        self._next = clock() + every
+        self._higher = 0
+        self.changes = 0
+
+    def follow(self) -> int:
+        """Call once per iteration: re-samples the load when it is due; returns the threads in use."""
+        now = self._clock()
+        if now < self._next:
+            return self.threads
+        self._next = now + self.every
+        target = free_threads(self.cores, self.ceiling, self._measure())
+        self._higher = self._higher + 1 if target > self.threads else 0
+        if target < self.threads or self._higher >= self.patience:
+            self.threads, self._higher = target, 0
+            self._set(target)
+            self.changes += 1
+        return self.threads
+
+
+def threads_for_learner(
+    explicit: int | None, learner: nn.Module, *, measure: Callable[[], float | None] | None = None
+) -> int:
+    """The intra-op threads for evaluating `learner` in one process: `explicit` if given, else one for
+    a small model, else on the CPU the free cores (the load read once), elsewhere torch's setting."""
+    if explicit:
+        return explicit
+    if is_small_model(learner):
+        return 1
+    if any(p.device.type != "cpu" for p in learner.parameters()):
+        return torch.get_num_threads()
+    busy = measure() if measure is not None else background_load()
+    return choose_threads(explicit=None, small=False, workers=1, cores=available_cores(), busy=busy)
+
+
+@contextlib.contextmanager
+def threads_for(explicit: int | None, learner: nn.Module) -> Iterator[int]:
+    """Evaluation with `learner` on the threads a run would choose (`threads_for_learner`); torch's
+    previous setting is restored afterwards."""
+    before = torch.get_num_threads()
+    threads = threads_for_learner(explicit, learner)
+    torch.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(before)
