@@ -5,9 +5,9 @@ operation the threads wait for each other, spinning on a core rather than sleepi
 nothing else wants, that costs microseconds. On cores shared with other busy processes, a thread
 that the operating system has paused keeps its partners spinning until it runs again, a scheduler
 time slice of milliseconds, and that happens at every parallel operation: on 2 cores beside two or
-more busy processes, MAML on sine waves (about 25 parallel operations per meta-iteration) ran 20 to
-40 times slower on two threads than on one, and Prototypical Networks on Omniglot 1.2 to 2 times
-slower (docs/engine.md, "Threads under load"; `python benchmarks/load.py`).
+more busy processes, MAML on sine waves (about 25 parallel operations per meta-iteration) runs
+several times slower on two threads than on one, and Prototypical Networks on Omniglot slower too
+(`python benchmarks/load.py` measures it; docs/engine.md, "Threads under load").
 
 So when the `threads` key is unset, a run picks its intra-op threads itself:
 
