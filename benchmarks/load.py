@@ -15,6 +15,7 @@ Prints a table and writes benchmarks/results/load.json.
     python benchmarks/load.py                                   # 2,000 iterations; 0, 2 and 4 busy
     python benchmarks/load.py --iterations 1000 --busy 0 2 --repeats 2 --variants default 1 2
     python benchmarks/load.py --iterations 10000 --busy 0 4 --repeats 1   # the README's full command
+    python benchmarks/load.py --iterations 1000 --busy 0 2 --variants 1 2 2:passive default:passive
     python benchmarks/load.py --args "--config configs/omniglot/protonet_5w1s.yaml
         --data-dir ../shared/data/omniglot --val-every 0 --no-eval" --iterations 40 --name protonet
 """
@@ -76,14 +77,26 @@ class Sampler(threading.Thread):
 
 
 def variant_args(variant: str) -> list[str]:
-    return [] if variant == "default" else ["--threads", variant]
+    threads = variant.split(":")[0]
+    return [] if threads == "default" else ["--threads", threads]
+
+
+def variant_env(variant: str) -> dict[str, str]:
+    """A ':passive' suffix runs the variant with OpenMP's passive wait policy (threads sleep at the
+    end of a parallel operation instead of spinning); it must be set before torch starts."""
+    env = dict(os.environ)
+    if variant.endswith(":passive"):
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    return env
 
 
 def variant_label(variant: str) -> str:
-    if variant == "default":
-        return "default"
-    note = " (previous default)" if int(variant) == cores() else ""
-    return f"--threads {variant}{note}"
+    threads, _, policy = variant.partition(":")
+    suffix = " OMP_WAIT_POLICY=PASSIVE" if policy == "passive" else ""
+    if threads == "default":
+        return "default" + suffix
+    note = " (previous default)" if int(threads) == cores() and not suffix else ""
+    return f"--threads {threads}{suffix}{note}"
 
 
 def one_run(variant: str, args, busy: int) -> dict:
@@ -97,7 +110,14 @@ def one_run(variant: str, args, busy: int) -> dict:
         sampler.start()
         t = time.perf_counter()
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT)
+            done = subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                timeout=args.timeout,
+                cwd=ROOT,
+                env=variant_env(variant),
+            )
             wall, code = time.perf_counter() - t, done.returncode
         except subprocess.TimeoutExpired:
             wall, code = None, "timeout"
@@ -183,7 +203,7 @@ def main() -> int:
         help="'default' and thread counts (default: default 1 2 ... cores)",
     )
     p.add_argument("--args", default="", help="more arguments for `metalab train` (one string)")
-    p.add_argument("--timeout", type=float, default=900, help="seconds before a run counts as timed out")
+    p.add_argument("--timeout", type=float, default=600, help="seconds before a run counts as timed out")
     p.add_argument("--name", default="sine_maml", help="the entry of the results file to write")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/load.json"))
     args = p.parse_args()
@@ -216,6 +236,7 @@ def main() -> int:
         "machine": platform.machine(),
         "python": platform.python_version(),
         "nice": os.nice(0),
+        "date": time.strftime("%Y-%m-%d"),
         "table": table,
         "runs": rows,
     }

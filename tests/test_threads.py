@@ -16,6 +16,7 @@ from metalab.threads import (
     choose_threads,
     free_threads,
     is_small_model,
+    load_reading,
     threads_for,
 )
 from metalab.train import train
@@ -33,11 +34,13 @@ def test_an_explicit_count_wins_and_task_threads_or_a_small_model_get_one():
     "cores, world, busy, expected",
     [
         (2, 1, 0.0, 2),
-        (2, 1, 0.2, 2),  # busy less than a quarter of the time: still free
-        (2, 1, 0.5, 1),
+        (2, 1, 0.2, 2),
+        (2, 1, 0.45, 2),  # busy less than half the time: still free
+        (2, 1, 0.6, 1),
         (2, 1, 1.0, 1),
         (2, 1, 4.0, 1),  # never fewer than one
         (8, 1, 3.0, 5),
+        (8, 1, 2.4, 6),
         (8, 2, 0.0, 4),  # torchrun: the cores shared among the processes
         (8, 2, 6.0, 2),
         (2, 1, None, 2),  # load unknown: the cores
@@ -56,25 +59,37 @@ def test_small_means_no_convolution_and_few_parameters():
     assert not is_small_model(Conv4(1, 8, 5))  # few parameters, but convolutions on images
 
 
-class FakeLoad:
-    def __init__(self, *readings):
-        self.readings, self.calls = list(readings), 0
+def test_the_governor_changes_only_when_two_windows_in_a_row_agree():
+    now, set_to, load = [0.0], [], [0.0]
+    gov = ThreadGovernor(
+        2, 2, every=2.0, gap=0.5, read=lambda: load[0], clock=lambda: now[0], set_threads=set_to.append
+    )
+    assert gov.threads == 2 and set_to == [2]  # the start: a burst of readings of no load
 
-    def __call__(self):
-        self.calls += 1
-        return self.readings.pop(0)
+    def run_until(t, value):
+        load[0] = value
+        while now[0] < t:
+            now[0] += 0.25
+            gov.follow()
+        return gov.threads
+
+    assert run_until(4.0, 0.0) == 2
+    assert run_until(6.0, 1.0) == 2  # one busy window is not enough
+    assert run_until(8.0, 0.0) == 2
+    assert run_until(12.0, 1.0) == 1  # two in a row are
+    assert run_until(14.0, 0.0) == 1
+    assert run_until(16.0, 0.3) == 2  # busy less than half the time: free
+    assert set_to == [2, 1, 2] and gov.changes == 2
 
 
-def test_the_governor_drops_at_once_and_grows_after_two_agreeing_samples():
-    now, set_to = [0.0], []
-    load = FakeLoad(0.0, 2.0, 0.0, 1.0, 0.0, 0.0)
-    gov = ThreadGovernor(2, 2, every=2.0, measure=load, clock=lambda: now[0], set_threads=set_to.append)
-    assert gov.threads == 2 and set_to == [2]
-    for t, expected in [(1.0, 2), (2.0, 1), (3.9, 1), (4.0, 1), (6.0, 1), (8.0, 1), (10.0, 2)]:
-        now[0] = t
-        assert gov.follow() == expected, t
-    assert load.calls == 6  # sampled only when due: at 0 (start), 2, 4, 6, 8 and 10 s
-    assert set_to == [2, 1, 2]  # 4 s: free again once (0.0), but 6 s: busy, so it stays at one
+def test_the_governor_reads_at_most_every_gap_seconds():
+    now, reads = [0.0], []
+    gov = ThreadGovernor(2, 2, every=2.0, gap=0.5, read=lambda: reads.append(1) or 0.0, clock=lambda: now[0])
+    started = len(reads)  # the starting burst
+    for _ in range(64):  # 64 iterations in one second
+        now[0] += 1 / 64
+        gov.follow()
+    assert len(reads) - started == 2
 
 
 def test_background_load_counts_other_processes_scaled_to_this_process_cores(monkeypatch):
@@ -82,6 +97,7 @@ def test_background_load_counts_other_processes_scaled_to_this_process_cores(mon
     monkeypatch.setattr(threads_module, "_own_runnable_threads", lambda: 3)
     monkeypatch.setattr(threads_module, "available_cores", lambda: 2)
     monkeypatch.setattr(threads_module.os, "cpu_count", lambda: 8)
+    assert load_reading() == pytest.approx(4 * 2 / 8)
     assert background_load(samples=3, gap=0) == pytest.approx(4 * 2 / 8)
     monkeypatch.setattr(threads_module, "_runnable_threads", lambda: None)
     assert background_load(samples=3, gap=0) is None
@@ -133,7 +149,8 @@ def test_a_sine_run_trains_on_one_thread_and_gives_back_the_setting(tmp_path):
 @pytest.mark.parametrize("busy, expected", [(0.0, 2), (1.5, 1)])
 def test_a_larger_model_follows_the_load(tmp_path, monkeypatch, busy, expected):
     """A model off the small list and off task threads takes the cores that the load leaves free."""
-    monkeypatch.setattr(threads_module, "background_load", lambda: busy)
+    monkeypatch.setattr(threads_module, "background_load", lambda **_: busy)
+    monkeypatch.setattr(threads_module, "load_reading", lambda: busy)
     monkeypatch.setattr(threads_module, "available_cores", lambda: 2)
     monkeypatch.setattr("metalab.run.available_cores", lambda: 2)
     torch.set_num_threads(2)

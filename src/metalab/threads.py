@@ -4,10 +4,11 @@ torch splits a large operation between its intra-op threads (OpenMP), and at the
 operation the threads wait for each other, spinning on a core rather than sleeping. On cores that
 nothing else wants, that costs microseconds. On cores shared with other busy processes, a thread
 that the operating system has paused keeps its partners spinning until it runs again, a scheduler
-time slice of milliseconds, and that happens at every parallel operation: on 2 cores beside two or
-more busy processes, MAML on sine waves (about 25 parallel operations per meta-iteration) runs
-several times slower on two threads than on one, and Prototypical Networks on Omniglot slower too
-(`python benchmarks/load.py` measures it; docs/engine.md, "Threads under load").
+time slice of milliseconds, and that happens at every parallel operation. On 2 cores, MAML on sine
+waves (about 30 such operations per meta-iteration) trained 4 times as long on two threads as on
+one beside two busy processes, 7 times beside four, and 16 times or more beside other people's
+jobs; Prototypical Networks on Omniglot 1.3 times (docs/engine.md, "Threads under load";
+`python benchmarks/load.py`).
 
 So when the `threads` key is unset, a run picks its intra-op threads itself:
 
@@ -15,17 +16,17 @@ So when the `threads` key is unset, a run picks its intra-op threads itself:
 - one for small models (no convolution and fewer than `SMALL_PARAMETERS` parameters, such as the
   sine MLP), whose operations are too small for a second thread to pay for its waiting;
 - otherwise the cores this process may use (shared among the processes of a torchrun launch),
-  less those that other processes keep busy, at least one. During training the load is sampled
-  again every few seconds (`ThreadGovernor`): fewer threads as soon as the cores fill up, more once
-  they have stayed free for two samples in a row.
+  less those that other processes keep busy, at least one. During training the load is read again
+  between iterations (`ThreadGovernor`), and the count follows it once two 2-second windows in a
+  row agree.
 
 Two runs whose thread counts differ may differ in the last bits of their results (a reduction split
 between threads sums in another order); a `threads` value of your own fixes the count, and with it
-the bits. The sine MLP's results do not depend on the thread count.
+the bits. With torch 2.13 on the CPU, the sine MLP trains to the same bits on one and two threads.
 
 The load is read from Linux's `/proc/loadavg` (the runnable threads of the whole machine, less this
 process's own), averaged over a few samples and scaled to the share of the machine's cores that this
-process may use. Elsewhere the load counts as zero: the cores, less nothing.
+process may use. Where it cannot be read (not Linux), a run takes the cores, as torch would.
 """
 
 from __future__ import annotations
@@ -47,14 +48,15 @@ __all__ = [
     "choose_threads",
     "free_threads",
     "is_small_model",
+    "load_reading",
     "threads_for",
 ]
 
 # The sine MLP has 1,761 parameters and a Conv-4 backbone about 113,000; an MLP below this size runs
 # operations of at most a few thousand multiply-adds per row, where a second thread only adds waiting.
 SMALL_PARAMETERS = 50_000
-# A core counts as free while other processes keep it busy less than this fraction of the time.
-_FREE_SLACK = 0.25
+# A core counts as free while other processes keep it busy less than half the time.
+_FREE_SLACK = 0.5
 
 
 def is_small_model(module: nn.Module) -> bool:
@@ -91,26 +93,35 @@ def _own_runnable_threads() -> int:
     return max(count, 1)  # the thread reading
 
 
-def background_load(samples: int = 10, gap: float = 0.001) -> float | None:
-    """The load that other processes put on this process's cores: the mean over `samples` readings,
-    `gap` seconds apart, of the machine's runnable threads less this process's own, scaled by the
-    share of the machine's cores this process may use (2.0 on 2 cores: both taken; more: a queue).
-    None where the load cannot be read."""
+def load_reading() -> float | None:
+    """One reading of the load that other processes put on this process's cores: the machine's
+    runnable threads less this process's own, scaled by the share of the machine's cores this
+    process may use (2.0 on 2 cores: both taken; more: a queue). None where it cannot be read."""
+    own = _own_runnable_threads()  # first: between two operations, this process's threads only sleep
+    total = _runnable_threads()
+    if total is None:
+        return None
+    share = available_cores() / (os.cpu_count() or available_cores())
+    return max(0, total - own) * min(1.0, share)
+
+
+def background_load(samples: int = 20, gap: float = 0.002, read: Callable[[], float | None] | None = None):
+    """The mean of `samples` load readings (`load_reading`) `gap` seconds apart; None if unreadable."""
+    read = read or load_reading
     readings = []
     for i in range(samples):
         if i:
             time.sleep(gap)
-        total = _runnable_threads()
-        if total is None:
+        value = read()
+        if value is None:
             return None
-        readings.append(max(0, total - _own_runnable_threads()))
-    share = available_cores() / (os.cpu_count() or available_cores())
-    return sum(readings) / len(readings) * min(1.0, share)
+        readings.append(value)
+    return sum(readings) / len(readings)
 
 
 def free_threads(cores: int, ceiling: int, busy: float | None) -> int:
-    """The threads for `cores` cores of which `busy` are taken by others: the free ones, between 1 and
-    `ceiling` (a core busy less than a quarter of the time counts as free)."""
+    """The threads for `cores` cores of which `busy` are taken by others: the free cores rounded to the
+    nearest whole one (a core busy less than half the time counts as free), between 1 and `ceiling`."""
     if busy is None:
         return max(1, ceiling)
     return max(1, min(ceiling, int(cores - busy + _FREE_SLACK)))
@@ -143,15 +154,19 @@ def choose_threads(
 
 
 class ThreadGovernor:
-    """Follows the load during a run: every `every` seconds, sets torch's intra-op threads to the free
-    cores (between 1 and `ceiling`); fewer at once, more only after `patience` samples in a row agree.
+    """Follows the load during a run. It reads the load at most every `gap` seconds, when `follow` is
+    called between two iterations (no extra pause), and every `every` seconds turns the mean of those
+    readings into a thread count (`free_threads`); it sets that count once `patience` such windows
+    in a row have agreed on it, so that a burst of load does not move it.
 
     Args:
         ceiling: the most threads (the cores per process).
         cores: the cores this process may use.
-        every: seconds between samples of the load.
-        patience: samples that must agree before the threads grow.
-        measure, clock, set_threads: the load sampler, the clock and the setter (replaceable in tests).
+        every: seconds per window of readings.
+        gap: the least seconds between two readings.
+        patience: windows in a row that must agree before the count changes.
+        read, clock, set_threads: one load reading (`load_reading`), the clock and the setter of
+            torch's threads (replaceable in tests).
     """
 
     def __init__(
@@ -160,31 +175,46 @@ class ThreadGovernor:
         cores: int,
         *,
         every: float = 2.0,
+        gap: float = 0.1,
         patience: int = 2,
-        measure: Callable[[], float | None] | None = None,
+        read: Callable[[], float | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         set_threads: Callable[[int], None] | None = None,
     ) -> None:
-        self.ceiling, self.cores, self.every, self.patience = ceiling, cores, every, patience
-        self._measure = measure or (lambda: background_load())
+        self.ceiling, self.cores, self.every, self.gap, self.patience = ceiling, cores, every, gap, patience
+        self._read = read or (lambda: load_reading())
         self._set = set_threads or torch.set_num_threads
         self._clock = clock
-        self.threads = free_threads(cores, ceiling, self._measure())
+        self.threads = free_threads(cores, ceiling, background_load(read=self._read))  # the start: a burst
         self._set(self.threads)
-        self._next = clock() + every
-        self._higher = 0
+        now = clock()
+        self._window_end, self._last_read, self._readings = now + every, now, []
+        self._pending, self._agreeing = self.threads, 0
         self.changes = 0
 
     def follow(self) -> int:
-        """Call once per iteration: re-samples the load when it is due; returns the threads in use."""
+        """Call once per iteration: reads the load when a reading is due, decides at the end of a
+        window; returns the threads in use."""
         now = self._clock()
-        if now < self._next:
+        if now - self._last_read >= self.gap:
+            self._last_read = now
+            value = self._read()
+            if value is not None:
+                self._readings.append(value)
+        if now < self._window_end:
             return self.threads
-        self._next = now + self.every
-        target = free_threads(self.cores, self.ceiling, self._measure())
-        self._higher = self._higher + 1 if target > self.threads else 0
-        if target < self.threads or self._higher >= self.patience:
-            self.threads, self._higher = target, 0
+        self._window_end = now + self.every
+        if not self._readings:
+            return self.threads
+        target = free_threads(self.cores, self.ceiling, sum(self._readings) / len(self._readings))
+        self._readings = []
+        if target == self.threads:
+            self._agreeing = 0
+            return self.threads
+        self._agreeing = self._agreeing + 1 if target == self._pending else 1
+        self._pending = target
+        if self._agreeing >= self.patience:
+            self.threads, self._agreeing = target, 0
             self._set(target)
             self.changes += 1
         return self.threads
