@@ -3,6 +3,7 @@
 path they looked at when it is absent."""
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,19 @@ def float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(torch.float32)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The bad-input corpus's size by category, and how its cases fared (tests/test_bad_inputs.py)."""
+    corpus = sys.modules.get("bad_input_cases")
+    if corpus is None:
+        return
+    outcomes = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            nodeid, when = getattr(report, "nodeid", ""), getattr(report, "when", None)
+            if when is None or "test_bad_inputs.py::test_bad_input[" not in nodeid:
+                continue  # deselected items and other tests
+            if when == "call" or report.outcome != "passed":  # a setup error or skip counts too
+                outcomes[nodeid.split("[", 1)[1][:-1]] = report.outcome
+    terminalreporter.write_line(corpus.summary(outcomes))

@@ -64,7 +64,10 @@ def _case(algorithm, **keys):
     return Config(**{**SHARED, "algorithm": algorithm, **values}).resolved()
 
 
-CASES = [(name, {}) for name in algorithm_names()] + [("mann", {"mann_labels": "string"})]
+# The RL learners (no support/query examples) are covered by tests/test_rl.py.
+CASES = [(name, {}) for name in algorithm_names() if "rl" not in get_spec(name).needs.kinds] + [
+    ("mann", {"mann_labels": "string"})
+]
 
 
 def _params(learner):

@@ -94,7 +94,7 @@ def test_model_description(trained):
     proto = client(trained["protonet"]).get("/model").json()
     assert proto["algorithm"] == "protonet" and proto["family"] == "metric" and proto["backbone"] == "conv4"
     assert proto["input_shape"] == [1, 28, 28] and proto["iteration"] == 30
-    assert proto["image"] == {"image_size": 28, "channels": 1, "invert": False}
+    assert proto["image"] == {"image_size": 28, "channels": 1, "invert": False, "trained_invert": False}
     assert proto["classes"] == {"fixed_ways": None, "trained_ways": 3, "equal_shots": False}
     assert proto["inner_steps"] is None and proto["limits"]["max_queries"] == 100
     maml = client(trained["maml"]).get("/model").json()

@@ -15,10 +15,12 @@ from torch import nn
 
 from .algorithms import MetaLearner
 from .algorithms.spec import AlgorithmSpec, OptionError
-from .config import IMAGE_BENCHMARKS, Config, ConfigError, task_kind
+from .config import IMAGE_BENCHMARKS, RL_BENCHMARKS, Config, ConfigError, task_kind
+from .data.augment import standard_augment
+from .data.catalog import CATALOG
 from .data.omniglot.splits import SPLIT_CLASSES
 from .models import MLP
-from .models.fast import conv4
+from .models.backbones import PAPER_FILTERS, image_backbone
 from .tasks import SineTasks
 
 __all__ = [
@@ -45,6 +47,11 @@ _DATA_DIR_HELP = {
     "omniglot": "--data-dir DIR holding images_background.zip and images_evaluation.zip",
     "folder": "--data-dir DIR holding one folder of images per class, DIR/<class>/<image>",
     "csv": "--data-dir FILE.csv, the CSV file",
+    **{
+        name: f"--data-dir DIR holding {' or '.join(info.files)}"
+        for name, info in CATALOG.items()
+        if name != "omniglot"
+    },
 }
 
 
@@ -54,14 +61,20 @@ def load_dataset(c: Config):
     For your own data (folder, csv) the splits are checked against the episodes at once, so that a
     split with too few classes or a class with too few examples is reported before training starts.
     """
-    if c.benchmark == "sine":
+    if c.benchmark == "sine" or c.benchmark in RL_BENCHMARKS:
         return None
     if c.data_dir is None:
         raise ConfigError(f"the {c.benchmark} benchmark needs data_dir ({_DATA_DIR_HELP[c.benchmark]})")
     if c.benchmark == "omniglot":
         from .data import load_omniglot
 
-        return load_omniglot(c.data_dir, split=c.split, image_size=c.image_size)
+        return load_omniglot(c.data_dir, split=c.split, image_size=c.image_size, verify_counts=c.verify_data)
+    if c.benchmark in CATALOG:
+        from .data import catalog
+
+        dataset = catalog.load(c.benchmark, c.data_dir, c.image_size, verify=c.verify_data)
+        _check_splits(c, dataset)
+        return dataset
     least = c.test_ways if task_kind(c) == "classification" else 1
     if c.benchmark == "folder":
         from .data import load_image_folder
@@ -146,12 +159,18 @@ def build_source(c: Config, split: str, dataset=None, *, rank: int = 0, device=N
     seed = rank_seed(c.seed, rank) if split == "train" else SPLIT_SEEDS[split]
     if c.benchmark == "sine":
         return SineTasks(shots, queries, seed=seed, device=device)
+    if c.benchmark in RL_BENCHMARKS:
+        from .rl import RLTasks  # task parameters; the learner samples the episodes
+
+        return RLTasks(c.benchmark, seed=seed)
     dataset = dataset if dataset is not None else load_dataset(c)
+    # Only meta-training data are augmented (docs/datasets.md), never validation or meta-test tasks.
+    augment = {"augment": standard_augment} if split == "train" and c.augment == "standard" else {}
     if split == "train" and c.spec().learner.training_source == "batches":
         # Plain mini-batches with global labels: meta_batch rows of one example each, so meta_batch
         # is the mini-batch size (split across processes).
-        return dataset.batches(split, batch_size=1, seed=seed)
-    return dataset.sampler(split, ways=ways, shots=shots, queries=queries, seed=seed)
+        return dataset.batches(split, batch_size=1, seed=seed, **augment)
+    return dataset.sampler(split, ways=ways, shots=shots, queries=queries, seed=seed, **augment)
 
 
 def _csv_features(c: Config) -> int:
@@ -200,33 +219,51 @@ class Context:
         if out_features is None:
             out_features = c.ways if self.kind == "classification" else 1
         if self.images:
-            width = {} if hidden is None else {"hidden": hidden}
-            return conv4(
-                c.kernels == "auto",
-                in_channels=c.channels,
-                out_features=out_features,
-                image_size=c.image_size,
-                norm=norm,
-                **width,
-            )
+            return self._image_backbone(out_features=out_features, norm=norm, hidden=hidden)
         return MLP(self.input_shape[0], c.hidden, out_features)
 
-    def embedding(self) -> tuple[nn.Module, int]:
+    def embedding(self, *, norm: str = "batch") -> tuple[nn.Module, int]:
         c = self.config
         if self.images:
-            encoder = conv4(
-                c.kernels == "auto", in_channels=c.channels, image_size=c.image_size, norm="batch"
-            )
+            encoder = self._image_backbone(norm=norm)
             return encoder, encoder.feature_dim
         return MLP(self.input_shape[0], c.hidden[:-1], c.hidden[-1]), c.hidden[-1]
 
+    def feature_maps(self, *, norm: str = "batch") -> nn.Module:
+        return self._image_backbone(norm=norm, pool=False)
+
+    def _image_backbone(
+        self, *, norm: str, out_features: int | None = None, hidden: int | None = None, pool: bool = True
+    ) -> nn.Module:
+        """The config's backbone; Conv-4 takes the algorithm's `hidden` filters where `filters` is unset."""
+        c = self.config
+        filters = c.filters
+        if filters is None:
+            filters = hidden if hidden is not None and c.backbone == "conv4" else PAPER_FILTERS
+        return image_backbone(
+            c.backbone,
+            in_channels=c.channels,
+            image_size=c.image_size,
+            norm=norm,
+            out_features=out_features,
+            filters=filters,
+            fast=c.kernels == "auto",
+            drop_block=c.drop_block,
+            pool=pool,
+        )
+
     def train_classes(self) -> int | None:
         c = self.config
-        return SPLIT_CLASSES[c.split]["train"] if c.benchmark == "omniglot" else None
+        if c.benchmark == "omniglot":
+            return SPLIT_CLASSES[c.split]["train"]
+        from .data.catalog import CATALOG
+
+        info = CATALOG.get(c.benchmark)
+        return info.classes[0] if info is not None else None  # your own data: bound from the data set
 
 
 def build_model(c: Config) -> nn.Module:
-    """The task's default model (a Conv-4 or MLP with an N-way or scalar head)."""
+    """The task's default model (the image backbone or MLP with an N-way or scalar head)."""
     return Context(c, c.spec()).backbone()
 
 

@@ -1,8 +1,9 @@
 """The `metalab` command: train | eval | predict | serve | plot | data | sweep | runs | report | info.
 
 Bad input (an unknown algorithm or config key, a negative shot count, a missing or corrupt
-checkpoint, a missing data folder) ends with one line on stderr and exit status 2, not a traceback.
-Set METALAB_DEBUG=1 to see the traceback.
+checkpoint, a missing data folder) ends with one line on stderr and exit status 2, not a traceback;
+so does a training run that diverges. Set METALAB_DEBUG=1 to see the traceback. Any other exception
+is a bug: its traceback is printed, then a line saying so, and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import argparse
 import dataclasses
 import os
 import sys
+import traceback
+import warnings
 
 from .algorithms.spec import OptionError, algorithm_names, load_plugins, option_keys, specs
 from .checkpoint import CheckpointError
@@ -36,6 +39,10 @@ _EXAMPLES = """examples:
   metalab info                                    # versions, devices, kernels: for a bug report
 """
 _DEVICE_HELP = "auto | cpu | cuda | cuda:N | mps (default: the checkpoint's device key; docs/gpu.md)"
+_INVERT_HELP = (
+    "read images as 255 - pixel (true) or as they are (false), whatever the checkpoint was trained with "
+    "(default: the checkpoint's invert; a warning names it when they differ)"
+)
 
 
 def _allowed(meta: dict, default) -> str:
@@ -177,11 +184,15 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--data-dir", help="data folder, if it moved since training")
     e.add_argument("--json", help="also write the results to this JSON file")
     e.add_argument("--device", help=_DEVICE_HELP)
+    e.add_argument("--quiet", action="store_true", help="no progress bar (none is shown off a terminal)")
 
     pr = sub.add_parser(
         "predict", help="adapt a checkpoint to a support folder of your classes and label query images"
     )
-    pr.add_argument("checkpoint", help="a checkpoint trained on images (omniglot or folder)")
+    pr.add_argument(
+        "checkpoint",
+        help="a checkpoint trained on an image benchmark (omniglot, folder, cifar_fs, mini_imagenet, ...)",
+    )
     pr.add_argument("queries", nargs="+", help="query images or folders of them (searched recursively)")
     pr.add_argument("--support", required=True, help="folder of your classes: SUPPORT/<class>/<a few images>")
     pr.add_argument(
@@ -194,17 +205,23 @@ def parser() -> argparse.ArgumentParser:
         help="inner steps for gradient-based learners (default: the checkpoint's eval_inner_steps)",
     )
     pr.add_argument("--device", help=_DEVICE_HELP)
+    pr.add_argument("--invert", metavar="true|false", help=_INVERT_HELP)
 
     sv = sub.add_parser(
         "serve", help="serve a checkpoint over HTTP: a JSON API and a page to draw classes and queries"
     )
-    sv.add_argument("checkpoint", nargs="?", help="a checkpoint trained on images (omniglot or folder)")
+    sv.add_argument(
+        "checkpoint",
+        nargs="?",
+        help="a checkpoint trained on an image benchmark (omniglot, folder, cifar_fs, mini_imagenet, ...)",
+    )
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     sv.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     sv.add_argument("--max-episodes", type=int, default=256, help="episodes kept in memory (default: 256)")
     sv.add_argument(
         "--episode-ttl", type=float, default=3600, help="seconds an unused episode is kept (default: 3600)"
     )
+    sv.add_argument("--invert", metavar="true|false", help=_INVERT_HELP)
 
     sw = sub.add_parser(
         "sweep", help="train and meta-test a grid of configs, one run folder each, and print a table"
@@ -231,19 +248,20 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", default="report", help="folder for the PNGs, report.md and report.html")
     rp.add_argument("--device", help="where the sine figure's learners adapt: " + _DEVICE_HELP)
 
-    pl = sub.add_parser("plot", help="figure 2 of Finn et al. 2017: a sine task before and after adaptation")
-    pl.add_argument("checkpoint", help="a sine-wave checkpoint (e.g. MAML)")
+    pl = sub.add_parser(
+        "plot",
+        help="figure 2 of Finn et al. 2017: a sine task before and after adaptation (RL: navigation "
+        "trajectories and learning curves)",
+    )
+    pl.add_argument("checkpoint", help="a sine-wave or RL checkpoint (e.g. MAML)")
     pl.add_argument("--baseline", help="a second checkpoint to draw beside it (e.g. the pretrained baseline)")
     pl.add_argument("--out", default="sine.png", help="PNG to write")
     pl.add_argument("--shots", type=int, default=5)
-    pl.add_argument("--steps", type=int, nargs="+", default=[1, 10])
+    pl.add_argument("--steps", type=int, nargs="+", help="inner steps to draw (default: 1 10; RL: 3)")
     pl.add_argument("--seed", type=int, default=0, help="which held-out task to draw")
     pl.add_argument("--device", help=_DEVICE_HELP)
 
-    d = sub.add_parser("data", help="fetch or check data sets")
-    d.add_argument("action", choices=["download"])
-    d.add_argument("dataset", choices=["omniglot"])
-    d.add_argument("--data-dir", required=True, help="folder to download into")
+    _add_data_parser(sub)
 
     i = sub.add_parser(
         "info", help="versions, devices, CPU kernels, threads, algorithms: what a bug report needs"
@@ -254,6 +272,36 @@ def parser() -> argparse.ArgumentParser:
         help="build the Conv-4 CPU kernels if needed (~30 s) and say so",
     )
     return p
+
+
+def _add_data_parser(sub) -> None:
+    """`metalab data list` and `metalab data download NAME` (the catalogue: `metalab.data.catalog`)."""
+    from .data.catalog import CATALOG, DOWNLOADS
+
+    d = sub.add_parser("data", help="list, check and download data sets")
+    actions = d.add_subparsers(dest="action", required=True, metavar="{list,download}")
+    ls = actions.add_parser(
+        "list", help="every data set: source, checksums, class split, and whether --data-dir holds it"
+    )
+    ls.add_argument("--data-dir", help="a folder to look in (and in its subfolder of each data set's name)")
+    fetched = "\n".join(f"  {name:<15} {what}" for name, (_, _, what) in DOWNLOADS.items())
+    manual = "\n".join(
+        f"  {name:<15} no public URL: put {' or '.join(info.files)} in --data-dir"
+        for name, info in CATALOG.items()
+        if info.download is None
+    )
+    dl = actions.add_parser(
+        "download",
+        help="fetch a data set's official files, md5-checked",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Fetch a data set's official files into --data-dir. Each is checked against its "
+        "published md5 and renamed into place only if it matches; a wrong one is refused and removed. "
+        "cifar_fs and fc100 read cifar100's file.",
+        epilog=f"downloads:\n{fetched}\n{manual}\n`metalab data list` gives every data set's checksums "
+        "and split.",
+    )
+    dl.add_argument("dataset", choices=sorted({*DOWNLOADS, *CATALOG}), metavar="NAME", help="the data set")
+    dl.add_argument("--data-dir", required=True, help="folder to download into")
 
 
 def _preload_plugins(argv: list[str]) -> None:
@@ -273,20 +321,27 @@ def _preload_plugins(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run `metalab ARGV...`; the exit status: 0 done, 2 bad input (one line on stderr), 1 a bug
+    (its traceback, then a line saying so), 130 interrupted. Malformed flags exit through argparse
+    (status 2, its usage and one error line)."""
     argv = sys.argv[1:] if argv is None else argv
+    with warnings.catch_warnings():
+        # An image beyond Pillow's size limit is refused by the loaders rather than decoded after a
+        # warning: a command's bad input ends with one line.
+        from PIL.Image import DecompressionBombWarning
+
+        warnings.simplefilter("error", DecompressionBombWarning)
+        return _run(argv)
+
+
+def _run(argv: list[str]) -> int:
     try:
         _preload_plugins(argv)
-    except (OptionError, ValueError) as e:
-        print(f"metalab: error: {e}", file=sys.stderr)
-        return 2
-    parser_ = parser()
-    # No command at all means the built-in default job: `metalab train`.
-    args = parser_.parse_args(argv or ["train"])
-    command = args.command
-    from . import commands  # the subcommands import this module's key list
+        # No command at all means the built-in default job: `metalab train`.
+        args = parser().parse_args(argv or ["train"])
+        from . import commands  # the subcommands import this module's key list
 
-    try:
-        if command == "train":
+        if args.command == "train":
             return commands.cmd_train(args, argv)
         handlers = {
             "eval": commands.cmd_eval,
@@ -299,15 +354,27 @@ def main(argv: list[str] | None = None) -> int:
             "serve": commands.cmd_serve,
             "info": commands.cmd_info,
         }
-        return handlers[command](args)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError, DistributedError) as e:
+        return handlers[args.command](args)
+    except (ConfigError, CheckpointError, OptionError, FileNotFoundError, ValueError, DistributedError) as e:
         if os.environ.get("METALAB_DEBUG"):
             raise
-        print(f"metalab: error: {e}", file=sys.stderr)
+        print(f"metalab: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("metalab: interrupted (the last checkpoint is intact; continue with --resume)", file=sys.stderr)
         return 130
+    except Exception:  # not a recognised error: a bug, reported as one with its traceback
+        traceback.print_exc()
+        print(INTERNAL_ERROR, file=sys.stderr)
+        return 1
+
+
+INTERNAL_ERROR = "metalab: internal error (a bug; please report it with the traceback above)"
+
+
+def _one_line(error: BaseException) -> str:
+    """The error's message on one line (a message quoting a file's lines is joined up)."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 if __name__ == "__main__":

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
 from .algorithms.optimization.options import MAX_INNER_STEPS
 from .cli import config_keys
-from .config import Config, ConfigError, config_from_dict, load_config, parse_override
-from .experiment import default_run_dir, list_runs, meta_test, runs_table, sweep
-
-
-def _yaml(text: str):
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+from .config import Config, ConfigError, config_from_dict, load_config, parse_override, parse_value
+from .experiment import default_run_dir, list_runs, meta_test, run_details, runs_table, sweep
+from .paths import PathError, check_output_file, check_output_folder
 
 
 def _train_config(args) -> Config:
@@ -27,7 +21,7 @@ def _train_config(args) -> Config:
     for name in config_keys():
         raw = getattr(args, f"cfg_{name}")
         if raw is not None:
-            values[name] = [_yaml(v) for v in raw] if isinstance(raw, list) else _yaml(raw)
+            values[name] = [parse_value(v) for v in raw] if isinstance(raw, list) else parse_value(raw)
     for text in args.set:
         key, value = parse_override(text)
         values[key] = value
@@ -35,9 +29,10 @@ def _train_config(args) -> Config:
 
 
 def cmd_train(args, argv=None) -> int:
-    from . import distributed
-    from .train import train
+    from . import distributed, run_folder
+    from .train import final_lines, train
 
+    check_nproc(args.nproc)
     if args.resume and not args.run_dir:
         raise ConfigError("--resume needs --run-dir, the folder of the run to continue")
     if (
@@ -60,44 +55,68 @@ def cmd_train(args, argv=None) -> int:
             if token.startswith("--nproc="):
                 del argv[i]
                 break
+        run_dir = args.run_dir or default_run_dir(config)
         if not args.run_dir:
-            argv += ["--run-dir", str(default_run_dir(config))]
+            argv += ["--run-dir", str(run_dir)]
+        run_folder.check_free(run_dir)  # refused here in one line, before any process starts
         return distributed.launch(args.nproc, argv)
-    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(config)
-    result = train(config, run_dir, resume=args.resume, progress=not args.quiet)
-    if not distributed.is_main():
-        return 0
-    c = result.config
-    summary = (
-        f"trained {c.algorithm} on {c.benchmark} for {result.iteration} iterations "
-        f"in {result.seconds:.0f} s -> {run_dir}/checkpoint.pt"
-    )
-    if result.last_val is not None:
-        summary += f"; last validation {result.last_val}"
-    print(summary)
-    if not args.no_eval:
-        meta_test(result)
+    run_dir = check_output_folder(args.run_dir or default_run_dir(config), "--run-dir")
+    # One process writes: the lock is held from training through results.json (under torchrun, rank
+    # 0 takes it in Run.start, and again here for the final meta-test).
+    with contextlib.nullcontext() if distributed.launched_by_torchrun() else run_folder.hold(run_dir):
+        result = train(config, run_dir, resume=args.resume, progress=not args.quiet)
+        if not distributed.is_main():
+            return 0
+        print(final_lines(result))
+        if not args.no_eval:
+            with run_folder.hold(run_dir):
+                meta_test(result, progress=not args.quiet)
     return 0
 
 
+def check_nproc(nproc: int | None) -> None:
+    """`--nproc` must be >= 1 and at most 8 processes per core of this machine."""
+    if nproc is None:
+        return
+    cores = os.cpu_count() or 1
+    if not 1 <= nproc <= 8 * cores:
+        raise ConfigError(
+            f"--nproc must be between 1 and {8 * cores} (8 per core of this machine's {cores}), got {nproc}"
+        )
+
+
 def cmd_sweep(args) -> int:
+    check_output_folder(args.runs, "--runs")
     table = sweep(load_config(args.config), args.set, args.runs, progress=args.progress)
     print(table)
     return 0
 
 
 def cmd_runs(args) -> int:
-    runs = list_runs(args.root)
+    root = Path(args.root or "runs")
+    if root.exists() and not root.is_dir():
+        raise PathError(f"{root} is a file, not a folder of runs")
+    if args.root is not None and not root.exists():
+        raise PathError(f"no such folder: {root}")
+    runs = list_runs(root)
     if not runs:
-        print(f"no runs under {args.root}")
+        print(f"no runs under {root}")
         return 0
     print(runs_table(runs))
+    if len(runs) == 1 and runs[0].path == root:  # one run folder: its split and figures
+        details = run_details(runs[0])
+        if details:
+            print(details)
     return 0
 
 
 def cmd_report(args) -> int:
+    from .devices import check_device_name, resolve_device
     from .report import write_report
 
+    check_output_folder(args.out, "--out")
+    if args.device is not None:  # before any figure is drawn
+        resolve_device(check_device_name(args.device))
     page = write_report(args.runs, args.out, device=args.device)
     print(f"wrote {page} and {Path(args.out) / 'report.md'}")
     return 0
@@ -110,6 +129,11 @@ def cmd_eval(args) -> int:
     from .threads import threads_for
     from .train import learner_on_device
 
+    for flag in ("ways", "shots", "queries", "tasks"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    if args.json:
+        check_output_file(args.json, "--json")
     learner, c, state = learner_on_device(args.checkpoint, args.device)
     device = next(learner.parameters()).device
     overrides = {
@@ -133,14 +157,18 @@ def cmd_eval(args) -> int:
         raise ConfigError(f"--steps must be between 0 and {MAX_INNER_STEPS:,}, got {steps_list}")
     dataset = place_dataset(load_dataset(c), device)
     cell = f"{c.test_ways}-way {c.test_shots}-shot" if c.benchmark != "sine" else f"K={c.test_shots}"
+    if learner.kind == "rl":
+        cell = f"{c.test_shots} trajectories per task and inner step"
     print(f"{args.checkpoint}: {c.algorithm} on {c.benchmark}, iteration {state['iteration']}, {cell}")
     results = []
     with threads_for(c.threads, learner):
         for steps in steps_list:
-            r = evaluate(learner, build_source(c, "test", dataset, device=device), tasks, steps=steps)
+            source = build_source(c, "test", dataset, device=device)
+            r = evaluate(learner, source, tasks, steps=steps, progress=not args.quiet)
             results.append(r.to_dict())
             print("test " + str(r))
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(
             json.dumps(
                 {"checkpoint": str(args.checkpoint), "shots": c.test_shots, "results": results}, indent=2
@@ -152,13 +180,35 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     from .predict import format_predictions, predict, write_predictions_csv
 
-    predictions = predict(args.checkpoint, args.support, args.queries, steps=args.steps, device=args.device)
+    if args.csv:
+        check_output_file(args.csv, "--csv")
+    predictions = predict(
+        args.checkpoint,
+        args.support,
+        args.queries,
+        steps=args.steps,
+        device=args.device,
+        invert=_true_false("--invert", args.invert),
+        warn=_warn,
+    )
     if args.csv:
         write_predictions_csv(predictions, args.csv)
         print(f"wrote {len(predictions)} predictions to {args.csv}")
     else:
         print(format_predictions(predictions))
     return 0
+
+
+def _true_false(flag: str, text: str | None) -> bool | None:
+    if text is None:
+        return None
+    if text.lower() not in ("true", "false"):
+        raise ConfigError(f"{flag} must be true or false, got {text!r}")
+    return text.lower() == "true"
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 SERVE_NEEDS_CHECKPOINT = (
@@ -180,8 +230,10 @@ def cmd_serve(args) -> int:
         )
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be in 0..65535, got {args.port}")
-    if args.max_episodes < 1 or args.episode_ttl <= 0:
-        raise ConfigError("--max-episodes must be >= 1 and --episode-ttl > 0")
+    if args.max_episodes < 1:
+        raise ConfigError(f"--max-episodes must be >= 1, got {args.max_episodes}")
+    if not 0 < args.episode_ttl < float("inf"):  # (a NaN is not > 0 either)
+        raise ConfigError(f"--episode-ttl must be a positive number of seconds, got {args.episode_ttl}")
     from .serve import Limits, serve
 
     serve(
@@ -189,24 +241,46 @@ def cmd_serve(args) -> int:
         args.host,
         args.port,
         Limits(max_episodes=args.max_episodes, episode_ttl=args.episode_ttl),
+        invert=_true_false("--invert", args.invert),
+        warn=_warn,
     )
     return 0
 
 
 def cmd_plot(args) -> int:
-    from .plots import sine_adaptation_figure
+    from .config import RL_BENCHMARKS
+    from .plots import SINE_TEST_SEED, sine_adaptation_figure
     from .train import learner_on_device
 
-    learners = {}
+    check_output_file(args.out, "--out")
+    if any(not 0 <= s <= MAX_INNER_STEPS for s in args.steps or []):
+        raise ConfigError(f"--steps must be between 0 and {MAX_INNER_STEPS:,}, got {args.steps}")
+    if not 0 <= args.seed < 2**63 - SINE_TEST_SEED:
+        raise ConfigError(f"--seed must be between 0 and 2**63 - {SINE_TEST_SEED:,}, got {args.seed}")
+    learners, run_dirs, benchmarks = {}, {}, set()
     for path in [args.checkpoint] + ([args.baseline] if args.baseline else []):
         learner, c, _ = learner_on_device(path, args.device)
+        if c.benchmark in RL_BENCHMARKS:  # trajectories before and after adaptation, learning curves
+            label = c.algorithm if c.benchmark == "navigation" else f"{c.algorithm} ({c.benchmark})"
+            label = label if label not in learners else f"{label} ({Path(path).parent.name})"
+            learners[label], run_dirs[label] = learner, Path(path).parent
+            benchmarks.add(c.benchmark.split("_")[0])
+            continue
         if c.benchmark != "sine":
             raise ConfigError(f"plot draws sine-wave tasks; {path} was trained on {c.benchmark}")
         label = type(learner).__name__  # MAML, Pretrained, MetaSGD, ...
         learners[label if label not in learners else c.algorithm] = learner
+    if run_dirs:
+        from .rl.plots import rl_figure
+
+        if len(learners) != len(run_dirs) or len(benchmarks) > 1:
+            raise ConfigError("plot draws an RL checkpoint beside another of the same environment only")
+        rl_figure(learners, run_dirs, args.out, steps=max(args.steps or [3]), seed=args.seed)
+        print(f"wrote {args.out}")
+        return 0
     if args.shots < 1:
         raise ConfigError(f"--shots must be >= 1, got {args.shots}")
-    sine_adaptation_figure(learners, args.out, shots=args.shots, steps=args.steps, seed=args.seed)
+    sine_adaptation_figure(learners, args.out, shots=args.shots, steps=args.steps or [1, 10], seed=args.seed)
     print(f"wrote {args.out}")
     return 0
 
@@ -219,8 +293,12 @@ def cmd_info(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from .data import download_omniglot
+    from .data import catalog
 
-    path = download_omniglot(args.data_dir)
-    print(f"Omniglot ready in {path}")
+    if args.action == "list":
+        print(catalog.format_catalog(args.data_dir))
+        return 0
+    check_output_folder(args.data_dir, "--data-dir")
+    path = catalog.download(args.dataset, args.data_dir)
+    print(f"{args.dataset} ready in {path}")
     return 0

@@ -12,6 +12,7 @@ A key of another registered algorithm is dropped where it holds its default and 
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +22,11 @@ import yaml
 
 from .algorithms.spec import AlgorithmSpec, Options, get_spec, option_keys
 from .config_values import ConfigError, coerce, load_plugins_named, option_errors, options_for, unknown_key
+from .data.augment import AUGMENTATIONS
+from .data.catalog import CATALOG, default_image
 from .data.omniglot.splits import SPLIT_CLASSES
 from .devices import DEVICE_NAMES, PRECISIONS
+from .models.backbones import BACKBONES
 
 __all__ = [
     "Config",
@@ -34,14 +38,19 @@ __all__ = [
     "GROUPS",
     "BENCHMARKS",
     "IMAGE_BENCHMARKS",
+    "RL_BENCHMARKS",
     "config_from_dict",
     "load_config",
     "parse_override",
+    "parse_value",
 ]
 
-BENCHMARKS = ("sine", "omniglot", "folder", "csv")
+# The data-set benchmarks (omniglot, cifar10, cifar_fs, ...) are those of `metalab.data.catalog`.
+# Reinforcement-learning benchmarks (task kind "rl"; metalab.rl): their tasks are environments.
+RL_BENCHMARKS = ("navigation", "halfcheetah_vel", "halfcheetah_dir")
+BENCHMARKS = ("sine", "omniglot", "folder", "csv", *(b for b in CATALOG if b != "omniglot"), *RL_BENCHMARKS)
 # Benchmarks whose examples are images (Conv-4 backbones; `metalab predict` applies to them).
-IMAGE_BENCHMARKS = ("omniglot", "folder")
+IMAGE_BENCHMARKS = ("omniglot", "folder", *(b for b in CATALOG if b != "omniglot"))
 GROUPS = ("tasks", "data", "model", "training", "evaluation")
 
 
@@ -67,12 +76,17 @@ class Config:
     test_ways: Optional[int] = key(None, "N at evaluation (default: ways)", "tasks", allowed=">= 1")
     shots: int = key(
         10,
-        "K, support examples per class (per task for regression) in meta-training",
+        "K, support examples per class (per task for regression; trajectories per task and inner step "
+        "for RL) in meta-training",
         "tasks",
         allowed=">= 1",
     )
     queries: int = key(
-        10, "query examples per class (per task for regression) in meta-training", "tasks", allowed=">= 1"
+        10,
+        "query examples per class (per task for regression; post-update trajectories per task for RL) in "
+        "meta-training",
+        "tasks",
+        allowed=">= 1",
     )
     test_shots: Optional[int] = key(None, "K at evaluation (default: shots)", "tasks", allowed=">= 1")
     test_queries: Optional[int] = key(
@@ -95,15 +109,38 @@ class Config:
         "data",
         allowed=">= 1",
     )
-    image_size: int = key(
-        28, "images are resized to image_size x image_size (recorded for predict)", "data", allowed=">= 16"
+    image_size: Optional[int] = key(
+        None,
+        "images are resized to image_size x image_size (recorded for predict; default: the data set's, 32 "
+        "for CIFAR, 84 for ImageNet and CUB, else 28)",
+        "data",
+        allowed=">= 16",
     )
-    channels: int = key(1, "1: greyscale, 3: RGB (folder); Omniglot is greyscale", "data", choices=(1, 3))
+    channels: Optional[int] = key(
+        None,
+        "1: greyscale, 3: RGB (default: the data set's; folder: 1)",
+        "data",
+        choices=(1, 3),
+    )
     invert: Optional[bool] = key(
         None,
         "store 255 - pixel, ink bright (default: true for omniglot, else false)",
         "data",
         allowed="true, false",
+    )
+    verify_data: bool = key(
+        True,
+        "check the data set's published checksums, class lists and counts (false: a copy of your own in the "
+        "same format)",
+        "data",
+        allowed="true, false",
+    )
+    augment: str = key(
+        "auto",
+        "meta-training data augmentation (crop, flip, colour jitter; docs/datasets.md): auto is standard for "
+        "learners that pre-train on batches on colour data sets, else none",
+        "data",
+        choices=AUGMENTATIONS,
     )
     csv_label: Optional[str] = key(
         None, "csv classification: the class column", "data", allowed="a column name"
@@ -128,10 +165,31 @@ class Config:
         "model",
         allowed="integers >= 1",
     )
+    backbone: str = key(
+        "conv4",
+        "image backbone: conv4 (Conv-4), resnet12 (ResNet-12 of TADAM/MetaOptNet, 640 features), resnet18 "
+        "(ResNet-18 of Chen et al. 2019, 512 features; CIFAR stem at <= 32 px); docs/backbones.md",
+        "model",
+        choices=BACKBONES,
+    )
+    filters: Optional[int] = key(
+        None,
+        "conv4: filters per block (default 64, lstm_meta 32; MAML's miniImageNet model: 32); resnet12/18: "
+        "the first width, the others scaled with it (default 64, the papers')",
+        "model",
+        allowed=">= 1",
+    )
+    drop_block: float = key(
+        0.0,
+        "resnet12: DropBlock rate after blocks 3-4 and dropout after blocks 1-2, in training (MetaOptNet: "
+        "0.1); 0: none",
+        "model",
+        allowed="in [0, 1)",
+    )
     kernels: str = key(
         "auto",
-        "Conv-4 fast path: auto (fused blocks and compiled CPU kernels where they apply) or off (the plain "
-        "reference layers)",
+        "Conv-4 fast path (conv4 only): auto (fused blocks and compiled CPU kernels where they apply) or off "
+        "(the plain reference layers)",
         "model",
         choices=("auto", "off"),
     )
@@ -259,6 +317,12 @@ class Config:
             c.test_queries = 100 if c.benchmark == "sine" else c.queries
         if c.invert is None:
             c.invert = c.benchmark == "omniglot"
+        size, channels = default_image(c.benchmark) or (28, 1)
+        c.image_size = size if c.image_size is None else c.image_size
+        c.channels = channels if c.channels is None else c.channels
+        if c.augment == "auto":
+            colour = c.benchmark in CATALOG and c.channels == 3
+            c.augment = "standard" if colour and spec.learner.training_source == "batches" else "none"
         c.options = option_errors(lambda: c.options.resolved(c))
         if not c.eval_steps:
             c.eval_steps = c.options.eval_steps()
@@ -289,7 +353,10 @@ def key_help(name: str) -> dict[str, Any]:
 
 
 def task_kind(c: Config) -> str:
-    """ "regression" (sine waves, a CSV with a target column) or "classification"."""
+    """ "regression" (sine waves, a CSV with a target column), "rl" (an RL benchmark) or
+    "classification"."""
+    if c.benchmark in RL_BENCHMARKS:
+        return "rl"
     regression = c.benchmark == "sine" or (c.benchmark == "csv" and c.csv_target is not None)
     return "regression" if regression else "classification"
 
@@ -306,6 +373,9 @@ def config_from_dict(values: dict[str, Any], base: Config | None = None) -> Conf
     for name, value in values.items():
         name = str(name)
         if name in FIELDS:
+            choices = FIELDS[name].metadata.get("choices") or ()
+            if isinstance(value, bool) and ("off" if not value else "on") in choices:
+                value = "off" if not value else "on"  # YAML 1.1 reads `off` and `on` as booleans
             setattr(c, name, coerce(name, value, HINTS[name]))
         else:
             own[name] = value
@@ -314,7 +384,9 @@ def config_from_dict(values: dict[str, Any], base: Config | None = None) -> Conf
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """A YAML loader that refuses a key given twice (plain YAML silently keeps the last one)."""
+    """A YAML loader that refuses a key given twice (plain YAML silently keeps the last one) and
+    reads only true and false as booleans, as YAML 1.2 does: YAML 1.1's on/off/yes/no stay strings,
+    so that `kernels: off` is the string its key takes ("off"), not false."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -326,19 +398,57 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+_UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def parse_value(text: str) -> Any:
+    """One value as a config file reads it (`0.1`, `true`, `[40, 40]`, `off`); text YAML cannot
+    read is kept as it is."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except (yaml.YAMLError, ConfigError, RecursionError):
+        return text
+
+
 def load_config(path: str | Path, base: Config | None = None) -> Config:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory; give a YAML file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     try:
         values = yaml.load(text, Loader=_UniqueKeyLoader) or {}
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        raise ConfigError(f"config file {path} is not valid YAML ({yaml_problem(e)})") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply to be a config") from None
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"config file {path} is a YAML {type(values).__name__}, not a mapping of config keys to values"
+        )
     return config_from_dict(values, base)
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error in one line: where, and what (PyYAML's own message spans several lines)."""
+    mark, problem = getattr(error, "problem_mark", None), getattr(error, "problem", None)
+    if problem is None:
+        return " ".join(str(error).split())
+    context = getattr(error, "context", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + (f"{context}, {problem}" if context else problem)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -351,8 +461,4 @@ def parse_override(text: str) -> tuple[str, Any]:
     name = name.strip().replace("-", "_")
     if name not in FIELDS and name not in option_keys():
         raise unknown_key(name, FIELDS)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    return name, value
+    return name, parse_value(raw) if raw.strip() else None

@@ -7,9 +7,11 @@ import os
 
 from .algorithms.optimization.options import MAX_INNER_STEPS
 from .algorithms.spec import AlgorithmSpec, check_options
-from .config import FIELDS, IMAGE_BENCHMARKS, Config, ConfigError, option_errors, task_kind
+from .config import FIELDS, IMAGE_BENCHMARKS, RL_BENCHMARKS, Config, ConfigError, option_errors, task_kind
+from .data.catalog import CATALOG
 from .data.omniglot.splits import EXAMPLES_PER_CLASS, SPLIT_CLASSES
 from .devices import check_device_name
+from .models.backbones import PAPER_FILTERS, activation_floats
 
 __all__ = ["validate"]
 
@@ -39,6 +41,8 @@ def validate(c: Config, spec: AlgorithmSpec) -> None:
         if getattr(c, name) < 0:
             raise ConfigError(f"config key {name!r} must be >= 0, got {getattr(c, name)}")
     if any(s < 0 for s in c.eval_steps):
+        # The default comes from the algorithm's keys (inner_steps, eval_inner_steps): name them first.
+        option_errors(lambda: check_options(c.options, c))
         raise ConfigError(f"config key 'eval_steps' must hold steps >= 0, got {c.eval_steps}")
     if c.eval_steps and not spec.learner.inner_loop:
         raise ConfigError(
@@ -60,25 +64,33 @@ def validate(c: Config, spec: AlgorithmSpec) -> None:
     check_device_name(c.device)  # its availability is checked where a command resolves it
     _validate_needs(c, spec)
     _validate_data_keys(c, spec)
+    _validate_backbone(c, spec)
     option_errors(lambda: check_options(c.options, c))
     _validate_sizes(c, spec)
 
 
 def _validate_needs(c: Config, spec: AlgorithmSpec) -> None:
     kind, needs = task_kind(c), spec.needs
+    if kind not in needs.kinds and "rl" in (kind, *needs.kinds):
+        learners = "maml_rl, pretrained_rl, random_rl"
+        raise ConfigError(
+            f"algorithm {spec.name!r} does not learn {'RL tasks' if kind == 'rl' else c.benchmark}: the RL "
+            f"benchmarks ({', '.join(RL_BENCHMARKS)}) go with the RL learners ({learners}), and those with "
+            "them only"
+        )
     if kind not in needs.kinds:
         if kind == "regression":
             raise ConfigError(
                 f"algorithm {spec.name!r} is a few-shot classifier; it needs a classification benchmark: "
-                "an image benchmark (omniglot, folder) or csv with csv_label"
+                f"an image benchmark ({', '.join(IMAGE_BENCHMARKS)}) or csv with csv_label"
             )
         raise ConfigError(
             f"algorithm {spec.name!r} is defined for regression benchmarks only (sine, csv with csv_target)"
         )
     if needs.images and c.benchmark not in IMAGE_BENCHMARKS:
         raise ConfigError(
-            f"algorithm {spec.name!r} has a convolutional backbone; it needs an image benchmark (omniglot, "
-            "folder)"
+            f"algorithm {spec.name!r} has a convolutional backbone; it needs an image benchmark "
+            f"({', '.join(IMAGE_BENCHMARKS)})"
         )
     if needs.fixed_head and kind == "classification" and c.test_ways != c.ways:
         raise ConfigError(
@@ -101,6 +113,10 @@ def _validate_data_keys(c: Config, spec: AlgorithmSpec) -> None:
         )
     if c.benchmark == "omniglot":
         _validate_omniglot(c)
+    elif c.benchmark in CATALOG:
+        _validate_catalog(c)
+    if c.augment == "standard" and c.benchmark not in IMAGE_BENCHMARKS:
+        raise ConfigError(f"config key 'augment' (standard) applies to image benchmarks, not {c.benchmark}")
     if c.benchmark in ("folder", "csv"):
         classes = task_kind(c) == "classification"
         least, unit = (c.test_ways, "classes (test_ways)") if classes else (1, "task")
@@ -133,6 +149,41 @@ def _validate_data_keys(c: Config, spec: AlgorithmSpec) -> None:
         )
 
 
+def _validate_backbone(c: Config, spec: AlgorithmSpec) -> None:
+    """The backbone keys: image benchmarks only, on algorithms whose model is the backbone; a
+    width >= 1; DropBlock on ResNet-12 only, at a rate in [0, 1), and not under vmap (whose
+    random masks torch.func.vmap refuses)."""
+    chosen = {
+        k: getattr(c, k)
+        for k, default in (("backbone", "conv4"), ("filters", None), ("drop_block", 0.0))
+        if getattr(c, k) != default
+    }
+    if not chosen:
+        return
+    named = ", ".join(f"{k} {v}" for k, v in chosen.items())
+    if c.benchmark not in IMAGE_BENCHMARKS:
+        raise ConfigError(
+            "config keys backbone, filters and drop_block apply to image benchmarks "
+            f"({', '.join(IMAGE_BENCHMARKS)}); {c.benchmark} uses an MLP of the 'hidden' widths (got {named})"
+        )
+    if not spec.needs.backbone:
+        raise ConfigError(
+            f"config keys backbone, filters and drop_block do not apply to {spec.name}, whose model is its "
+            f"own (got {named})"
+        )
+    if c.filters is not None and c.filters < 1:
+        raise ConfigError(f"config key 'filters' must be >= 1, got {c.filters}")
+    if not 0.0 <= c.drop_block < 1.0:
+        raise ConfigError(f"config key 'drop_block' must be in [0, 1), got {c.drop_block}")
+    if c.drop_block > 0 and c.backbone != "resnet12":
+        raise ConfigError(f"config key 'drop_block' applies to backbone resnet12, not {c.backbone}")
+    if c.drop_block > 0 and getattr(c.options, "strategy", None) == "vmap":
+        raise ConfigError(
+            "config key 'drop_block' draws random masks, which torch.func.vmap refuses: use strategy loop "
+            "(or auto)"
+        )
+
+
 def _validate_omniglot(c: Config) -> None:
     if c.channels != 1 or c.invert is False:
         raise ConfigError("Omniglot is greyscale with ink bright: it needs 'channels' 1 and 'invert' true")
@@ -150,6 +201,29 @@ def _validate_omniglot(c: Config) -> None:
             raise ConfigError(
                 f"config key {ways_key!r} ({getattr(c, ways_key)}) exceeds the {classes[split]} classes "
                 f"of the {c.split} split's meta-{split} set"
+            )
+
+
+def _validate_catalog(c: Config) -> None:
+    """The data-set benchmarks of `metalab.data.catalog`: their channels, and ways within their splits."""
+    info = CATALOG[c.benchmark]
+    if c.channels != info.channels or c.invert:
+        kind = "RGB" if info.channels == 3 else "greyscale"
+        raise ConfigError(
+            f"{c.benchmark} is {kind}: it needs 'channels' {info.channels} and 'invert' false, got "
+            f"{c.channels} and {c.invert}"
+        )
+    if not c.verify_data:
+        return  # a copy of one's own may hold other classes; the data are checked when loaded
+    for ways_key, split, classes in zip(
+        ("ways", "test_ways", "test_ways"), ("train", "val", "test"), info.classes
+    ):
+        if split == "val" and not c.val_every:
+            continue
+        if getattr(c, ways_key) > classes:
+            raise ConfigError(
+                f"config key {ways_key!r} ({getattr(c, ways_key)}) exceeds the {classes} classes of "
+                f"{c.benchmark}'s meta-{split} set"
             )
 
 
@@ -172,10 +246,20 @@ def _validate_sizes(c: Config, spec: AlgorithmSpec) -> None:
     need, have = estimated_bytes(c), physical_memory()
     if have and need > have:
         raise ConfigError(
-            f"this config needs about {need / 2**30:,.0f} GiB of memory (image_size {c.image_size}, hidden "
-            f"{c.hidden}, meta_batch {c.meta_batch} tasks of {_examples_per_task(c)} examples), more than "
-            f"this machine's {have / 2**30:,.0f} GiB: reduce image_size, hidden or meta_batch"
+            f"this config needs about {need / 2**30:,.0f} GiB of memory (image_size {c.image_size}, "
+            f"{_model_words(c)}, meta_batch {c.meta_batch} tasks of {_examples_per_task(c)} examples), more "
+            f"than this machine's {have / 2**30:,.0f} GiB: reduce image_size, {_width_key(c)} or meta_batch"
         )
+
+
+def _model_words(c: Config) -> str:
+    if c.benchmark not in IMAGE_BENCHMARKS:
+        return f"hidden {c.hidden}"
+    return f"backbone {c.backbone}" + (f" with filters {c.filters}" if c.filters else "")
+
+
+def _width_key(c: Config) -> str:
+    return "filters" if c.benchmark in IMAGE_BENCHMARKS else "hidden"
 
 
 def _examples_per_task(c: Config) -> int:
@@ -185,12 +269,19 @@ def _examples_per_task(c: Config) -> int:
 
 def estimated_bytes(c: Config) -> int:
     """A coarse upper estimate of a run's memory: the MLP's parameters with the optimizer's two
-    moments and gradients, or a Conv-4's first-block activations (a few copies each: forward,
-    norm, gradient) for every example of a meta-batch, plus the images kept in memory."""
+    moments and gradients, or for every example of a meta-batch a Conv-4's first-block activations
+    (a few copies each: forward, norm, gradient) or a ResNet's activations (`activation_floats`)
+    and their gradients, plus the images kept in memory."""
     if c.benchmark in IMAGE_BENCHMARKS:
         examples = c.meta_batch * _examples_per_task(c)
-        activations = examples * 64 * c.image_size**2 * 4 * 4
+        filters = c.filters or PAPER_FILTERS
+        if c.backbone == "conv4":
+            activations = examples * filters * c.image_size**2 * 4 * 4
+        else:  # every layer's output kept for the backward, and as much again for its gradient
+            activations = examples * activation_floats(c.backbone, c.image_size, filters) * 4 * 2
         stored = 40_000 * c.channels * c.image_size**2 if c.benchmark == "omniglot" else 0
+        if c.benchmark in CATALOG and c.benchmark != "omniglot":
+            stored = CATALOG[c.benchmark].total_images * c.channels * c.image_size**2
         return activations + stored
     widths = [len(c.csv_features) or 1, *c.hidden, max(c.ways, 1)]
     parameters = sum(a * b for a, b in zip(widths, widths[1:]))

@@ -73,6 +73,12 @@ def _default(spec: AlgorithmSpec, name: str) -> Any:
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
+def shown(value: Any, limit: int = 80) -> str:
+    """`repr(value)`, cut to about `limit` characters (a config value can be any size)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def coerce(name: str, value: Any, hint: Any) -> Any:
     """`value` as the type `hint` of config key `name`, or a `ConfigError` naming the key."""
     optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
@@ -84,17 +90,17 @@ def coerce(name: str, value: Any, hint: Any) -> Any:
     if base is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"config key {name!r} must be true or false, got {value!r}")
+        raise ConfigError(f"config key {name!r} must be true or false, got {shown(value)}")
     if base is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ConfigError(f"config key {name!r} must be an integer, got {value!r}")
+        raise ConfigError(f"config key {name!r} must be an integer, got {shown(value)}")
     if base is float:
         return _number(name, value)
     if base is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"config key {name!r} must be a string, got {value!r}")
+        raise ConfigError(f"config key {name!r} must be a string, got {shown(value)}")
     if typing.get_origin(base) is list:
         (item,) = typing.get_args(base)
         values = value if isinstance(value, list) else [value]
@@ -103,7 +109,7 @@ def coerce(name: str, value: Any, hint: Any) -> Any:
         if all(isinstance(v, item) and not isinstance(v, bool) for v in values):
             return values
         noun = {int: "integers", str: "strings"}.get(item, item.__name__)
-        raise ConfigError(f"config key {name!r} must be a list of {noun}, got {value!r}")
+        raise ConfigError(f"config key {name!r} must be a list of {noun}, got {shown(value)}")
     return value
 
 
@@ -116,4 +122,4 @@ def _number(name: str, value: Any) -> float:
             pass
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
-    raise ConfigError(f"config key {name!r} must be a number, got {value!r}")
+    raise ConfigError(f"config key {name!r} must be a number, got {shown(value)}")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from .algorithms.base import MetaLearner
 from .losses import task_metric
@@ -16,7 +17,8 @@ __all__ = ["EvalResult", "evaluate", "confidence_interval"]
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Mean accuracy (or MSE) over `tasks` test tasks, with the half-width of its 95% interval."""
+    """Mean accuracy (or MSE, or an RL learner's return) over `tasks` test tasks, with the half-width
+    of its 95% interval."""
 
     metric: str
     mean: float
@@ -67,7 +69,13 @@ def _device_of(learner: MetaLearner) -> torch.device:
 
 
 def evaluate(
-    learner: MetaLearner, source, tasks: int, *, batch_size: int = 25, steps: int | None = None
+    learner: MetaLearner,
+    source,
+    tasks: int,
+    *,
+    batch_size: int = 25,
+    steps: int | None = None,
+    progress: bool = False,
 ) -> EvalResult:
     """Adapt to `tasks` tasks drawn from `source` and score each on its queries.
 
@@ -75,16 +83,33 @@ def evaluate(
         source: anything with `sample(T) -> TaskBatch` (a `SineTasks`, an `EpisodeSampler`); its
             episodes are moved to the learner's device where they come from elsewhere.
         steps: inner steps for gradient-based learners (default: the learner's own).
+        progress: show a progress bar over the tasks (tqdm, as training shows; only on a terminal).
     """
     device = _device_of(learner)
     was_training = learner.training
     learner.eval()
     kwargs = {} if steps is None else {"steps": steps}
     scores, diverged = [], 0
+    what = "meta-test" + (f", {steps} step{'s' if steps != 1 else ''}" if steps is not None else "")
+    # disable=None: tqdm stays quiet where stderr is not a terminal (a log file, a pipe).
+    bar = tqdm(
+        total=tasks,
+        desc=what,
+        unit="task",
+        leave=False,
+        dynamic_ncols=True,
+        disable=None if progress else True,
+    )
     try:
         done = 0
         while done < tasks:
             batch = source.sample(min(batch_size, tasks - done))
+            if learner.kind == "rl":  # scored by the returns of episodes after adapting
+                score = learner.evaluate_batch(batch, **kwargs)
+                scores.append(score)
+                diverged += int((~score.isfinite()).sum())
+                done += batch.num_tasks
+                continue
             if batch.support_x.device != device:
                 batch = batch.to(device)
             with torch.no_grad():
@@ -92,7 +117,9 @@ def evaluate(
             scores.append(task_metric(learner.kind, out, batch.query_y))
             diverged += int((~out.flatten(1).isfinite().all(1)).sum())
             done += batch.num_tasks
+            bar.update(batch.num_tasks)
     finally:
+        bar.close()
         learner.train(was_training)
     mean, ci = confidence_interval(torch.cat(scores).cpu())
     return EvalResult(learner.metric_name(), mean, ci, tasks, steps, diverged)

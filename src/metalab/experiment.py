@@ -15,15 +15,20 @@ from typing import Callable
 
 import yaml
 
-from .checkpoint import atomic_write_text
-from .config import Config, ConfigError, config_from_dict, parse_override
+from . import run_folder
+from .checkpoint import WriteError, atomic_write_text
+from .config import Config, ConfigError, config_from_dict, parse_override, yaml_problem
 
 __all__ = [
     "default_run_dir",
     "meta_test",
+    "RunFolderError",
     "read_metrics",
     "read_results",
+    "read_run_config",
     "list_runs",
+    "run_details",
+    "figure_cell",
     "format_table",
     "expand_grid",
     "sweep",
@@ -39,8 +44,11 @@ def default_run_dir(c: Config, root: str | Path = "runs", stamp: str | None = No
     return Path(root) / f"{stamp}-{c.benchmark}-{c.algorithm}{cell}"
 
 
-def meta_test(result, log: Callable[[str], None] = print) -> dict:
-    """Meta-test a finished run on `test_tasks` held-out tasks per step count; write results.json."""
+def meta_test(result, log: Callable[[str], None] = print, *, progress: bool = False) -> dict:
+    """Meta-test a finished run on `test_tasks` held-out tasks per step count; write results.json.
+
+    Each line names the inner steps (learners with an inner loop) and the checkpoint's iteration;
+    `progress` shows a progress bar per step count (on a terminal)."""
     from .builders import build_source, load_dataset
     from .devices import place_dataset
     from .evaluate import evaluate
@@ -53,8 +61,8 @@ def meta_test(result, log: Callable[[str], None] = print) -> dict:
     with threads_for(c.threads, result.learner):
         for steps in c.eval_steps or [None]:
             source = build_source(c, "test", dataset, device=device)
-            r = evaluate(result.learner, source, c.test_tasks, steps=steps)
-            log("test " + str(r))
+            r = evaluate(result.learner, source, c.test_tasks, steps=steps, progress=progress)
+            log(f"test {r} at iteration {result.iteration}")
             tests.append(r.to_dict())
     record = {
         "algorithm": c.algorithm,
@@ -65,20 +73,88 @@ def meta_test(result, log: Callable[[str], None] = print) -> dict:
         "train_seconds": round(result.seconds, 1),
         "test": tests,
     }
-    atomic_write_text(Path(result.run_dir) / RESULTS, json.dumps(record, indent=2) + "\n")
+    try:
+        atomic_write_text(Path(result.run_dir) / RESULTS, json.dumps(record, indent=2) + "\n")
+    except WriteError as e:
+        raise WriteError(f"{e}; the checkpoint (iteration {result.iteration}) is intact", e.errno) from None
     return record
 
 
+class RunFolderError(ValueError):
+    """A file of a run folder that cannot be read as what it should hold; the message names it."""
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise RunFolderError(f"{path} is not UTF-8 text ({e.reason})") from None
+    except IsADirectoryError:
+        raise RunFolderError(f"{path} is a directory") from None
+
+
+def read_run_config(run_dir: str | Path) -> dict:
+    """A run folder's config.yaml as a dict (`RunFolderError` where it is not one)."""
+    path = Path(run_dir) / "config.yaml"
+    try:
+        values = yaml.safe_load(_read_text(path))
+    except yaml.YAMLError as e:
+        raise RunFolderError(f"{path} is not valid YAML ({yaml_problem(e)})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise RunFolderError(
+            f"{path} is a YAML {type(values).__name__}, not a mapping of config keys to values"
+        )
+    return values
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The records of a run folder's metrics.jsonl (a torn last line, left by a process killed
+    while writing it, is skipped); a line that is not a record is a `RunFolderError` naming it."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in _read_text(path).splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        at = record.get("iteration") if isinstance(record, dict) else None
+        if not isinstance(at, int) or isinstance(at, bool):
+            if number == len(lines) and record is None:
+                break  # torn by an interrupted write
+            raise RunFolderError(f"{path}, line {number} is not a metrics record: {line[:60]!r}")
+        records.append(record)
+    return records
 
 
 def read_results(run_dir: str | Path) -> dict | None:
+    """A run folder's results.json, checked to hold what `meta_test` writes (None if absent)."""
     path = Path(run_dir) / RESULTS
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(_read_text(path))
+    except ValueError as e:
+        raise RunFolderError(f"{path} is not valid JSON ({e})") from None
+    tests = record.get("test") if isinstance(record, dict) else None
+    fields = {"metric": str, "mean": (int, float), "ci95": (int, float)}
+    if not (
+        isinstance(tests, list)
+        and all(isinstance(record.get(k), int) for k in ("ways", "shots", "iterations"))
+        and all(
+            isinstance(t, dict) and all(isinstance(t.get(k), kind) for k, kind in fields.items())
+            for t in tests
+        )
+    ):
+        raise RunFolderError(
+            f"{path} is not a results record (ways, shots, iterations and a list of test figures, each "
+            "with its metric, mean and ci95)"
+        )
+    return record
 
 
 @dataclass
@@ -92,10 +168,18 @@ class RunSummary:
     def headline(self) -> str:
         if not self.results or not self.results["test"]:
             return "-"
-        t = self.results["test"][-1]
-        if t["metric"] == "accuracy":
-            return f"{100 * t['mean']:.2f} ± {100 * t['ci95']:.2f}%"
-        return f"{t['mean']:.3f} ± {t['ci95']:.3f} MSE"
+        return figure_cell(self.results["test"][-1], unit=True)
+
+
+def figure_cell(t: dict, *, unit: bool = False) -> str:
+    """A results.json test entry as a table cell: "97.40 ± 0.30% (5 steps)", "0.366 ± 0.033 MSE
+    (10 steps)", "-13.7 ± 0.9 return (1 step)"; no step count for learners without an inner loop."""
+    steps = t.get("steps")
+    after = f" ({steps} step{'s' if steps != 1 else ''})" if steps is not None else ""
+    if t["metric"] == "accuracy":
+        return f"{100 * t['mean']:.2f} ± {100 * t['ci95']:.2f}%{after}"
+    name = "MSE" if t["metric"] == "mse" else t["metric"]
+    return f"{t['mean']:.3f} ± {t['ci95']:.3f}{' ' + name if unit else ''}{after}"
 
 
 def list_runs(root: str | Path = "runs") -> list[RunSummary]:
@@ -104,9 +188,19 @@ def list_runs(root: str | Path = "runs") -> list[RunSummary]:
     for cfg in sorted(Path(root).rglob("config.yaml")):
         run = cfg.parent
         metrics = read_metrics(run)
-        config = yaml.safe_load(cfg.read_text()) or {}
+        config = read_run_config(run)
         runs.append(RunSummary(run, config, metrics[-1]["iteration"] if metrics else 0, read_results(run)))
     return runs
+
+
+def run_details(run: RunSummary) -> str:
+    """What `metalab runs RUN` adds for one run folder: its class split and every test figure."""
+    lines = run_folder.describe_split(run.path, run.config)
+    if run.results:
+        at = run.results.get("iterations")
+        for t in run.results["test"]:
+            lines.append(f"test at iteration {at}: {figure_cell(t, unit=True)}, {t['tasks']} tasks")
+    return "\n".join(lines)
 
 
 def format_table(rows: list[list[str]], header: list[str]) -> str:
@@ -173,14 +267,10 @@ def sweep(
         slug = "".join(ch for ch in name.replace(",", "-") if ch.isalnum() or ch in "-_.")
         run_dir = Path(root) / f"{stamp}-sweep-{i:02d}-{slug}"
         log(f"[{i + 1}/{len(grid)}] {name} -> {run_dir}")
-        result = train(c, run_dir, progress=progress, log=log)
-        record = meta_test(result, log=log)
-        t = record["test"][-1]
-        value = (
-            f"{100 * t['mean']:.2f} ± {100 * t['ci95']:.2f}%"
-            if t["metric"] == "accuracy"
-            else f"{t['mean']:.3f} ± {t['ci95']:.3f}"
-        )
+        with run_folder.hold(run_dir):  # one writer from training through results.json
+            result = train(c, run_dir, progress=progress, log=log)
+            record = meta_test(result, log=log, progress=progress)
+        value = figure_cell(record["test"][-1])
         rows.append(
             [*[str(v) for v in overrides.values()], value, f"{record['train_seconds']:.0f}", str(run_dir)]
         )

@@ -12,7 +12,10 @@ import torch  # noqa: E402
 
 from .tasks import SineTasks  # noqa: E402
 
-__all__ = ["sine_adaptation_figure"]
+__all__ = ["sine_adaptation_figure", "SINE_TEST_SEED"]
+
+# The figure's task is drawn from seed SINE_TEST_SEED + seed: far from the training seeds.
+SINE_TEST_SEED = 10_000_000
 
 
 def sine_adaptation_figure(
@@ -26,7 +29,7 @@ def sine_adaptation_figure(
             (the task is drawn on the CPU and moved to each learner's).
         out: the PNG to write.
     """
-    source = SineTasks(shots, 1, seed=10_000_000 + seed)
+    source = SineTasks(shots, 1, seed=SINE_TEST_SEED + seed)
     amplitude, phase = source.sample_functions(1)
     support_x = source._uniform((1, shots, 1), source.x_range)
     support_y = SineTasks.evaluate(amplitude, phase, support_x)

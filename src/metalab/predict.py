@@ -10,6 +10,8 @@ Relation Networks, of its relation scores in [0, 1]: flat, only their order is m
 Images are prepared exactly as the checkpoint's training data was (`metalab.data.folder.read_image`
 with the image size, channels and inversion recorded in the checkpoint's config): a model trained on
 Omniglot (`invert: true`, ink bright) gets black-on-white drawings inverted, as its training PNGs were.
+`invert=True/False` (`--invert true|false`) overrides the inversion, with a warning that names the
+checkpoint's own setting when they differ (images already white-on-black, say).
 
 Learners whose classifier head has a fixed number of outputs (MAML and its family) need exactly as
 many classes as they were trained with; metric-based learners take any number of classes and uneven
@@ -22,12 +24,14 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
+from .algorithms.optimization.options import MAX_INNER_STEPS
 from .config import IMAGE_BENCHMARKS, Config, ConfigError
 from .data.dataset import DataNotFoundError, to_float
 from .data.folder import read_class_folders
@@ -43,6 +47,7 @@ __all__ = [
     "image_learner",
     "check_support",
     "check_steps",
+    "image_invert",
     "class_probabilities",
     "load_queries",
     "write_predictions_csv",
@@ -152,18 +157,48 @@ def image_learner(checkpoint: PathLike, device: str | None = None) -> tuple[Meta
     if c.benchmark not in IMAGE_BENCHMARKS:
         raise ConfigError(
             f"{checkpoint} was trained on {c.benchmark}; predict labels images and needs a checkpoint "
-            "trained on omniglot or folder"
+            f"trained on an image benchmark ({', '.join(IMAGE_BENCHMARKS)})"
         )
     learner.eval()
     return learner, c, state
 
 
 def check_steps(learner: MetaLearner, c: Config, steps: int | None) -> None:
-    """Inner steps, where given, must be >= 0 and for a learner with an inner loop (`ConfigError`)."""
+    """Inner steps, where given, must be in 0..MAX_INNER_STEPS and for a learner with an inner loop
+    (`ConfigError`)."""
     if steps is not None and not learner.inner_loop:
         raise ConfigError(f"steps applies to gradient-based learners; {c.algorithm} has no inner loop")
-    if steps is not None and steps < 0:
-        raise ConfigError(f"steps must be >= 0, got {steps}")
+    if steps is not None and not 0 <= steps <= MAX_INNER_STEPS:
+        raise ConfigError(f"steps must be between 0 and {MAX_INNER_STEPS:,}, got {steps}")
+
+
+def image_invert(
+    c: Config, invert: bool | None, *, model: str, warn: Callable[[str], None] | None = None
+) -> bool:
+    """The inversion to read images with: `invert` where given, else the checkpoint's (`c.invert`).
+
+    An `invert` that differs from the checkpoint's is used as asked, and `warn` (default:
+    `warnings.warn`) gets one line naming the checkpoint's setting.
+    """
+    trained = bool(c.invert)
+    if invert is None or invert == trained:
+        return trained
+    if not isinstance(invert, bool):
+        raise ConfigError(f"invert must be true or false, got {invert!r}")
+    how = (
+        "its images were stored as 255 - pixel, ink bright, as Omniglot's black-on-white drawings are read"
+        if trained
+        else "its images were read as they are"
+    )
+    message = (
+        f"{model} was trained with invert: {str(trained).lower()} ({how}); reading images with invert: "
+        f"{str(invert).lower()} as asked"
+    )
+    if warn is None:
+        warnings.warn(message, UserWarning, stacklevel=3)
+    else:
+        warn(message)
+    return invert
 
 
 def class_probabilities(
@@ -194,16 +229,21 @@ def predict(
     *,
     steps: int | None = None,
     device: str | None = None,
+    invert: bool | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> list[Prediction]:
     """Adapt a trained image checkpoint to the classes of `support` and label every query image.
 
     Args:
-        checkpoint: a `checkpoint.pt` trained on an image benchmark (omniglot or folder).
+        checkpoint: a `checkpoint.pt` trained on an image benchmark (any but sine and csv).
         support: a folder `support/<class>/<image>`: N class folders, at least one image each.
         queries: an image file or folder, or a list of them (folders are searched recursively).
         steps: inner steps for gradient-based learners (default: the checkpoint's eval_inner_steps).
         device: where to adapt and predict: auto | cpu | cuda | cuda:N | mps (default: the
             checkpoint's `device` key).
+        invert: read the images as 255 - pixel (True) or as they are (False) instead of as the
+            checkpoint's training images were (default); a different setting is warned about.
+        warn: where that warning goes (default: `warnings.warn`).
 
     Returns:
         One `Prediction(query, label, probabilities)` per query image, in the order read.
@@ -221,7 +261,7 @@ def predict(
     """
     learner, c, _ = image_learner(checkpoint, device)
     check_steps(learner, c, steps)
-    invert = bool(c.invert)
+    invert = image_invert(c, invert, model=str(checkpoint), warn=warn)
     support_x, support_y, names = read_class_folders(support, c.image_size, c.channels, invert)
     counts = torch.bincount(support_y, minlength=len(names)).tolist()
     check_support(c, names, counts, model=str(checkpoint), support=str(support))
@@ -245,6 +285,7 @@ def format_predictions(predictions: list[Prediction]) -> str:
 def write_predictions_csv(predictions: list[Prediction], path: PathLike) -> None:
     """CSV with the columns query, prediction, then one probability column per class (named by it)."""
     classes = list(predictions[0].probabilities) if predictions else []
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["query", "prediction", *classes])

@@ -13,9 +13,15 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import yaml  # noqa: E402
 
-from .experiment import RunSummary, format_table, read_metrics, read_results  # noqa: E402
+from .experiment import (  # noqa: E402
+    RunFolderError,
+    RunSummary,
+    format_table,
+    read_metrics,
+    read_results,
+    read_run_config,
+)
 from .papers import SINE, paper_figure  # noqa: E402
 
 __all__ = ["write_report"]
@@ -25,13 +31,11 @@ def _load(run: Path) -> RunSummary:
     cfg = run / "config.yaml"
     if not cfg.exists():
         raise FileNotFoundError(f"{run} is not a run folder (no config.yaml)")
-    metrics = read_metrics(run)
-    return RunSummary(
-        run,
-        yaml.safe_load(cfg.read_text()) or {},
-        metrics[-1]["iteration"] if metrics else 0,
-        read_results(run),
-    )
+    config, metrics = read_run_config(run), read_metrics(run)
+    missing = [k for k in ("algorithm", "benchmark") if not isinstance(config.get(k), str)]
+    if missing:
+        raise RunFolderError(f"{cfg} does not name the run's {' and '.join(missing)}")
+    return RunSummary(run, config, metrics[-1]["iteration"] if metrics else 0, read_results(run))
 
 
 def _label(r: RunSummary) -> str:

@@ -1,18 +1,21 @@
 """A meta-training run's set-up, its state and its steps, for the loop in `metalab.train`.
 
-`Run.start` resolves the config and its device, joins the process group under torchrun, loads the
-data (kept on the device where it fits), builds the learner on the CPU from the seed (the same
-initialisation on every device) and moves it to the device, then the outer optimizer, its schedule,
-the training task source and the task threads, and restores all of it from `checkpoint.pt` when
-resuming. `Run.step` is one outer step, `Run.validate` one validation, `Run.save` one checkpoint:
-the learner's, optimizer's, schedule's (and fp16's loss scaler's) states, the RNG states (the torch
-generator's and every rank's task source's), the iteration, the training seconds and the resolved
-config. Checkpoints hold CPU tensors only, so a run trained on a GPU is evaluated, resumed or
-served on any device.
+`Run.start` resolves the config and its device, joins the process group under torchrun, takes the
+run folder's writer lock (rank 0; `metalab.run_folder`), loads the data (kept on the device where it
+fits), builds the learner on the CPU from the seed (the same initialisation on every device) and
+moves it to the device, then the outer optimizer, its schedule, the training task source and the
+task threads, and restores all of it from `checkpoint.pt` when resuming; the class split of your own
+data goes to split.json (checked on resumption). `Run.step` is one outer step, `Run.validate` one
+validation, `Run.save` one checkpoint: the learner's, optimizer's, schedule's (and fp16's loss
+scaler's) states, the RNG states (the torch generator's and every rank's task source's), the
+iteration, the training seconds and the resolved config. Checkpoints hold CPU tensors only, so a run
+trained on a GPU is evaluated, resumed or served on any device. A write that fails (disk full) says
+which checkpoint the run keeps.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -20,16 +23,20 @@ from typing import Any, Callable
 import torch
 import yaml
 
-from . import distributed
+from . import distributed, run_folder
 from .algorithms.base import MetaLearner
 from .builders import bind_dataset, build_learner, build_optimizer, build_schedule, build_source, load_dataset
 from .checkpoint import (
     CheckpointError,
+    WriteError,
     atomic_write_text,
     device_free,
     load_checkpoint,
+    non_finite,
+    optimizer_state_mismatch,
     save_checkpoint,
     state_error,
+    state_mismatch,
 )
 from .config import Config, ConfigError, config_from_dict
 from .devices import autocast_context, autocast_dtype, check_precision, place_dataset, resolve_device
@@ -38,7 +45,7 @@ from .parallel import TaskThreads, available_cores
 from .tasks.episode import TaskBatch
 from .threads import ThreadGovernor, is_small_model
 
-__all__ = ["Run", "CHECKPOINT", "METRICS", "task_workers", "on_device"]
+__all__ = ["Run", "CHECKPOINT", "METRICS", "task_workers", "on_device", "metrics_lines", "checkpoint_config"]
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -79,8 +86,48 @@ def task_workers(
 
 
 def on_device(batch: TaskBatch, device: torch.device) -> TaskBatch:
-    """`batch` on `device` (as it is, where its source already delivers there)."""
-    return batch if batch.support_x.device == device else batch.to(device)
+    """`batch` on `device` (as it is, where its source already delivers there, or where it is not a
+    `TaskBatch`: RL task parameters stay with the environments, on the CPU)."""
+    if not isinstance(batch, TaskBatch) or batch.support_x.device == device:
+        return batch
+    return batch.to(device)
+
+
+def checkpoint_config(path: Path, state: dict) -> Config:
+    """The resolved config a checkpoint holds; one this version cannot run is a `CheckpointError`
+    naming the checkpoint."""
+    try:
+        return config_from_dict(state["config"]).resolved(saved=True)
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {path} holds a config this metalab cannot run: {e}") from None
+
+
+def metrics_lines(path: Path, iteration: int) -> list[str]:
+    """The lines of a run's metrics.jsonl up to `iteration`, where a resumed run continues it.
+
+    A torn last line (a process killed while writing it) is dropped; any other line that is not a
+    metrics record stops the resumption with its line number (a `CheckpointError`), so that
+    nothing is deleted unread.
+    """
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            at = record["iteration"] if isinstance(record, dict) else None
+        except (ValueError, KeyError):
+            at = None
+        if not isinstance(at, int) or isinstance(at, bool):
+            if number == len(lines):
+                break  # torn by an interrupted write
+            raise CheckpointError(
+                f"{path}, line {number} is not a metrics record ({line[:60]!r}): fix or remove it to resume"
+            )
+        if at <= iteration:
+            kept.append(line)
+    return kept
 
 
 @dataclass
@@ -103,6 +150,8 @@ class Run:
     device: torch.device = torch.device("cpu")
     low_precision: torch.dtype | None = None
     scaler: Any = None
+    lock: Any = None  # the run folder's writer lock (rank 0), released by close()
+    saved_iteration: int = 0  # the iteration of the checkpoint on disk (0: none yet)
     _threads_before: int = field(default=0, repr=False)
 
     @property
@@ -130,6 +179,22 @@ class Run:
             torch.cuda.set_device(device)  # one GPU per process under torchrun
         distributed.setup(c.dist_timeout, device)
         rank, world = distributed.rank(), distributed.world_size()
+        # One writer per run folder (metalab.run_folder): the rank that writes locks it first.
+        lock = _on_main(rank == 0, lambda: run_folder.acquire(run_dir))
+        try:
+            return cls._start(
+                c, run_dir, device, rank, world, lock, resume=resume, log=log, threads_before=threads_before
+            )
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+
+    @classmethod
+    def _start(cls, c, run_dir, device, rank, world, lock, *, resume, log, threads_before) -> Run:
+        if lock is not None and lock.removed:
+            log(f"removed {len(lock.removed)} temporary file(s) that an interrupted write left in {run_dir}")
+            lock.removed = []
         if c.meta_batch % world:
             raise ConfigError(
                 f"config key 'meta_batch' ({c.meta_batch}) must be divisible by the number of processes "
@@ -141,6 +206,11 @@ class Run:
         dataset = place_dataset(dataset, device)
         torch.manual_seed(c.seed)
         learner = build_learner(c).to(device)  # initialised on the CPU: the same weights everywhere
+        if learner.owns_outer_step and (world > 1 or c.precision != "fp32"):
+            raise ConfigError(
+                f"{c.algorithm} takes its own outer step (TRPO, or none for random_rl): it runs in one "
+                "process in fp32 (maml_rl and pretrained_rl with trpo false use the outer_optimizer)"
+            )
         optimizer = build_optimizer(c, learner)
         run = cls(
             c,
@@ -163,9 +233,17 @@ class Run:
                 f"{run.checkpoint_path} exists: pass --resume to continue that run, or choose another run "
                 "folder"
             )
-        if run.main:
+
+        def write_run_files() -> None:
+            run_folder.record_split(run_dir, c, dataset, resume=resume)
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(c.to_dict(), sort_keys=False))
+
+        try:
+            _on_main(run.main, write_run_files)
+        except WriteError as e:
+            raise WriteError(f"{e}; {run.kept()}", e.errno) from None
+        run.lock = lock
         run._threads_before = threads_before
         run._start_threads()
         return run
@@ -192,12 +270,26 @@ class Run:
         """Continue from the run folder's checkpoint (its config must match but for the budget keys)."""
         path, c = self.checkpoint_path, self.config
         state = load_checkpoint(path, resuming=True)
-        saved = config_from_dict(state["config"]).resolved(saved=True).to_dict()
+        saved = checkpoint_config(path, state).to_dict()
         now = c.to_dict()
         changed = [k for k in {*saved, *now} - _RESUMABLE_CHANGES if saved.get(k) != now.get(k)]
         if changed:
             raise CheckpointError(f"cannot resume {path}: config differs in {', '.join(sorted(changed))}")
+        bad = non_finite(state["learner"])
+        if bad is not None:
+            raise CheckpointError(f"cannot resume {path}: it holds non-finite weights ({bad!r})")
         try:
+            problem = (
+                state_mismatch(
+                    self.optimizer.state_dict()["param_groups"],
+                    state["optimizer"].get("param_groups"),
+                    "optimizer",
+                )
+                or optimizer_state_mismatch(self.optimizer, state["optimizer"])
+                or state_mismatch(self.schedule.state_dict(), state["schedule"], "schedule")
+            )
+            if problem:  # load_state_dict would take these, and the first step would fail inside torch
+                raise ValueError(problem)
             self.learner.load_state_dict(state["learner"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.schedule.load_state_dict(state["schedule"])
@@ -215,8 +307,9 @@ class Run:
             raise CheckpointError(
                 f"cannot resume {path}: its saved state does not fit this run ({state_error(e)})"
             ) from None
-        self.start_iteration = state["iteration"]
+        self.start_iteration = self.saved_iteration = state["iteration"]
         self.seconds_before = state.get("seconds", 0.0)
+        metrics_lines(self.run_dir / METRICS, self.start_iteration)  # its lines checked before any write
         if self.main:
             log(f"resuming {self.run_dir} at iteration {self.start_iteration}")
 
@@ -227,6 +320,9 @@ class Run:
         self.optimizer.zero_grad(set_to_none=True)
         if self.governor is not None:
             self.governor.follow()
+        if self.learner.owns_outer_step:  # e.g. TRPO: the learner updates its parameters itself
+            loss, metrics = self.learner.meta_loss(batch)
+            return {**metrics, **self.learner.outer_step(loss)}
         scaler = self.scaler
         if self.engine is None:
             with autocast_context(self.device.type, self.low_precision):
@@ -259,6 +355,13 @@ class Run:
         task_states = distributed.gather_objects(self.source.get_state())
         if not self.main:
             return
+        try:
+            self._save(iteration, seconds, task_states)
+        except WriteError as e:  # disk full, quota, I/O error: the previous checkpoint is intact
+            raise WriteError(f"{e}; {self.kept()}", e.errno) from None
+        self.saved_iteration = iteration
+
+    def _save(self, iteration: int, seconds: float, task_states: list) -> None:
         save_checkpoint(
             self.checkpoint_path,
             device_free(
@@ -279,7 +382,32 @@ class Run:
             ),
         )
 
+    def kept(self) -> str:
+        """What a run that stops now keeps: "the previous checkpoint (iteration N) is intact"."""
+        if not self.saved_iteration:
+            return "no checkpoint was written"
+        return f"the previous checkpoint (iteration {self.saved_iteration}) is intact"
+
     def close(self) -> None:
         if self.engine is not None:
             self.engine.close()
+            self.engine = None
         torch.set_num_threads(self._threads_before)
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+
+def _on_main(main: bool, fn: Callable[[], Any]) -> Any:
+    """`fn()` on the main rank; a refusal it raises is raised on every rank (the others would
+    otherwise wait for the main rank at their next collective until `dist_timeout`)."""
+    result = error = None
+    if main:
+        try:
+            result = fn()
+        except (ConfigError, CheckpointError) as e:
+            error = e
+    error = distributed.broadcast_object(error)
+    if error is not None:
+        raise error
+    return result

@@ -24,16 +24,26 @@ from tqdm import tqdm
 from . import distributed
 from .algorithms.base import MetaLearner
 from .builders import build_learner
-from .checkpoint import CheckpointError, atomic_write_text, load_checkpoint, state_error
-from .config import Config, config_from_dict
+from .checkpoint import (
+    CheckpointError,
+    WriteError,
+    atomic_write_text,
+    load_checkpoint,
+    non_finite,
+    state_error,
+    write_error,
+)
+from .config import Config
 from .devices import check_device_name, resolve_device
 from .evaluate import EvalResult
-from .run import CHECKPOINT, METRICS, Run, task_workers
+from .notices import once_per_machine
+from .run import CHECKPOINT, METRICS, Run, checkpoint_config, metrics_lines, task_workers
 
 __all__ = [
     "TrainResult",
     "TrainingDiverged",
     "train",
+    "final_lines",
     "learner_from_checkpoint",
     "learner_on_device",
     "task_workers",
@@ -70,6 +80,7 @@ class TrainResult:
     seconds: float
     last_val: EvalResult | None = None
     history: list = field(default_factory=list)
+    val_iteration: int | None = None  # the iteration `last_val` was measured at
 
 
 def learner_from_checkpoint(
@@ -78,15 +89,11 @@ def learner_from_checkpoint(
     """Rebuild the learner a checkpoint was saved from, with its weights, on `device` (default: the
     CPU; checkpoints hold CPU tensors, so any device will do)."""
     state = load_checkpoint(path)
-    config = config_from_dict(state["config"]).resolved(saved=True)
+    config = checkpoint_config(path, state)
     learner = build_learner(config)
-    bad = [
-        k
-        for k, v in state["learner"].items()
-        if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all()
-    ]
-    if bad:
-        raise CheckpointError(f"checkpoint {path} holds non-finite weights ({bad[0]!r}): its run diverged")
+    bad = non_finite(state["learner"])
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path} holds non-finite weights ({bad!r}): its run diverged")
     try:
         learner.load_state_dict(state["learner"])
     except (RuntimeError, KeyError, ValueError, TypeError) as e:
@@ -111,65 +118,63 @@ class MetricsLog:
     installed, to TensorBoard event files in the run folder (rank 0 only; others write nothing)."""
 
     def __init__(self, run: Run, log: Callable[[str], None]) -> None:
-        self.path, self.history = run.run_dir / METRICS, []
+        self.path, self.history, self.run = run.run_dir / METRICS, [], run
         self.file = self.writer = None
+        self.failed = False
         if not run.main:
             return
-        if run.start_iteration:
-            _truncate_metrics(self.path, run.start_iteration)
-        self.file = self.path.open("a")
+        try:
+            if run.start_iteration:
+                _truncate_metrics(self.path, run.start_iteration)
+            self.file = self.path.open("a")
+        except OSError as e:
+            raise self._error(e) from None
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            log(
-                "tensorboard is not installed: metrics go to metrics.jsonl only (pip install "
-                "'metalab[tracking]')"
-            )
+            if once_per_machine("tensorboard-missing"):
+                log(
+                    "tensorboard is not installed: metrics go to metrics.jsonl only (pip install "
+                    "'metalab[tracking]'; said once on this machine)"
+                )
         else:
             self.writer = SummaryWriter(str(run.run_dir / "tensorboard"))
 
     def write(self, record: dict) -> None:
         if self.file is None:
             return
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        except OSError as e:
+            self.failed = True  # a torn last line, which a resumption drops
+            raise self._error(e) from None
         self.history.append(record)
         if self.writer is not None:
             for name, value in record.items():
                 if name not in ("iteration", "seconds") and isinstance(value, (int, float)):
                     self.writer.add_scalar(name, value, record["iteration"])
 
+    def _error(self, e: OSError) -> WriteError:
+        """Disk full, quota, I/O error: one line naming the file and what the run keeps."""
+        error = e if isinstance(e, WriteError) else write_error(self.path, e)
+        return WriteError(f"{error}; {self.run.kept()}", error.errno)
+
     def close(self) -> None:
         for handle in (self.file, self.writer):
             if handle is not None:
-                handle.close()
+                try:
+                    handle.close()
+                except OSError:
+                    if not self.failed:  # after a failed write, its error is the one reported
+                        raise
 
 
 def _truncate_metrics(path: Path, iteration: int) -> None:
-    """Drop the lines an interrupted run logged after its last checkpoint (they will be redone).
-
-    A torn last line (a process killed while writing it) is dropped too; any other line that is not
-    a metrics record stops the resumption with its line number, so nothing is deleted unread.
-    """
-    if not path.exists():
-        return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = []
-    for number, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-            at = record["iteration"] if isinstance(record, dict) else None
-        except (ValueError, KeyError):
-            at = None
-        if not isinstance(at, int) or isinstance(at, bool):
-            if number == len(lines):
-                break  # torn by an interrupted write
-            raise CheckpointError(
-                f"{path}, line {number} is not a metrics record ({line[:60]!r}): fix or remove it to resume"
-            )
-        if at <= iteration:
-            kept.append(line)
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
+    """Drop the lines an interrupted run logged after its last checkpoint (they will be redone);
+    see `metalab.run.metrics_lines`."""
+    if path.exists():
+        atomic_write_text(path, "".join(line + "\n" for line in metrics_lines(path, iteration)))
 
 
 def train(
@@ -231,6 +236,7 @@ def train(
             )
             if run.main and c.val_every and (n % c.val_every == 0 or n == c.iterations):
                 v = result.last_val = run.validate()
+                result.val_iteration = n
                 record = {**(record or {"iteration": n}), f"val_{v.metric}": v.mean, "val_ci95": v.ci95}
             if record is not None:
                 metrics_log.write({**record, "seconds": round(seconds(), 3)})
@@ -245,12 +251,33 @@ def train(
             result.iteration = n
             if out_of_time:
                 log(
-                    f"stopping at iteration {n}: max_minutes={c.max_minutes} reached (continue with --resume)"
+                    f"stopping at iteration {n} of {c.iterations}: max_minutes={c.max_minutes} reached "
+                    "(continue with --resume)"
                 )
                 break
         bar.close()
     result.seconds = seconds()
     return result
+
+
+def final_lines(result: TrainResult) -> str:
+    """What a finished run says: its checkpoint and the iteration of its validation figure, which is
+    never quoted as the checkpoint's own when it was measured at an earlier iteration."""
+    c, n = result.config, result.iteration
+    of = "" if n == c.iterations else f" of {c.iterations}"
+    text = (
+        f"trained {c.algorithm} on {c.benchmark} for {n}{of} iterations in {result.seconds:.0f} s -> "
+        f"{result.run_dir / CHECKPOINT} (iteration {n})"
+    )
+    v = result.last_val
+    if v is not None:
+        at = result.val_iteration
+        text += (
+            f"; validation at iteration {at}: {v}"
+            if at == n
+            else f"; last validation at iteration {at}, before the checkpoint's: {v}"
+        )
+    return text
 
 
 def _val_postfix(last: EvalResult | None) -> dict[str, str]:

@@ -7,6 +7,7 @@ with any registered by user plugins.
     metric/        protonet, matching, relation, siamese
     model/         mann, metanet
     transfer/      pretrain, baseline (and baseline_pp)
+    ../rl/         maml_rl, pretrained_rl, random_rl (reinforcement learning)
 """
 
 from .base import MetaLearner
@@ -56,3 +57,6 @@ __all__ = [
     "register",
     "specs",
 ]
+
+# The RL learners live in metalab.rl beside their environments; importing it registers them.
+from ..rl import learner as _rl_learners  # noqa: E402,F401

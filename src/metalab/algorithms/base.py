@@ -11,7 +11,10 @@ found by probing:
   answer its queries; `steps` is the number of inner steps for learners with an inner loop;
 - `set_iteration(iteration)`: told the meta-training iteration before every `meta_loss`, for
   learners with schedules over training;
-- the class attributes `kind`, `inner_loop` and `training_source`, and `task_parallel`.
+- the class attributes `kind`, `inner_loop` and `training_source`, and `task_parallel`;
+- `owns_outer_step` and `outer_step(loss)`, for learners that update their parameters themselves
+  (TRPO in `metalab.rl`): the loop then calls `meta_loss` and `outer_step` instead of its
+  optimizer's backward pass and step.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ class MetaLearner(nn.Module, abc.ABC):
     """Base class of every algorithm.
 
     Attributes:
-        kind: "classification" (integer labels, logits out, accuracy) or "regression" (MSE).
+        kind: "classification" (integer labels, logits out, accuracy), "regression" (MSE) or "rl"
+            (tasks are environments, scored by `evaluate_batch(batch, steps=...)`: mean returns).
         inner_loop: `predict(..., steps=k)` adapts with k inner steps (evaluation reports figures
             per step count); without an inner loop `steps` is ignored.
         training_source: "episodes" (N-way K-shot tasks) or "batches" (plain mini-batches of the
@@ -41,6 +45,7 @@ class MetaLearner(nn.Module, abc.ABC):
     kind: str = "classification"
     inner_loop: bool = False
     training_source: str = "episodes"
+    owns_outer_step: bool = False
 
     @property
     def task_parallel(self) -> bool:
@@ -68,6 +73,11 @@ class MetaLearner(nn.Module, abc.ABC):
         Returns:
             logits of shape (T, n_query, n_classes), or values of shape (T, n_query, *target_shape).
         """
+
+    def outer_step(self, loss: Tensor) -> dict[str, float]:
+        """Update the parameters from `loss`, the `meta_loss` just computed, and return metrics to
+        log; called by the training loop instead of its optimizer where `owns_outer_step` is true."""
+        raise NotImplementedError(f"{type(self).__name__} leaves its outer step to the training loop")
 
     def set_iteration(self, iteration: int) -> None:
         """Told the 0-based meta-training iteration before each `meta_loss` by the training loop.

@@ -152,6 +152,9 @@ class Needs:
             equal ways; prediction needs exactly N classes).
         equal_shots: every class of a support set needs the same number of examples (prediction).
         min_image_size: the smallest image side its backbone takes.
+        backbone: its model on images comes from `ctx.backbone()` / `ctx.embedding()` /
+            `ctx.feature_maps()`, so the `backbone` key chooses it; False for a model of its own,
+            which the key cannot change (it must stay at its default).
     """
 
     kinds: tuple[str, ...] = ("classification", "regression")
@@ -159,6 +162,7 @@ class Needs:
     fixed_head: bool = False
     equal_shots: bool = False
     min_image_size: int = 16
+    backbone: bool = True
 
 
 class BuildContext(Protocol):
@@ -183,12 +187,19 @@ class BuildContext(Protocol):
     def backbone(
         self, *, out_features: int | None = None, hidden: int | None = None, norm: str = "batch_stats"
     ) -> nn.Module:
-        """The task's model: Conv-4 for images (`hidden` filters; `norm` "batch_stats" for the MAML
-        family's transductive statistics, "batch" for running statistics), else an MLP with the
-        config's `hidden` widths. `out_features` defaults to N for classification, 1 for regression."""
+        """The task's model: for images the config's `backbone` (Conv-4, ResNet-12 or ResNet-18;
+        `norm` "batch_stats" for the MAML family's transductive statistics, "batch" for running
+        statistics; `hidden` the algorithm's Conv-4 filters where the config's `filters` is unset),
+        else an MLP with the config's `hidden` widths. `out_features` defaults to N for
+        classification, 1 for regression. The model is `head(features(x))`."""
 
-    def embedding(self) -> tuple[nn.Module, int]:
-        """An embedding network without a head (running-statistics batch norm) and its output size."""
+    def embedding(self, *, norm: str = "batch") -> tuple[nn.Module, int]:
+        """An embedding network without a head (running-statistics batch norm by default) and its
+        output size."""
+
+    def feature_maps(self, *, norm: str = "batch") -> nn.Module:
+        """Images: the ResNet backbone without its global pool, (n, C, s, s) feature maps (Conv-4's
+        output is already its flattened map: a `ValueError` there)."""
 
     def train_classes(self) -> int | None:
         """The number of meta-train classes where it is known without the data, else None."""
@@ -322,11 +333,21 @@ def load_plugins(plugins: list[str]) -> None:
             sys.modules[name] = module
             try:
                 spec.loader.exec_module(module)
-            except Exception:
+            except Exception as e:
                 del sys.modules[name]
-                raise
+                raise _plugin_failed(plugin, e) from e
         else:
             try:
                 importlib.import_module(plugin)
             except ModuleNotFoundError as e:
                 raise OptionError(f"plugin module {plugin!r} cannot be imported: {e}") from None
+            except Exception as e:
+                raise _plugin_failed(plugin, e) from e
+
+
+def _plugin_failed(plugin: str, error: Exception) -> OptionError:
+    """A plugin whose own code raised while it was imported: named, with what it raised."""
+    return OptionError(
+        f"plugin {plugin} failed while being imported ({type(error).__name__}: {error}); "
+        "METALAB_DEBUG=1 shows its traceback"
+    )

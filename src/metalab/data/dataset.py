@@ -41,11 +41,11 @@ class FewShotDataset:
     """Labelled images held in memory with disjoint meta-train / val / test classes.
 
     Attributes:
-        x: uint8 images, of shape (M, *image_shape); ink 255, background 0.
+        x: uint8 images, of shape (M, *image_shape) (Omniglot: ink 255, background 0).
         y: class id of every image, of shape (M,), long; indexes `class_names`.
         class_names: e.g. "images_background/Latin/character01/rot090".
         splits: class ids of each split (`ClassSplits(train, val, test)`), pairwise disjoint.
-        image_shape: (1, S, S).
+        image_shape: (C, S, S).
     """
 
     x: Tensor
@@ -78,13 +78,16 @@ class FewShotDataset:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def sampler(self, split_name: str, ways: int, shots: int, queries: int, seed: int = 0) -> EpisodeSampler:
+    def sampler(
+        self, split_name: str, ways: int, shots: int, queries: int, seed: int = 0, *, augment=None
+    ) -> EpisodeSampler:
         """An `EpisodeSampler` over the classes of one split, yielding float images in [0, 1].
 
         Args:
             split_name: "train", "val" or "test".
             ways, shots, queries: N, K, Q.
             seed: the sampler's seed.
+            augment: `augment(x, generator)` for the episodes' float images (`metalab.data.augment`).
         """
         return EpisodeSampler(
             self.x,
@@ -96,12 +99,14 @@ class FewShotDataset:
             seed=seed,
             transform=to_float,
             class_names=self.class_names,
+            augment=augment,
         )
 
-    def batches(self, split_name: str, batch_size: int, seed: int = 0) -> ClassBatchSampler:
+    def batches(self, split_name: str, batch_size: int, seed: int = 0, *, augment=None) -> ClassBatchSampler:
         """Ordinary mini-batches of one split with its classes' global labels (remapped 0..C-1 in
         the order of `splits.<split_name>`), for pre-training a classifier over all of them
-        (Baseline / Baseline++, Chen et al. 2019); float images in [0, 1], empty query part."""
+        (Baseline / Baseline++, Chen et al. 2019); float images in [0, 1], empty query part;
+        `augment` as in `sampler`."""
         return ClassBatchSampler(
             self.x,
             self.y,
@@ -109,6 +114,7 @@ class FewShotDataset:
             batch_size=batch_size,
             seed=seed,
             transform=to_float,
+            augment=augment,
         )
 
     def _classes(self, split_name: str) -> Tensor:

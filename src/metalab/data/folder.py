@@ -52,6 +52,10 @@ def read_class_folders(
         DataIntegrityError: a class folder holds no image (it is named), or an image cannot be read.
     """
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise DataNotFoundError(
+            f"{root} is a file; expected a folder of class folders, {root}/<class>/<image>"
+        )
     if not root.is_dir():
         raise DataNotFoundError(f"image folder not found: {root} (expected {root}/<class>/<image>)")
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -20,11 +20,18 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .dataset import DataIntegrityError
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageTooLargeError", "decode_image", "list_images", "read_image"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageTooLargeError",
+    "decode_image",
+    "list_images",
+    "pillow_error",
+    "read_image",
+]
 
 # Extensions of the formats Pillow can decode (registered_extensions also lists save-only formats).
 IMAGE_EXTENSIONS = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
@@ -32,6 +39,14 @@ IMAGE_EXTENSIONS = frozenset(ext for ext, fmt in Image.registered_extensions().i
 
 class ImageTooLargeError(DataIntegrityError):
     """An image with more pixels than a caller's limit (`decode_image(max_pixels=...)`)."""
+
+
+def pillow_error(error: BaseException) -> str:
+    """What went wrong decoding an image, in a few words (Pillow's "cannot identify image file"
+    quotes the file object it was given)."""
+    if isinstance(error, UnidentifiedImageError):
+        return "not an image file Pillow can read"
+    return f"{type(error).__name__}: {error}"
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
@@ -119,10 +134,17 @@ def _prepare(
             # neighbour (the same order as the Omniglot loader, so its PNGs come out identical).
             mode = "L" if channels == 1 else "RGB"
             small = img.convert(mode).resize((image_size, image_size), Image.LANCZOS)
-    except ImageTooLargeError:
-        raise  # a DataIntegrityError already, with its own message
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise DataIntegrityError(f"cannot read image {name} ({type(err).__name__}: {err})") from err
+    except DataIntegrityError:
+        raise  # too large, or a range refused by `_eight_bit`: with its own message
+    # DecompressionBombWarning: an image beyond Pillow's size limit where warnings are errors (`metalab`).
+    except (
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as err:
+        raise DataIntegrityError(f"cannot read image {name} ({pillow_error(err)})") from err
     array = np.asarray(small, dtype=np.uint8)
     array = array[None] if channels == 1 else array.transpose(2, 0, 1)
     return 255 - array if invert else np.ascontiguousarray(array)

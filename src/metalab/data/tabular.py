@@ -45,10 +45,12 @@ def read_csv(path: str | os.PathLike) -> tuple[list[str], list[list[str]], list[
             number of fields (its line is named).
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataNotFoundError(f"{path} is a folder; give the CSV file")
     if not path.is_file():
         raise DataNotFoundError(f"CSV file not found: {path}")
     with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: drop the BOM spreadsheet tools write
-        reader = csv.reader(f)
+        reader = csv.reader(f, strict=True)  # strict: a quote left open is an error, not the rest of the file
         rows, lines = [], []
         try:  # csv.Error: e.g. a field longer than the csv module's limit (131,072 characters)
             header = [name.strip() for name in next(reader, [])]
@@ -63,6 +65,10 @@ def read_csv(path: str | os.PathLike) -> tuple[list[str], list[list[str]], list[
                 lines.append(reader.line_num)
         except csv.Error as e:
             raise DataIntegrityError(f"{path}, line {reader.line_num}: {e}") from None
+        except UnicodeDecodeError as e:
+            raise DataIntegrityError(
+                f"{path} is not UTF-8 text ({e.reason}): save it as a UTF-8 CSV"
+            ) from None
     if not header or not rows:
         raise DataIntegrityError(
             f"{path}: no {'header' if not header else 'data rows'}; expected a header line naming the "

@@ -9,6 +9,7 @@ at /); `serve(checkpoint, host, port)` runs it with uvicorn. Both need the optio
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from .app import create_app
 from .model import ApiError, EpisodeStore, Limits, ServedModel
@@ -17,12 +18,18 @@ __all__ = ["ApiError", "EpisodeStore", "Limits", "ServedModel", "create_app", "s
 
 
 def serve(
-    checkpoint: str | Path, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None
+    checkpoint: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    limits: Limits | None = None,
+    *,
+    invert: bool | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> None:
-    """Load the checkpoint once and serve it until interrupted."""
+    """Load the checkpoint once and serve it until interrupted (`invert`: see `create_app`)."""
     import uvicorn
 
-    app = create_app(checkpoint, limits)
+    app = create_app(checkpoint, limits, invert=invert, warn=warn)
     served = app.state.served
     print(
         f"metalab serve: {served.config.algorithm} from {checkpoint} on http://{host}:{port}/ "

@@ -14,6 +14,7 @@ import binascii
 import json
 from importlib import resources
 from pathlib import Path
+from typing import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -118,9 +119,16 @@ async def _parse(request: Request, model: type[BaseModel], limit: int):
     raise ApiError(415, f"send application/json or multipart/form-data, not {kind or 'no content type'}")
 
 
-def create_app(checkpoint: str | Path, limits: Limits | None = None) -> FastAPI:
-    """The FastAPI application serving one checkpoint (loaded here, once)."""
-    served = ServedModel(checkpoint, limits)
+def create_app(
+    checkpoint: str | Path,
+    limits: Limits | None = None,
+    *,
+    invert: bool | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> FastAPI:
+    """The FastAPI application serving one checkpoint (loaded here, once); `invert` overrides the
+    checkpoint's image inversion (see `metalab.predict.image_invert`)."""
+    served = ServedModel(checkpoint, limits, invert=invert, warn=warn)
     lim = served.limits
     app = FastAPI(
         title="metalab serve",

@@ -3,7 +3,8 @@
 A `ServedModel` holds one learner (eval mode) loaded once from a checkpoint. An episode is a support
 set: its classes (labelled 0..N-1 in sorted name order, as `metalab predict` labels its class
 folders) and their images, decoded and prepared by `metalab.data.images.decode_image` with the
-checkpoint's image size, channels and inversion, exactly as `metalab predict` reads files. Episodes
+checkpoint's image size, channels and inversion (or the inversion asked for), exactly as `metalab
+predict` reads files. Episodes
 are immutable once made and live in an `EpisodeStore` (least recently used dropped beyond its
 capacity, dropped after `ttl` seconds unused). Predicting adapts the learner to the episode's support
 set under one lock: MAML-family learners adapt through `torch.func.functional_call`, which swaps the
@@ -27,7 +28,14 @@ import torch
 from ..config import ConfigError
 from ..data.dataset import DataIntegrityError
 from ..data.images import ImageTooLargeError, decode_image
-from ..predict import SupportMismatch, check_steps, check_support, class_probabilities, image_learner
+from ..predict import (
+    SupportMismatch,
+    check_steps,
+    check_support,
+    class_probabilities,
+    image_invert,
+    image_learner,
+)
 
 __all__ = ["ApiError", "Episode", "EpisodeStore", "Limits", "ServedModel"]
 
@@ -147,9 +155,18 @@ class EpisodeStore:
 class ServedModel:
     """One checkpoint's learner, loaded once, and the episodes made for it."""
 
-    def __init__(self, checkpoint: str | Path, limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        limits: Limits | None = None,
+        *,
+        invert: bool | None = None,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
+        """`invert` overrides the checkpoint's image inversion (see `metalab.predict.image_invert`)."""
         self.checkpoint, self.limits = str(checkpoint), limits or Limits()
         self.learner, self.config, state = image_learner(checkpoint)
+        self.invert = image_invert(self.config, invert, model=self.checkpoint, warn=warn)
         self.iteration = int(state.get("iteration", 0))
         self.episodes = EpisodeStore(self.limits.max_episodes, self.limits.episode_ttl)
         self._model_lock = threading.Lock()
@@ -164,10 +181,15 @@ class ServedModel:
             "summary": spec.summary,
             "benchmark": c.benchmark,
             "iteration": self.iteration,
-            "backbone": "conv4",
+            "backbone": c.backbone,
             "parameters": sum(p.numel() for p in learner.parameters()),
             "input_shape": [c.channels, c.image_size, c.image_size],
-            "image": {"image_size": c.image_size, "channels": c.channels, "invert": bool(c.invert)},
+            "image": {
+                "image_size": c.image_size,
+                "channels": c.channels,
+                "invert": self.invert,
+                "trained_invert": bool(c.invert),
+            },
             "classes": {
                 "fixed_ways": c.ways if spec.needs.fixed_head else None,
                 "trained_ways": c.ways,
@@ -189,7 +211,7 @@ class ServedModel:
                 data,
                 c.image_size,
                 c.channels,
-                bool(c.invert),
+                self.invert,
                 name=name,
                 max_pixels=self.limits.max_image_pixels,
             )

@@ -31,6 +31,8 @@ class ClassBatchSampler:
         batch_size: examples per row of the returned `TaskBatch`.
         seed: seeds the sampler's own generator.
         transform: applied to the gathered examples, e.g. uint8 -> float in [0, 1].
+        augment: `augment(x, generator)` applied after `transform`, drawing from the sampler's
+            generator (e.g. `metalab.data.augment.standard_augment`); None for none.
 
     `sample(T)` returns support_x (T, batch_size, ...), support_y (T, batch_size) and an empty query
     part (T, 0, ...): T * batch_size examples drawn uniformly with replacement from the split.
@@ -51,6 +53,7 @@ class ClassBatchSampler:
         batch_size: int,
         seed: int = 0,
         transform: Callable[[Tensor], Tensor] | None = None,
+        augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
     ) -> None:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
@@ -65,6 +68,7 @@ class ClassBatchSampler:
         self.index = torch.nonzero(label[y] >= 0).flatten()  # positions of the split's examples
         self.labels = label[y[self.index]]
         self.x, self.classes, self.batch_size, self.transform = x, classes, batch_size, transform
+        self.augment = augment
         self.generator = torch.Generator("cpu").manual_seed(seed)
 
     @property
@@ -79,6 +83,8 @@ class ClassBatchSampler:
         sx = self.x[self.index[pick].to(self.x.device)]
         if self.transform is not None:
             sx = self.transform(sx)
+        if self.augment is not None:
+            sx = self.augment(sx, self.generator)
         empty = sx[:, :0]
         labels = self.labels[pick].to(self.x.device)
         return TaskBatch(sx, labels, empty, labels[:, :0])

@@ -67,6 +67,9 @@ class EpisodeSampler:
         generator: an explicit `torch.Generator` to draw from.
         transform: applied to the gathered examples, e.g. uint8 -> float in [0, 1].
         class_names: names used in error messages, indexed by class id.
+        augment: `augment(x, generator)` applied after `transform` to the support and query
+            examples of every episode, drawing from the sampler's generator (e.g.
+            `metalab.data.augment.standard_augment`); None for none.
 
     Example:
         >>> x, y = torch.randn(100, 3), torch.arange(10).repeat_interleave(10)
@@ -88,6 +91,7 @@ class EpisodeSampler:
         generator: torch.Generator | None = None,
         transform: Callable[[Tensor], Tensor] | None = None,
         class_names: Sequence[str] | None = None,
+        augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
     ) -> None:
         for name, value, least in (("ways", ways, 1), ("shots", shots, 1), ("queries", queries, 0)):
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
@@ -114,7 +118,7 @@ class EpisodeSampler:
             )
         self.x, self.y, self.classes = x, y, classes
         self.ways, self.shots, self.queries = ways, shots, queries
-        self.transform = transform
+        self.transform, self.augment = transform, augment
         self.generator = generator if generator is not None else torch.Generator("cpu").manual_seed(seed)
 
     def sample_indices(self, num_tasks: int) -> tuple[Tensor, Tensor]:
@@ -152,6 +156,8 @@ class EpisodeSampler:
         sx, qx = self.x[support], self.x[query]
         if self.transform is not None:
             sx, qx = self.transform(sx), self.transform(qx)
+        if self.augment is not None:
+            sx, qx = self.augment(sx, self.generator), self.augment(qx, self.generator)
         return TaskBatch(
             sx,
             labels.repeat_interleave(k).expand(t, -1).contiguous(),

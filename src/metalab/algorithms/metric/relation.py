@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ...tasks.episode import TaskBatch
 from ..base import MetaLearner
-from ..spec import AlgorithmSpec, Needs, register
+from ..spec import AlgorithmSpec, BuildContext, Needs, register
 from .common import EVAL_CHUNK, embed_tasks, num_ways, one_hot_support
 
 __all__ = ["RelationNet", "RelationEmbedding", "RelationModule"]
@@ -52,7 +52,8 @@ class RelationEmbedding(nn.Sequential):
 
 
 class RelationModule(nn.Module):
-    """The relation module g_phi: 2 conv blocks with pooling, FC (ReLU) and FC (sigmoid).
+    """The relation module g_phi: 2 conv blocks with pooling, FC (ReLU) and FC (sigmoid). A block
+    pools only a map of at least 2x2 (the paper's 5x5 maps pool twice).
 
     Args:
         channels: C of each feature map; the input has 2C channels (class map and query map).
@@ -64,14 +65,18 @@ class RelationModule(nn.Module):
 
     def __init__(self, channels: int = 64, map_size: tuple[int, int] = (5, 5), hidden: int = 8) -> None:
         super().__init__()
-        self.convs = nn.Sequential(
-            *_block(2 * channels, channels, 1, True), *_block(channels, channels, 1, True)
-        )
+        # Each block pools 2x2 where the map is at least 2x2; a smaller map (a ResNet's at small
+        # image sizes) goes through the block unpooled, an identity in the pool's place.
+        layers: list[nn.Module] = []
         h, w = map_size
-        for _ in range(2):
-            h, w = h // 2, w // 2
         if h < 1 or w < 1:
-            raise ValueError(f"feature maps of size {map_size} are too small for two 2x2 poolings")
+            raise ValueError(f"feature maps of size {map_size} are empty")
+        for cin in (2 * channels, channels):
+            pool = h >= 2 and w >= 2
+            layers += _block(cin, channels, 1, pool) + ([] if pool else [nn.Identity()])
+            if pool:
+                h, w = h // 2, w // 2
+        self.convs = nn.Sequential(*layers)
         self.fc1 = nn.Linear(channels * h * w, hidden)
         self.fc2 = nn.Linear(hidden, 1)
 
@@ -85,7 +90,8 @@ class RelationNet(MetaLearner):
 
     Args:
         encoder: f_varphi, images (n, *input_shape) -> feature maps (n, C, H, W); default
-            `RelationEmbedding()` (the paper's Omniglot module: C=64, 5x5 maps for 28x28 inputs).
+            `RelationEmbedding()` (the paper's Omniglot module: C=64, 5x5 maps for 28x28 inputs);
+            `backbone: resnet12` / `resnet18` give a ResNet without its global pool.
         relation: g_phi; default `RelationModule(C, (H, W))`, sized from the encoder's output.
         input_shape: of one example, used to size the default relation module.
 
@@ -186,6 +192,14 @@ class RelationNet(MetaLearner):
         return loss, {"loss": loss.item(), "accuracy": accuracy.item()}
 
 
+def _build(ctx: BuildContext) -> RelationNet:
+    # Conv-4 (the default backbone) is the paper's embedding module; a ResNet's feature maps are
+    # taken before its global pool, as Chen et al. 2019 pair Relation Networks with ResNets.
+    if ctx.config.backbone == "conv4":
+        return RelationNet(input_shape=ctx.input_shape)
+    return RelationNet(ctx.feature_maps(), input_shape=ctx.input_shape)
+
+
 register(
     AlgorithmSpec(
         name="relation",
@@ -196,6 +210,6 @@ register(
         learner=RelationNet,
         # Its own embedding keeps feature maps, and the relation module pools them twice more.
         needs=Needs(kinds=("classification",), images=True, equal_shots=True, min_image_size=22),
-        build=lambda ctx: RelationNet(input_shape=ctx.input_shape),
+        build=_build,
     )
 )

@@ -368,7 +368,8 @@ register(
         ),
         learner=MANN,
         options=MANNOptions,
-        needs=Needs(kinds=("classification",), fixed_head=True),
+        # Its model is the paper's LSTM controller on the raw pixels: no backbone to choose.
+        needs=Needs(kinds=("classification",), fixed_head=True, backbone=False),
         build=_build,
     )
 )

@@ -22,9 +22,10 @@ References:
 
 Fitted to this library (deviations from the paper):
     - Conv-4 blocks (conv 3x3, batch-statistics normalisation without affine, ReLU, max-pool) for u
-      and for the trunk of b; in b only the output layer has fast weights, so the per-example
-      gradients nabla_i have the closed form (softmax(z_i) - onehot(y_i)) [h_i, 1]^T (exactly what
-      autograd gives for that layer) and stay differentiable at no cost.
+      and for the trunk of b (with `backbone: resnet12` or `resnet18`, b's trunk is that ResNet);
+      in b only the output layer has fast weights, so the per-example gradients nabla_i have the
+      closed form (softmax(z_i) - onehot(y_i)) [h_i, 1]^T (exactly what autograd gives for that
+      layer) and stay differentiable at no cost.
     - u's embedding loss is a contrastive loss over all pairs of support examples (on unit-length
       embeddings, margin 1); d receives the gradient of the mean pair loss (one backward pass), not
       one gradient per pair, and that gradient is detached (an input, not differentiated through).
@@ -121,6 +122,10 @@ class MetaNet(MetaLearner):
         hidden: filters of the conv blocks of u and b (64 in Conv-4).
         generator_hidden: width of the coordinate-wise generators d and m.
         margin: of u's contrastive embedding loss (unit-length embeddings).
+        trunk: b's feature extractor (images -> (n, d) features with a `feature_dim` attribute, e.g.
+            a ResNet with batch-statistics norm); default Conv-4 of `hidden` filters. u stays the
+            augmented Conv-4 whatever the trunk: its fast weights are generated coordinate by
+            coordinate for every one of its convolutions.
 
     Example:
         >>> from metalab.tasks import EpisodeSampler
@@ -144,18 +149,20 @@ class MetaNet(MetaLearner):
         hidden: int = 64,
         generator_hidden: int = 20,
         margin: float = 1.0,
+        trunk: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.ways, self.margin = ways, margin
         self.representation = AugmentedConv4(in_channels, hidden)  # u, slow weights Q
         self.rep_generator = FastWeightGenerator(generator_hidden)  # d, generates Q*
-        trunk = Conv4(
-            in_channels=in_channels,
-            hidden=hidden,
-            image_size=image_size,
-            norm="batch_stats",
-            channels_last=False,
-        )
+        if trunk is None:
+            trunk = Conv4(
+                in_channels=in_channels,
+                hidden=hidden,
+                image_size=image_size,
+                norm="batch_stats",
+                channels_last=False,
+            )
         self.base_trunk = trunk  # b's conv blocks (slow weights only)
         self.base_head = nn.Linear(trunk.feature_dim, ways)  # b's output layer, slow W
         self.base_generator = FastWeightGenerator(generator_hidden)  # m, generates W*_i
@@ -218,7 +225,11 @@ class MetaNet(MetaLearner):
 
 def _build(ctx: BuildContext) -> MetaNet:
     channels, size, _ = ctx.input_shape
-    return MetaNet(ways=ctx.ways, in_channels=channels, image_size=size)
+    c = ctx.config
+    # b's trunk is the config's backbone (batch statistics, as the Conv-4 default); u stays Conv-4.
+    trunk = None if c.backbone == "conv4" else ctx.embedding(norm="batch_stats")[0]
+    hidden = c.filters or 64
+    return MetaNet(ways=ctx.ways, in_channels=channels, image_size=size, hidden=hidden, trunk=trunk)
 
 
 register(

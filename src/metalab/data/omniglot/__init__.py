@@ -23,8 +23,9 @@ import torch
 
 from ...tasks.splits import ClassSplits
 from ..dataset import DataIntegrityError, DataNotFoundError, FewShotDataset, to_float
+from ..store import cache_dir_for
 from .archive import ARCHIVES, OmniglotArchive, read_omniglot_zip
-from .cache import _default_cache_dir, load_omniglot_archive
+from .cache import load_omniglot_archive
 from .download import _missing_message, download_omniglot
 from .splits import (
     EXAMPLES_PER_CLASS,
@@ -107,7 +108,7 @@ def load_omniglot(
     for name in ARCHIVES:
         if not (data_dir / f"{name}.zip").is_file():
             raise DataNotFoundError(_missing_message(name, data_dir))
-    cache_dir = _default_cache_dir(data_dir) if cache_dir is None else Path(cache_dir)
+    cache_dir = cache_dir_for("omniglot", cache_dir)
     parts = [
         load_omniglot_archive(
             data_dir / f"{name}.zip", image_size=image_size, cache_dir=cache_dir, verify_counts=verify_counts

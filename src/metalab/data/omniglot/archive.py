@@ -15,8 +15,8 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 import zipfile
-import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -26,6 +26,7 @@ from PIL import Image
 from torch import Tensor
 
 from ..dataset import DataIntegrityError, DataNotFoundError
+from ..zips import is_extra_entry, open_zip, reading_entry
 from .splits import EXAMPLES_PER_CLASS
 
 __all__ = ["ARCHIVES", "OmniglotArchive", "read_omniglot_zip"]
@@ -56,7 +57,6 @@ ARCHIVES: dict[str, _ArchiveSpec] = {
         659 * EXAMPLES_PER_CLASS,
     ),
 }
-_IGNORED_PREFIXES = ("__MACOSX/",)  # resource forks some zip tools add; never image data
 
 
 class OmniglotArchive(NamedTuple):
@@ -103,7 +103,11 @@ def _index_entries(
     for info in zf.infolist():
         name = info.filename
         _check_entry_name(archive, name)
-        if name.startswith(_IGNORED_PREFIXES) or name.rsplit("/", 1)[-1].startswith("."):
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise DataIntegrityError(
+                f"{archive}: entry {name!r} is a symbolic link; refusing to read this archive"
+            )
+        if is_extra_entry(name):
             continue
         parts = name.rstrip("/").split("/")
         if parts[0] != root:
@@ -192,13 +196,7 @@ def read_omniglot_zip(
     if not path.is_file():
         raise DataNotFoundError(f"Omniglot archive not found: {path}")
     root = path.name.removesuffix(".zip")
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, EOFError) as err:
-        raise DataIntegrityError(
-            f"{path}: not a readable zip file ({err}); the archive is corrupt or truncated"
-        ) from err
-    with zf:
+    with open_zip(path) as zf:
         characters, entries = _index_entries(path, zf, root)
         counts = [len(e) for e in entries]
         if verify_counts and root in ARCHIVES:
@@ -209,21 +207,10 @@ def read_omniglot_zip(
         k = 0
         for group in entries:
             for info in group:
-                try:
+                with reading_entry(path, info.filename):
                     if info.file_size > MAX_ENTRY_BYTES:
                         raise ValueError(f"{info.file_size:,} bytes, beyond the {MAX_ENTRY_BYTES:,} allowed")
                     images[k] = _decode_png(zf.read(info), image_size)
-                # BadZipFile: CRC mismatch; zlib.error / EOFError: broken deflate stream or truncated
-                # data; OSError (incl. UnidentifiedImageError), SyntaxError, ValueError,
-                # DecompressionBombError: Pillow, or an entry beyond the limits above.
-                except (
-                    zipfile.BadZipFile, zlib.error, EOFError, OSError, SyntaxError, ValueError,
-                    Image.DecompressionBombError,
-                ) as err:  # fmt: skip
-                    raise DataIntegrityError(
-                        f"{path}: cannot read entry {info.filename!r} ({type(err).__name__}: {err}); "
-                        "the archive is corrupt or truncated"
-                    ) from err
                 k += 1
     character = torch.arange(len(characters)).repeat_interleave(torch.tensor(counts))
     return OmniglotArchive(torch.from_numpy(images), character, characters)

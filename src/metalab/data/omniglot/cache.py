@@ -4,55 +4,28 @@ Decoding both archives takes seconds; loading the cache a fraction of one. A cac
 `<archive>-<first 16 hex of the zip's sha256>-<S>px-v<format>.pt` and holds the sha256, the image
 size and the decoded tensors, all checked on load, so that a changed archive, another image size or
 a damaged file is never served. Files are written atomically.
+
+The cache lives in the user's cache folder (`$XDG_CACHE_HOME/metalab/omniglot`, else
+`~/.cache/metalab/omniglot`). The data folder itself is never written to: it may be a shared or
+read-only copy (running as root would otherwise write into it). Keyed by the archive's sha256, copies
+in different folders share one cache entry and a changed archive never hits a stale one.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from ..dataset import DataIntegrityError, DataNotFoundError
+from ..store import cache_dir_for, file_digests, prepare_cache_dir, save_atomically
 from .archive import ARCHIVES, OmniglotArchive, _check_counts, read_omniglot_zip
 
 __all__ = ["load_omniglot_archive"]
 
 _CACHE_FORMAT = 1  # bump when the decoding changes, so old caches are not reused
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _default_cache_dir(data_dir: Path) -> Path:
-    """The user's cache folder (`$XDG_CACHE_HOME/metalab/omniglot`, else `~/.cache/...`).
-
-    The data folder itself is never written to: it may be a shared or read-only copy (running as
-    root would otherwise write into it). Cache files are keyed by the archive's sha256, so copies
-    in different folders share one cache entry and a changed archive never hits a stale one.
-    """
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "metalab" / "omniglot"
-
-
-def _prepare_cache_dir(cache_dir: Path) -> None:
-    """Create the cache folder and check it is writable, before spending time decoding."""
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OSError(
-            f"cannot create the Omniglot cache folder {cache_dir} ({err}); pass cache_dir=..."
-        ) from err
-    if not os.access(cache_dir, os.W_OK):
-        raise OSError(f"the Omniglot cache folder {cache_dir} is not writable; pass cache_dir=...")
 
 
 def _read_cache(cache_file: Path, sha256: str, image_size: int) -> OmniglotArchive:
@@ -90,8 +63,8 @@ def _read_cache(cache_file: Path, sha256: str, image_size: int) -> OmniglotArchi
 
 
 def _write_cache(cache_file: Path, archive: OmniglotArchive, sha256: str, image_size: int) -> None:
-    """Write atomically: a temporary file in the same folder, then `os.replace`, so a crash or a
-    concurrent reader never sees a half-written cache."""
+    """Write atomically (see `save_atomically`): a crash or a concurrent reader never sees a
+    half-written cache."""
     blob = {
         "format": _CACHE_FORMAT,
         "sha256": sha256,
@@ -100,17 +73,7 @@ def _write_cache(cache_file: Path, archive: OmniglotArchive, sha256: str, image_
         "character": archive.character,
         "characters": list(archive.characters),
     }
-    fd, tmp = tempfile.mkstemp(dir=cache_file.parent, prefix=f".{cache_file.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(blob, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache is as public as the data it holds
-        os.replace(tmp, cache_file)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_atomically(cache_file, blob)
 
 
 def load_omniglot_archive(
@@ -135,9 +98,9 @@ def load_omniglot_archive(
     path = Path(path)
     if not path.is_file():
         raise DataNotFoundError(f"Omniglot archive not found: {path}")
-    cache_dir = _default_cache_dir(path.parent) if cache_dir is None else Path(cache_dir)
-    _prepare_cache_dir(cache_dir)
-    sha256 = _sha256(path)
+    cache_dir = cache_dir_for("omniglot", cache_dir)
+    prepare_cache_dir(cache_dir, "Omniglot cache folder")
+    sha256 = file_digests(path, ("sha256",))["sha256"]
     root = path.name.removesuffix(".zip")
     cache_file = cache_dir / f"{root}-{sha256[:16]}-{image_size}px-v{_CACHE_FORMAT}.pt"
     if cache_file.exists():

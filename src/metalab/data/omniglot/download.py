@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import os
-import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Callable
 
-from ..dataset import DataIntegrityError, DataNotFoundError
+from ...paths import check_output_folder
+from ..store import download_file
 from .archive import ARCHIVES
 
 __all__ = ["download_omniglot"]
@@ -24,48 +20,6 @@ def _missing_message(name: str, data_dir: Path) -> str:
         f"{name}.zip (from {ARCHIVES[name].url}) in {data_dir}, or run "
         f"`metalab data download omniglot --data-dir {data_dir}` to fetch it."
     )
-
-
-def _download_one(url: str, target: Path, md5: str, opener: Callable[[str], object]) -> None:
-    """Stream `url` into a temporary file next to `target`, check its md5, then rename it."""
-
-    def offline(err: BaseException) -> DataNotFoundError:
-        return DataNotFoundError(
-            f"could not download {url} ({type(err).__name__}: {err}). Without network access, put "
-            f"{target.name} in {target.parent} by hand."
-        )
-
-    network_errors = (urllib.error.URLError, http.client.HTTPException, OSError)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    try:
-        digest = hashlib.md5()
-        with os.fdopen(fd, "wb") as f:
-            try:
-                response = opener(url)
-            except network_errors as err:
-                raise offline(err) from err
-            with response:
-                while True:
-                    try:
-                        block = response.read(1 << 20)
-                    except network_errors as err:
-                        raise offline(err) from err
-                    if not block:
-                        break
-                    digest.update(block)
-                    f.write(block)  # a local write error (disk full) propagates as itself
-        if digest.hexdigest() != md5:
-            raise DataIntegrityError(
-                f"downloaded {url} has md5 {digest.hexdigest()}, expected {md5}; the download is "
-                f"incomplete or altered, nothing was saved to {target}"
-            )
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)  # no-op after a successful rename
-
-
-def _urlopen(url: str):
-    return urllib.request.urlopen(url, timeout=60)
 
 
 def download_omniglot(
@@ -91,11 +45,10 @@ def download_omniglot(
         DataNotFoundError: the download failed (e.g. offline).
         DataIntegrityError: the md5 of a download is wrong.
     """
-    root = Path(root)
+    root = check_output_folder(root, "data folder")
     root.mkdir(parents=True, exist_ok=True)
-    opener = _urlopen if opener is None else opener
     for name, spec in ARCHIVES.items():
         target = root / f"{name}.zip"
         if force or not target.exists():
-            _download_one(spec.url, target, spec.md5, opener)
+            download_file(spec.url, target, spec.md5, opener=opener)
     return root
