@@ -72,6 +72,7 @@ def cmd_train(args) -> None:
             "max_minutes": args.minutes,
             "threads": args.threads,
             "data_dir": args.data_dir,
+            "val_every": args.val_every,
         }.items()
         if v is not None
     }
@@ -108,6 +109,7 @@ def cmd_train(args) -> None:
             "iterations": result.iteration,
             "planned_iterations": load_config(path).iterations,
             "train_seconds": round(result.seconds),
+            "train_cpu_seconds": round(result.cpu_seconds),
             "eval_seconds": round(time.perf_counter() - t0),
             "trained_by": path.stem,
             "threads": torch.get_num_threads(),
@@ -224,6 +226,7 @@ def main() -> int:
     t.add_argument("--minutes", type=float, help="stop training after this much wall-clock (resumable)")
     t.add_argument("--threads", type=int)
     t.add_argument("--data-dir")
+    t.add_argument("--val-every", type=int, help="validate every N iterations (default: the config's)")
     tb = sub.add_parser("table")
     tb.add_argument(
         "--notes",

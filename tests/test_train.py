@@ -67,9 +67,14 @@ def test_resume_equals_uninterrupted_run(tmp_path, algorithm):
     cut_log = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
 
     def strip(lines):
-        return [{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in lines]
+        return [
+            {k: v for k, v in json.loads(x).items() if k not in ("seconds", "cpu_seconds")} for x in lines
+        ]
 
     assert strip(full_log) == strip(cut_log)
+    # CPU time carries over a resumption: the resumed run's records continue the cut run's.
+    cpu = [json.loads(x)["cpu_seconds"] for x in cut_log]
+    assert cpu == sorted(cpu) and cpu[-1] > 0
 
 
 def test_resume_drops_a_torn_last_metrics_line_and_refuses_a_foreign_one(tmp_path):

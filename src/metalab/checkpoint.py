@@ -229,9 +229,10 @@ def load_checkpoint(path: str | Path, *, resuming: bool = False) -> dict[str, An
             )
     if state["iteration"] < 0:
         raise CheckpointError(f"checkpoint {path}: 'iteration' is {state['iteration']}, not >= 0")
-    seconds = state.get("seconds", 0.0)
-    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 <= seconds < math.inf:
-        raise CheckpointError(f"checkpoint {path}: 'seconds' (the training time) is {seconds!r}, not >= 0")
+    for key, what in (("seconds", "the training time"), ("cpu_seconds", "the training CPU time")):
+        value = state.get(key, 0.0)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:
+            raise CheckpointError(f"checkpoint {path}: {key!r} ({what}) is {value!r}, not >= 0")
     return state
 
 

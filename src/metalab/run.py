@@ -145,6 +145,7 @@ class Run:
     world: int = 1
     start_iteration: int = 0
     seconds_before: float = 0.0
+    cpu_seconds_before: float = 0.0
     engine: TaskThreads | None = None
     governor: ThreadGovernor | None = None
     device: torch.device = torch.device("cpu")
@@ -309,6 +310,7 @@ class Run:
             ) from None
         self.start_iteration = self.saved_iteration = state["iteration"]
         self.seconds_before = state.get("seconds", 0.0)
+        self.cpu_seconds_before = state.get("cpu_seconds", 0.0)
         metrics_lines(self.run_dir / METRICS, self.start_iteration)  # its lines checked before any write
         if self.main:
             log(f"resuming {self.run_dir} at iteration {self.start_iteration}")
@@ -350,18 +352,18 @@ class Run:
         self.learner.train()
         return result
 
-    def save(self, iteration: int, seconds: float) -> None:
+    def save(self, iteration: int, seconds: float, cpu_seconds: float = 0.0) -> None:
         """Write the checkpoint (rank 0; every rank takes part in gathering the task sources' states)."""
         task_states = distributed.gather_objects(self.source.get_state())
         if not self.main:
             return
         try:
-            self._save(iteration, seconds, task_states)
+            self._save(iteration, seconds, task_states, cpu_seconds)
         except WriteError as e:  # disk full, quota, I/O error: the previous checkpoint is intact
             raise WriteError(f"{e}; {self.kept()}", e.errno) from None
         self.saved_iteration = iteration
 
-    def _save(self, iteration: int, seconds: float, task_states: list) -> None:
+    def _save(self, iteration: int, seconds: float, task_states: list, cpu_seconds: float = 0.0) -> None:
         save_checkpoint(
             self.checkpoint_path,
             device_free(
@@ -377,6 +379,7 @@ class Run:
                     },
                     "iteration": iteration,
                     "seconds": seconds,
+                    "cpu_seconds": cpu_seconds,
                     "config": self.config.to_dict(),
                 }
             ),

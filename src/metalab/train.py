@@ -81,6 +81,7 @@ class TrainResult:
     last_val: EvalResult | None = None
     history: list = field(default_factory=list)
     val_iteration: int | None = None  # the iteration `last_val` was measured at
+    cpu_seconds: float = 0.0  # CPU time of the training process (all its threads), across resumptions
 
 
 def learner_from_checkpoint(
@@ -152,7 +153,7 @@ class MetricsLog:
         self.history.append(record)
         if self.writer is not None:
             for name, value in record.items():
-                if name not in ("iteration", "seconds") and isinstance(value, (int, float)):
+                if name not in ("iteration", "seconds", "cpu_seconds") and isinstance(value, (int, float)):
                     self.writer.add_scalar(name, value, record["iteration"])
 
     def _error(self, e: OSError) -> WriteError:
@@ -202,10 +203,13 @@ def train(
     run = Run.start(config, run_dir, resume=resume, log=log)
     c, start = run.config, run.start_iteration
     end = c.iterations if stop_after is None else min(stop_after, c.iterations)
-    running, t0, saved = None, time.perf_counter(), start
+    running, t0, cpu0, saved = None, time.perf_counter(), time.process_time(), start
 
     def seconds() -> float:
         return run.seconds_before + time.perf_counter() - t0
+
+    def cpu_seconds() -> float:  # CPU time of this process, all its threads, across resumptions
+        return run.cpu_seconds_before + time.process_time() - cpu0
 
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(run.close)
@@ -239,14 +243,16 @@ def train(
                 result.val_iteration = n
                 record = {**(record or {"iteration": n}), f"val_{v.metric}": v.mean, "val_ci95": v.ci95}
             if record is not None:
-                metrics_log.write({**record, "seconds": round(seconds(), 3)})
+                metrics_log.write(
+                    {**record, "seconds": round(seconds(), 3), "cpu_seconds": round(cpu_seconds(), 3)}
+                )
             bar.set_postfix({"loss": f"{running:.4f}", **_val_postfix(result.last_val)}, refresh=False)
             out_of_time = c.max_minutes is not None and distributed.agree(
                 time.perf_counter() - t0 > 60 * c.max_minutes
             )
             if (c.checkpoint_every and n % c.checkpoint_every == 0) or n == end or out_of_time:
                 _check_finite(run, n, metrics["loss"], saved)  # a checkpoint only of finite weights
-                run.save(n, seconds())
+                run.save(n, seconds(), cpu_seconds())
                 saved = n
             result.iteration = n
             if out_of_time:
@@ -256,7 +262,7 @@ def train(
                 )
                 break
         bar.close()
-    result.seconds = seconds()
+    result.seconds, result.cpu_seconds = seconds(), cpu_seconds()
     return result
 
 
