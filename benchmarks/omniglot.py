@@ -28,6 +28,7 @@ from metalab.config import config_from_dict, load_config
 from metalab.evaluate import confidence_interval, evaluate
 from metalab.papers import CITATIONS, MANN_BY_INSTANCE, paper_figure
 from metalab.train import train
+from metalab.zoo import seed_run_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs" / "omniglot"
@@ -78,6 +79,9 @@ def cmd_train(args) -> None:
     }
     config = config_from_dict(overrides, config)
     run_dir = OUT / path.stem
+    seeded = seed_run_folder(run_dir, config, path.stem)  # an unfinished zoo model of this config
+    if seeded:
+        print(seeded, flush=True)
     resume = (run_dir / "checkpoint.pt").exists()
     # Every cell whose config trains this very model (same keys but the test ones), found before
     # training so that a bad config elsewhere fails now, not after an hour of training.

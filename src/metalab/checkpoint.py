@@ -33,6 +33,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "atomic_write_text",
+    "atomic_write_bytes",
     "state_error",
     "device_free",
     "file_mode",
@@ -170,6 +171,10 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     _atomic_replace(Path(path), lambda f: f.write(text.encode()))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    _atomic_replace(Path(path), lambda f: f.write(data))
 
 
 # What every checkpoint holds, and what a resumption needs besides: key -> (type, what it is).

@@ -1,4 +1,4 @@
-"""The `metalab` command: train | eval | predict | serve | plot | data | sweep | runs | report | info.
+"""The `metalab` command: train | eval | predict | serve | plot | data | sweep | runs | report | info | zoo.
 
 Bad input (an unknown algorithm or config key, a negative shot count, a missing or corrupt
 checkpoint, a missing data folder) ends with one line on stderr and exit status 2, not a traceback;
@@ -37,6 +37,7 @@ _EXAMPLES = """examples:
   metalab predict runs/a/checkpoint.pt --support support/ queries/ --csv predictions.csv
   metalab eval runs/a/checkpoint.pt --device cuda  # any device, whatever the run was trained on
   metalab info                                    # versions, devices, kernels: for a bug report
+  metalab zoo                                     # trained models: metalab predict zoo:NAME ...
 """
 _DEVICE_HELP = "auto | cpu | cuda | cuda:N | mps (default: the checkpoint's device key; docs/gpu.md)"
 _INVERT_HELP = (
@@ -262,6 +263,7 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--device", help=_DEVICE_HELP)
 
     _add_data_parser(sub)
+    _add_zoo_parser(sub)
 
     i = sub.add_parser(
         "info", help="versions, devices, CPU kernels, threads, algorithms: what a bug report needs"
@@ -302,6 +304,26 @@ def _add_data_parser(sub) -> None:
     )
     dl.add_argument("dataset", choices=sorted({*DOWNLOADS, *CATALOG}), metavar="NAME", help="the data set")
     dl.add_argument("--data-dir", required=True, help="folder to download into")
+
+
+def _add_zoo_parser(sub) -> None:
+    """`metalab zoo [list]` and `metalab zoo add RUN_DIR` (the zoo: `metalab.zoo`, docs/zoo.md)."""
+    z = sub.add_parser("zoo", help="trained models that ship with metalab, loadable as zoo:NAME")
+    actions = z.add_subparsers(dest="action", metavar="{list,add}")
+    actions.add_parser("list", help="every zoo model with its figure and budget (the default)")
+    add = actions.add_parser(
+        "add",
+        help="copy a meta-tested run's checkpoint (at most 2 MiB) into the zoo: $METALAB_ZOO, else the "
+        "package's own folder",
+    )
+    add.add_argument("run_dir", help="a run folder with its checkpoint.pt")
+    add.add_argument(
+        "--results",
+        nargs="+",
+        help="figure records of this checkpoint as benchmarks/omniglot.py writes them "
+        "(default: the run's own results.json)",
+    )
+    add.add_argument("--name", nargs="+", help="a zoo name per record (default: ALGORITHM-BENCHMARK-NwKs)")
 
 
 def _preload_plugins(argv: list[str]) -> None:
@@ -353,6 +375,7 @@ def _run(argv: list[str]) -> int:
             "report": commands.cmd_report,
             "serve": commands.cmd_serve,
             "info": commands.cmd_info,
+            "zoo": commands.cmd_zoo,
         }
         return handlers[args.command](args)
     except (ConfigError, CheckpointError, OptionError, FileNotFoundError, ValueError, DistributedError) as e:

@@ -212,7 +212,8 @@ def _warn(message: str) -> None:
 
 
 SERVE_NEEDS_CHECKPOINT = (
-    "metalab serve needs a checkpoint trained on images (there is no model zoo yet); train one, e.g. "
+    "metalab serve needs a checkpoint trained on images: a model of the zoo (metalab zoo lists them; "
+    "metalab serve zoo:NAME) or one you train, e.g. "
     "metalab train --config configs/omniglot/protonet_5w1s.yaml --data-dir ../shared/data/omniglot "
     "--run-dir runs/protonet, then: metalab serve runs/protonet/checkpoint.pt"
 )
@@ -302,3 +303,31 @@ def cmd_data(args) -> int:
     path = catalog.download(args.dataset, args.data_dir)
     print(f"{args.dataset} ready in {path}")
     return 0
+
+
+def cmd_zoo(args) -> int:
+    from . import zoo
+
+    if args.action != "add":
+        print(zoo.format_models(zoo.list_models()))
+        return 0
+    results = args.results or []
+    records = [_json_record(p) for p in results] if results else [zoo.record_from_run(args.run_dir)]
+    for entry in zoo.add(args.run_dir, records, args.name):
+        size = f"{entry['bytes'] / 2**20:.2f} MiB"
+        print(f"added zoo:{entry['name']} ({entry['file']}, {size}) to {zoo.zoo_dir()}")
+    return 0
+
+
+def _json_record(path: str) -> dict:
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PathError(f"results file not found: {path}") from None
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"results file {path} cannot be read as JSON ({e})") from None
+    needed = ("algorithm", "ways", "shots", "accuracy", "ci95", "test_episodes", "test_queries", "iterations")
+    missing = [k for k in needed if not isinstance(record, dict) or k not in record]
+    if missing:
+        raise ConfigError(f"results file {path} lacks {', '.join(missing)}")
+    return record

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from . import distributed
+from . import distributed, zoo
 from .algorithms.base import MetaLearner
 from .builders import build_learner
 from .checkpoint import (
@@ -33,7 +33,7 @@ from .checkpoint import (
     state_error,
     write_error,
 )
-from .config import Config
+from .config import Config, config_from_dict
 from .devices import check_device_name, resolve_device
 from .evaluate import EvalResult
 from .notices import once_per_machine
@@ -88,9 +88,13 @@ def learner_from_checkpoint(
     path: str | Path, device: torch.device | str | None = None
 ) -> tuple[MetaLearner, Config, dict]:
     """Rebuild the learner a checkpoint was saved from, with its weights, on `device` (default: the
-    CPU; checkpoints hold CPU tensors, so any device will do)."""
+    CPU; checkpoints hold CPU tensors, so any device will do). `path` may name a model of the zoo,
+    `zoo:NAME` (`metalab.zoo`): its config then holds the test settings of the model's row."""
+    path, row = zoo.lookup(path)
     state = load_checkpoint(path)
     config = checkpoint_config(path, state)
+    if row:
+        config = config_from_dict(row, config).resolved(saved=True)
     learner = build_learner(config)
     bad = non_finite(state["learner"])
     if bad is not None:

@@ -1,0 +1,236 @@
+"""The model zoo: checkpoints added with their figures, loaded by name (`zoo:NAME`) by `metalab eval`,
+`predict` and the Python API, refused when unknown, damaged or too large, and an unfinished model
+resumed from the zoo into an empty run folder to the same weights as an uninterrupted run.
+
+Each test works in a zoo of its own (`$METALAB_ZOO` in a temporary folder) on tiny runs of a folder
+of generated images; the last test meta-tests every model of the real index on the real Omniglot.
+"""
+
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from bad_input_cases import image_folder, png, write
+
+import metalab
+from helpers import run
+from metalab import zoo
+from metalab.config import config_from_dict
+from metalab.experiment import meta_test
+from metalab.train import learner_from_checkpoint, train
+
+REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
+
+
+def tiny_config(images, iterations=4, **extra):
+    keys = dict(benchmark="folder", data_dir=str(images), algorithm="protonet", ways=2, shots=1, queries=2)
+    keys.update(iterations=iterations, meta_batch=1, kernels="off", val_every=2, val_tasks=4, log_every=1)
+    keys.update(test_tasks=12, threads=1, **extra)
+    return config_from_dict(keys).resolved()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A finished 4-iteration ProtoNet run on 6 classes of generated images, meta-tested (results.json);
+    a 2-class support folder and 3 query images."""
+    root = tmp_path_factory.mktemp("zoo")
+    images = image_folder(root / "images")
+    result = train(tiny_config(images), root / "tiny", progress=False, log=lambda _: None)
+    meta_test(result, log=lambda _: None)
+    image_folder(root / "support", classes=2, per_class=2)
+    for i in range(3):
+        write(root / "queries" / f"q{i}.png", png((12, 12), 40 * i))
+    return root
+
+
+@pytest.fixture
+def zoo_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("METALAB_ZOO", str(tmp_path / "zoo"))
+    return tmp_path / "zoo"
+
+
+def test_add_records_the_figure_and_eval_by_name_reproduces_it(trained, zoo_root, capsys):
+    code, out, err = run(capsys, "zoo", "add", trained / "tiny", "--name", "tiny-protonet")
+    assert code == 0, err
+    assert "added zoo:tiny-protonet" in out
+    entry = zoo.read_index()["tiny-protonet"]
+    results = json.loads((trained / "tiny" / "results.json").read_text())
+    stored = zoo_root / entry["file"]
+    assert stored.read_bytes() == (trained / "tiny" / "checkpoint.pt").read_bytes()
+    assert entry["sha256"] == zoo.sha256(stored) and entry["bytes"] == stored.stat().st_size
+    assert entry["figure"]["accuracy"] == round(100 * results["test"][0]["mean"], 2)
+    assert entry["figure"]["test_episodes"] == 12 and entry["test"]["test_tasks"] == 12
+    assert entry["finished"] is True and entry["iterations"] == 4
+    assert zoo.resolve("zoo:tiny-protonet") == stored
+    assert zoo.resolve(trained / "tiny" / "checkpoint.pt") == trained / "tiny" / "checkpoint.pt"
+
+    code, out, err = run(capsys, "zoo")
+    assert code == 0 and "zoo:tiny-protonet" in out and f"{entry['figure']['accuracy']:.2f}" in out
+    # The row's own test settings come with the name: the same 12 episodes, the same figure.
+    code, out, err = run(capsys, "eval", "zoo:tiny-protonet", "--quiet", "--json", trained / "by-name.json")
+    assert code == 0, err
+    again = json.loads((trained / "by-name.json").read_text())["results"][0]
+    assert again["tasks"] == 12
+    assert round(100 * again["mean"], 2) == entry["figure"]["accuracy"]
+
+
+def test_predict_by_name_in_the_cli_and_the_python_api(trained, zoo_root, capsys):
+    zoo.add(trained / "tiny", [zoo.record_from_run(trained / "tiny")], ["tiny"])
+    by_path = metalab.predict(trained / "tiny" / "checkpoint.pt", trained / "support", trained / "queries")
+    by_name = metalab.predict("zoo:tiny", trained / "support", trained / "queries")
+    assert by_name == by_path and len(by_name) == 3
+    code, out, err = run(capsys, "predict", "zoo:tiny", "--support", trained / "support", trained / "queries")
+    assert code == 0, err
+    assert all(p.query in out and p.label in out for p in by_name)
+    learner, config, state = learner_from_checkpoint("zoo:tiny")
+    assert state["iteration"] == 4 and config.test_tasks == 12
+
+
+def test_unknown_damaged_oversize_and_stale_are_refused(trained, zoo_root, monkeypatch, capsys):
+    with pytest.raises(zoo.ZooError, match="holds: none"):
+        zoo.resolve("zoo:tiny")
+    zoo.add(trained / "tiny", [zoo.record_from_run(trained / "tiny")], ["tiny"])
+    with pytest.raises(zoo.ZooError, match="unknown zoo model 'tinny'; the zoo in .* holds: tiny"):
+        zoo.resolve("zoo:tinny")
+    stale = {**zoo.record_from_run(trained / "tiny"), "iterations": 3}
+    with pytest.raises(zoo.ZooError, match="measured at iteration 3, .* is at iteration 4"):
+        zoo.add(trained / "tiny", [stale], ["stale"])
+    with pytest.raises(zoo.ZooError, match="also serves tiny"):
+        zoo.add(trained / "tiny", [zoo.record_from_run(trained / "tiny")], ["other"], file="tiny.pt")
+    monkeypatch.setattr(zoo, "MAX_BYTES", 1000)
+    with pytest.raises(zoo.ZooError, match="over the zoo's limit"):
+        zoo.add(trained / "tiny", [zoo.record_from_run(trained / "tiny")], ["big"], file="big.pt")
+    assert set(zoo.read_index()) == {"tiny"}  # nothing refused was recorded
+    path = zoo_root / zoo.read_index()["tiny"]["file"]
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    code, out, err = run(capsys, "eval", "zoo:tiny", "--quiet")
+    assert code == 2 and err.count("\n") == 1 and "the file is damaged or was replaced" in err
+
+
+def test_an_unfinished_model_resumes_from_the_zoo_to_an_uninterrupted_runs_weights(
+    trained, tmp_path, zoo_root
+):
+    images = trained / "images"
+    config = tiny_config(images, iterations=8)
+    first = train(config, tmp_path / "cell", progress=False, stop_after=4, log=lambda _: None)
+    meta_test(first, log=lambda _: None)
+    record = zoo.record_from_run(tmp_path / "cell")
+    metrics = [json.loads(line) for line in (tmp_path / "cell" / "metrics.jsonl").read_text().splitlines()]
+    record["curve"] = [
+        {k: m[k] for k in ("iteration", "val_accuracy", "val_ci95", "seconds", "cpu_seconds")}
+        for m in metrics
+        if "val_accuracy" in m
+    ]
+    (entry,) = zoo.add(tmp_path / "cell", [record], ["cell-model"])
+    assert entry["finished"] is False and entry["planned_iterations"] == 8 and len(entry["curve"]) == 2
+
+    # A new machine: an empty run folder, seeded from the zoo, resumed.
+    seeded = tmp_path / "elsewhere" / "cell"
+    line = zoo.seed_run_folder(seeded, config, "cell")
+    assert line.startswith(f"seeded {seeded} from zoo:cell-model (iteration 4 of 8)")
+    assert [json.loads(x)["iteration"] for x in (seeded / "metrics.jsonl").read_text().splitlines()] == [2, 4]
+    assert zoo.seed_run_folder(seeded, config, "cell") is None  # a folder with a checkpoint is left alone
+    logged = []
+    resumed = train(config, seeded, resume=True, progress=False, log=logged.append)
+    assert any("resuming" in x and "iteration 4" in x for x in logged)
+    whole = train(config, tmp_path / "whole", progress=False, log=lambda _: None)
+    assert resumed.iteration == whole.iteration == 8
+    for (name, a), b in zip(resumed.learner.state_dict().items(), whole.learner.state_dict().values()):
+        assert torch.equal(a, b), name
+    iterations = [json.loads(x)["iteration"] for x in (seeded / "metrics.jsonl").read_text().splitlines()]
+    assert iterations[:2] == [2, 4] and iterations[-1] == 8
+
+    other = tiny_config(images, iterations=8, outer_lr=0.01)
+    assert "differs in outer_lr" in zoo.seed_run_folder(tmp_path / "third", other, "cell")
+    assert not (tmp_path / "third" / "checkpoint.pt").exists()
+
+
+@pytest.mark.data
+def test_every_model_of_the_real_index_reproduces_its_row(monkeypatch, request):
+    """`metalab eval zoo:NAME` on 100 test episodes lands within the row's CI plus the 100 episodes'
+    CI of the recorded figure."""
+    from metalab.builders import build_source
+    from metalab.evaluate import evaluate
+
+    monkeypatch.delenv("METALAB_ZOO", raising=False)
+    models = zoo.list_models()
+    if not models:
+        pytest.skip(f"the zoo in {zoo.zoo_dir()} holds no models yet")
+    data = request.getfixturevalue("omniglot")  # the real Vinyals split (skips where it is absent)
+    for m in models:
+        learner, c, _ = learner_from_checkpoint(zoo.PREFIX + m["name"])
+        steps = (c.eval_steps or [None])[0]
+        r = evaluate(learner, build_source(c, "test", data), 100, steps=steps)
+        gap = abs(100 * r.mean - m["figure"]["accuracy"])
+        assert gap <= m["figure"]["ci95"] + 100 * r.ci95, (m["name"], r, m["figure"])
+
+
+def test_the_shipped_index_is_consistent():
+    """Every model of the package's index names a file that is there, of its recorded sha256 and
+    size, under the size limit."""
+    if os.environ.get("METALAB_ZOO"):
+        pytest.skip(f"METALAB_ZOO points to {os.environ['METALAB_ZOO']}, not the package's zoo")
+    root = zoo.zoo_dir()
+    for m in zoo.list_models(root):
+        path = root / m["file"]
+        assert path.is_file(), m["name"]
+        assert zoo.sha256(path) == m["sha256"] and path.stat().st_size == m["bytes"] <= zoo.MAX_BYTES
+        assert zoo.resolve(zoo.PREFIX + m["name"]) == path
+
+
+def _bench_zoo():
+    spec = importlib.util.spec_from_file_location("zoo_bench", REPO / "benchmarks" / "zoo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_add_puts_every_row_of_one_model_in_one_file(
+    trained, tmp_path, zoo_root, monkeypatch, capsys
+):
+    """`benchmarks/zoo.py add protonet_5w1s`: the 5-way cell and the 20-way cell its run also
+    tested share one file; loading the 20-way name tests 20-way."""
+    bench = _bench_zoo()
+    out, results = tmp_path / "out", tmp_path / "results"
+    shutil.copytree(trained / "tiny", out / "protonet_5w1s")
+    figure = dict(algorithm="protonet", shots=1, test_episodes=12, test_queries=2, iterations=4)
+    figure.update(trained_by="protonet_5w1s", planned_iterations=4, threads=1, train_cpu_seconds=3)
+    for cell, ways, accuracy in (("protonet_5w1s", 5, 97.5), ("protonet_20w1s", 20, 91.25)):
+        record = {**figure, "cell": cell, "ways": ways, "accuracy": accuracy, "ci95": 0.5}
+        write(results / f"{cell}.json", json.dumps(record))
+    argv = ["add", "protonet_5w1s", "--out", str(out), "--results", str(results)]
+    assert bench.main(argv) == 0
+    models = zoo.read_index()
+    assert set(models) == {"protonet-omniglot-5w1s", "protonet-omniglot-20w1s"}
+    five, twenty = models["protonet-omniglot-5w1s"], models["protonet-omniglot-20w1s"]
+    assert five["file"] == twenty["file"] == "protonet_5w1s.pt" and five["sha256"] == twenty["sha256"]
+    assert (
+        twenty["config"] == "configs/omniglot/protonet_20w1s.yaml" and twenty["figure"]["accuracy"] == 91.25
+    )
+    assert (
+        five["command"]
+        == "python benchmarks/omniglot.py train configs/omniglot/protonet_5w1s.yaml --threads 1"
+    )
+    assert (
+        five["train_cpu_seconds"] == 3
+        and five["test"]["test_ways"] == 5
+        and twenty["test"]["test_ways"] == 20
+    )
+    _, config, _ = learner_from_checkpoint("zoo:protonet-omniglot-20w1s")
+    assert (config.test_ways, config.test_tasks, config.test_queries) == (20, 12, 2)
+    capsys.readouterr()
+
+    monkeypatch.setattr(zoo, "MAX_BYTES", 1000)
+    assert bench.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("zoo: error: ") and "over the zoo's limit of" in err
+    assert bench.main(["add", "nope_5w1s", "--results", str(results)]) == 2
+    assert "no results file" in capsys.readouterr().err
