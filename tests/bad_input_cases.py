@@ -15,6 +15,7 @@ query images; {omni} an Omniglot data folder made per case (see `omniglot`).
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import struct
@@ -1727,6 +1728,125 @@ for name, argv, match, setup in (
     ),
 ):
     case(RF, name, argv, match, setup)
+
+
+# ------------------------------------------------------------------------------------ the model zoo
+
+ZOO = "zoo"  # $METALAB_ZOO is {tmp}/zoo in every case (tests/test_bad_inputs.py)
+# A figure record of {img} (2 iterations), as benchmarks/omniglot.py writes one.
+ZOO_RECORD = dict(algorithm="protonet", ways=2, shots=1, accuracy=50.0, ci95=1.0, test_episodes=10)
+ZOO_RECORD.update(test_queries=1, iterations=2)
+
+
+def _zoo_model(then=None):
+    """A setup putting {img} in the case's zoo as zoo:tiny, then `then(path of its zoo file)`."""
+
+    def setup(env: Env) -> None:
+        from metalab import zoo
+
+        zoo.add(env.img.parent, [dict(ZOO_RECORD)], ["tiny"], root=env.tmp / "zoo")
+        if then is not None:
+            then(env.tmp / "zoo" / "tiny.pt")
+
+    return setup
+
+
+def _flip_middle(path: Path) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def _zoo_results(**changes):
+    return lambda env: write(env.tmp / "r.json", json.dumps({**ZOO_RECORD, **changes}))
+
+
+ZOO_ADD = ["zoo", "add", "{tmp}/protonet", "--results", "{tmp}/r.json"]
+for name, argv, match, setup in (
+    ("eval-unknown-name-empty-zoo", ["eval", "zoo:protonet-omniglot-5w1s"], "unknown zoo model", None),
+    (
+        "predict-unknown-name-lists-known",
+        ["predict", "zoo:tiny2", "--support", "{support}", "{queries}"],
+        "unknown zoo model 'tiny2'; the zoo in {tmp}/zoo holds: tiny",
+        _zoo_model(),
+    ),
+    (
+        "eval-sha256-mismatch",
+        ["eval", "zoo:tiny"],
+        "the file is damaged or was replaced",
+        _zoo_model(_flip_middle),
+    ),
+    (
+        "serve-sha256-mismatch",
+        ["serve", "zoo:tiny"],
+        "the file is damaged or was replaced",
+        _zoo_model(_flip_middle),
+    ),
+    (
+        "predict-file-replaced",
+        ["predict", "zoo:tiny", "--support", "{support}", "{queries}"],
+        "the file is damaged or was replaced",
+        _zoo_model(lambda p: p.write_bytes(p.read_bytes() + b"\0")),
+    ),
+    ("eval-file-missing", ["eval", "zoo:tiny"], "tiny.pt is missing", _zoo_model(lambda p: p.unlink())),
+    (
+        "plot-index-not-json",
+        ["plot", "zoo:tiny"],
+        "cannot be read",
+        lambda env: write(env.tmp / "zoo/index.json", "{"),
+    ),
+    (
+        "list-index-a-list",
+        ["zoo"],
+        "not a metalab zoo index",
+        lambda env: write(env.tmp / "zoo/index.json", "[1]"),
+    ),
+    (
+        "eval-index-entry-without-sha",
+        ["eval", "zoo:tiny"],
+        "'tiny' lacks sha256",
+        lambda env: write(
+            env.tmp / "zoo/index.json", '{"models": {"tiny": {"file": "tiny.pt", "algorithm": "x"}}}'
+        ),
+    ),
+    (
+        "add-oversize",
+        ["zoo", "add", "{tmp}/big", "--results", "{tmp}/r.json"],
+        "over the zoo's limit of 2 MiB",
+        lambda env: _zoo_results()(env) and write(env.tmp / "big" / "checkpoint.pt", b"\0" * (2 * 2**20 + 1)),
+    ),
+    ("add-run-without-results", ["zoo", "add", "{tmp}/protonet"], "has no results.json", None),
+    ("add-results-not-found", ZOO_ADD, "results file not found", None),
+    ("add-results-not-json", ZOO_ADD, "cannot be read as JSON", lambda env: write(env.tmp / "r.json", "{")),
+    (
+        "add-results-without-figure",
+        ZOO_ADD,
+        "lacks algorithm, ways, shots, accuracy",
+        lambda env: write(env.tmp / "r.json", "{}"),
+    ),
+    ("add-stale-results", ZOO_ADD, "meta-test the checkpoint again", _zoo_results(iterations=1)),
+    ("add-other-algorithm", ZOO_ADD, "the record is of maml", _zoo_results(algorithm="maml")),
+    ("add-bad-name", [*ZOO_ADD, "--name", "Tiny Model"], "must be lower-case", _zoo_results()),
+    (
+        "add-two-names-one-record",
+        [*ZOO_ADD, "--name", "a", "b"],
+        "one distinct name per record",
+        _zoo_results(),
+    ),
+    (
+        "add-no-checkpoint",
+        ["zoo", "add", "{tmp}", "--results", "{tmp}/r.json"],
+        "checkpoint not found",
+        _zoo_results(),
+    ),
+    (
+        "add-corrupt-checkpoint",
+        ZOO_ADD,
+        "is corrupt or truncated",
+        lambda env: _zoo_results()(env) and env.img.write_bytes(env.img.read_bytes()[:500]),
+    ),
+):
+    case(ZOO, name, argv, match, setup)
 
 
 def summary(outcomes: dict[str, str] | None = None) -> str:

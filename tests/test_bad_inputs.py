@@ -82,6 +82,7 @@ def env(trained, tmp_path, monkeypatch):
     )
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("METALAB_ZOO", str(tmp_path / "zoo"))
     for name, layout in OMNI_LAYOUT.items():
         characters = sum(len(c) for c in layout.values())
         spec = omniglot_archive.ARCHIVES[name]._replace(
