@@ -8,8 +8,9 @@
 benchmarks/out/omniglot/<trained_by>/, and copies its checkpoint.pt (with its optimizer state: an
 unfinished run resumes from the zoo) into the zoo with one index entry for every cell that model
 serves (e.g. protonet_5w1s and protonet_20w1s), each with its figure, test settings, budget,
-config file and training command. A checkpoint over 2 MiB, or a figure measured at another
-iteration than the checkpoint's, is refused. Commit src/metalab/zoo/ afterwards.
+config file, training command and validation curve (from the results file, else from the run's
+metrics.jsonl). A checkpoint over 2 MiB, or a figure measured at another iteration than the
+checkpoint's, is refused. Commit src/metalab/zoo/ afterwards.
 """
 
 from __future__ import annotations
@@ -56,9 +57,22 @@ def cell_records(cell: str, results: Path = RESULTS) -> list[dict]:
     return records
 
 
+def validation_curve(run_dir: Path) -> list[dict]:
+    """The run's validation records from its metrics.jsonl (all of them, across resumptions), in
+    the form of a results file's `curve`."""
+    from metalab.experiment import read_metrics
+
+    keys = ("iteration", "val_accuracy", "val_ci95", "seconds", "cpu_seconds")
+    return [{k: m[k] for k in keys if k in m} for m in read_metrics(run_dir) if "val_accuracy" in m]
+
+
 def cmd_add(args) -> None:
     records = cell_records(args.cell, Path(args.results))
     trained_by = records[0]["trained_by"]
+    run_dir = Path(args.out) / trained_by
+    for r in records:  # results files written before they carried their curve: read it from the run
+        if "curve" not in r:
+            r["curve"] = [p for p in validation_curve(run_dir) if p["iteration"] <= r["iterations"]]
     threads = records[0].get("threads")
     command = args.command or (
         f"python benchmarks/omniglot.py train configs/omniglot/{trained_by}.yaml"
@@ -66,7 +80,7 @@ def cmd_add(args) -> None:
     )
     names = [f"{r['algorithm']}-omniglot-{r['ways']}w{r['shots']}s" for r in records]
     names[0] = args.name or names[0]
-    written = zoo.add(Path(args.out) / trained_by, records, names, file=f"{trained_by}.pt", command=command)
+    written = zoo.add(run_dir, records, names, file=f"{trained_by}.pt", command=command)
     for entry in written:
         f = entry["figure"]
         state = "finished" if entry["finished"] else "resumable"
