@@ -363,6 +363,7 @@ def seed_run_folder(
     """
     import yaml
 
+    from .. import run_folder
     from ..run import _RESUMABLE_CHANGES, CHECKPOINT, METRICS, checkpoint_config
 
     run_dir = Path(run_dir)
@@ -374,13 +375,20 @@ def seed_run_folder(
     state = load_checkpoint(path, resuming=True)
     saved = checkpoint_config(path, state).to_dict()
     now = config.resolved().to_dict()
-    changed = sorted(k for k in {*saved, *now} - _RESUMABLE_CHANGES if saved.get(k) != now.get(k))
+    # Keys unset here that the checkpoint holds come from the data (`Options.bind`), as in training.
+    changed = sorted(
+        k
+        for k in {*saved, *now} - _RESUMABLE_CHANGES
+        if saved.get(k) != now.get(k) and not (now.get(k) is None and k in saved)
+    )
     if changed:
         return f"zoo:{name} was trained with another config (it differs in {', '.join(changed)}): not resumed"
-    run_dir.mkdir(parents=True, exist_ok=True)
     lines = [json.dumps(point) for point in entry.get("curve", []) if isinstance(point, dict)]
-    atomic_write_text(run_dir / METRICS, "".join(line + "\n" for line in lines))
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(saved, sort_keys=False))
-    atomic_write_bytes(run_dir / CHECKPOINT, path.read_bytes())
+    with run_folder.hold(run_dir):  # no other writer meanwhile (the checkpoint goes in last)
+        if (run_dir / CHECKPOINT).exists():
+            return None
+        atomic_write_text(run_dir / METRICS, "".join(line + "\n" for line in lines))
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(saved, sort_keys=False))
+        atomic_write_bytes(run_dir / CHECKPOINT, path.read_bytes())
     at = f"iteration {state['iteration']} of {entry.get('planned_iterations')}"
     return f"seeded {run_dir} from zoo:{name} ({at}); resuming it"
