@@ -170,7 +170,7 @@ def parser() -> argparse.ArgumentParser:
     _add_config_flags(t)
 
     e = sub.add_parser("eval", help="meta-test a checkpoint: mean accuracy / MSE with a 95%% CI")
-    e.add_argument("checkpoint")
+    e.add_argument("checkpoint", help="a checkpoint.pt, or zoo:NAME (a model of the zoo: metalab zoo)")
     e.add_argument("--tasks", type=int, help="number of test tasks (default: the config's test_tasks)")
     e.add_argument(
         "--steps", type=int, nargs="+", help="inner steps to report (default: the config's eval_steps)"
@@ -192,7 +192,8 @@ def parser() -> argparse.ArgumentParser:
     )
     pr.add_argument(
         "checkpoint",
-        help="a checkpoint trained on an image benchmark (omniglot, folder, cifar_fs, mini_imagenet, ...)",
+        help="a checkpoint trained on an image benchmark (omniglot, folder, cifar_fs, mini_imagenet, ...), "
+        "or zoo:NAME (metalab zoo)",
     )
     pr.add_argument("queries", nargs="+", help="query images or folders of them (searched recursively)")
     pr.add_argument("--support", required=True, help="folder of your classes: SUPPORT/<class>/<a few images>")
@@ -214,7 +215,8 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument(
         "checkpoint",
         nargs="?",
-        help="a checkpoint trained on an image benchmark (omniglot, folder, cifar_fs, mini_imagenet, ...)",
+        help="a checkpoint trained on an image benchmark (omniglot, folder, cifar_fs, mini_imagenet, ...), "
+        "or zoo:NAME (metalab zoo)",
     )
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     sv.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")

@@ -235,7 +235,8 @@ def predict(
     """Adapt a trained image checkpoint to the classes of `support` and label every query image.
 
     Args:
-        checkpoint: a `checkpoint.pt` trained on an image benchmark (any but sine and csv).
+        checkpoint: a `checkpoint.pt` trained on an image benchmark (any but sine and csv), or
+            `zoo:NAME`, a model of the zoo (`metalab.zoo`).
         support: a folder `support/<class>/<image>`: N class folders, at least one image each.
         queries: an image file or folder, or a list of them (folders are searched recursively).
         steps: inner steps for gradient-based learners (default: the checkpoint's eval_inner_steps).
