@@ -23,6 +23,7 @@ from pathlib import Path
 from metalab import zoo
 from metalab.checkpoint import CheckpointError
 from metalab.config import ConfigError, load_config
+from metalab.experiment import read_metrics, read_run_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs" / "omniglot"
@@ -60,8 +61,6 @@ def cell_records(cell: str, results: Path = RESULTS) -> list[dict]:
 def validation_curve(run_dir: Path) -> list[dict]:
     """The run's validation records from its metrics.jsonl (all of them, across resumptions), in
     the form of a results file's `curve`."""
-    from metalab.experiment import read_metrics
-
     keys = ("iteration", "val_accuracy", "val_ci95", "seconds", "cpu_seconds")
     return [{k: m[k] for k in keys if k in m} for m in read_metrics(run_dir) if "val_accuracy" in m]
 
@@ -73,7 +72,8 @@ def cmd_add(args) -> None:
     for r in records:  # results files written before they carried their curve: read it from the run
         if "curve" not in r:
             r["curve"] = [p for p in validation_curve(run_dir) if p["iteration"] <= r["iterations"]]
-    threads = records[0].get("threads")
+    # The run's threads key (its --threads); a results file's "threads" is the process's count after it.
+    threads = read_run_config(run_dir).get("threads") or records[0].get("threads")
     command = args.command or (
         f"python benchmarks/omniglot.py train configs/omniglot/{trained_by}.yaml"
         + (f" --threads {threads}" if threads else "")

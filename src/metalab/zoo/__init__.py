@@ -296,7 +296,7 @@ def add(
             "finished": state["iteration"] >= planned,
             "train_seconds": r.get("train_seconds", round(state.get("seconds", 0.0))),
             "train_cpu_seconds": r.get("train_cpu_seconds", round(state.get("cpu_seconds", 0.0))),
-            "threads": r.get("threads", config.threads),
+            "threads": config.threads or r.get("threads"),  # the run's own setting where it has one
             "command": command or r.get("command"),
             "date": r.get("date"),
             "machine": r.get("machine"),
@@ -322,7 +322,9 @@ def format_models(models: list[dict[str, Any]], root: str | Path | None = None) 
     for m in models:
         f = m.get("figure", {})
         steps = f.get("eval_inner_steps")
-        figure = f"{f.get('accuracy', 0):.2f} ± {f.get('ci95', 0):.2f}% ({f.get('test_episodes')} episodes"
+        figure = (
+            f"{f.get('accuracy', 0):.2f} ± {f.get('ci95', 0):.2f}% ({f.get('test_episodes', 0):,} episodes"
+        )
         figure += f", {steps} steps)" if steps is not None else ")"
         cpu = m.get("train_cpu_seconds")
         rows.append(
