@@ -1763,7 +1763,12 @@ def _zoo_results(**changes):
 
 ZOO_ADD = ["zoo", "add", "{tmp}/protonet", "--results", "{tmp}/r.json"]
 for name, argv, match, setup in (
-    ("eval-unknown-name-empty-zoo", ["eval", "zoo:protonet-omniglot-5w1s"], "unknown zoo model", None),
+    (
+        "eval-unknown-name-empty-zoo",
+        ["eval", "zoo:protonet-omniglot-5w1s"],
+        "{tmp}/zoo holds no models",
+        None,
+    ),
     (
         "predict-unknown-name-lists-known",
         ["predict", "zoo:tiny2", "--support", "{support}", "{queries}"],
@@ -1800,6 +1805,15 @@ for name, argv, match, setup in (
         ["zoo"],
         "not a metalab zoo index",
         lambda env: write(env.tmp / "zoo/index.json", "[1]"),
+    ),
+    (
+        "eval-index-file-outside-the-zoo",
+        ["eval", "zoo:tiny"],
+        "is not a file name in",
+        lambda env: write(
+            env.tmp / "zoo/index.json",
+            '{"models": {"tiny": {"file": "../protonet/checkpoint.pt", "sha256": "0", "algorithm": "x"}}}',
+        ),
     ),
     (
         "eval-index-entry-without-sha",

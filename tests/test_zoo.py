@@ -93,7 +93,7 @@ def test_predict_by_name_in_the_cli_and_the_python_api(trained, zoo_root, capsys
 
 
 def test_unknown_damaged_oversize_and_stale_are_refused(trained, zoo_root, monkeypatch, capsys):
-    with pytest.raises(zoo.ZooError, match="holds: none"):
+    with pytest.raises(zoo.ZooError, match="holds no models"):
         zoo.resolve("zoo:tiny")
     zoo.add(trained / "tiny", [zoo.record_from_run(trained / "tiny")], ["tiny"])
     with pytest.raises(zoo.ZooError, match="unknown zoo model 'tinny'; the zoo in .* holds: tiny"):

@@ -38,6 +38,7 @@ __all__ = [
     "read_index",
     "list_models",
     "is_zoo_spec",
+    "sha256",
     "lookup",
     "resolve",
     "add",
@@ -101,14 +102,15 @@ def is_zoo_spec(spec: Any) -> bool:
 
 
 def sha256(path: Path) -> str:
+    """The file's sha256, as hex."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _entry(name: str, root: Path) -> dict[str, Any]:
     models = read_index(root)
     if name not in models:
-        known = ", ".join(sorted(models)) if models else "none (metalab zoo lists them)"
-        raise ZooError(f"unknown zoo model {name!r}; the zoo in {root} holds: {known}")
+        known = f"holds: {', '.join(sorted(models))}" if models else "holds no models"
+        raise ZooError(f"unknown zoo model {name!r}; the zoo in {root} {known}")
     return models[name]
 
 
@@ -127,6 +129,8 @@ def lookup(spec: str | os.PathLike, root: str | Path | None = None) -> tuple[Pat
     root = Path(root or zoo_dir())
     name = str(spec)[len(PREFIX) :]
     entry = _entry(name, root)
+    if not isinstance(entry["file"], str) or not NAME.match(entry["file"]):
+        raise ZooError(f"zoo model {name!r}: its file {entry['file']!r} is not a file name in {root}")
     path = root / entry["file"]
     if not path.is_file():
         raise ZooError(f"zoo model {name!r}: its file {path} is missing")
