@@ -22,6 +22,7 @@ import argparse
 import json
 import platform
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -294,14 +295,17 @@ def _curves_section(rows: list[dict]) -> list[str]:
     else:
         lines += ["No run in the table has a recorded curve yet (`train` records one).", ""]
     lines += [
-        "CPU minutes until the validation accuracy first reached 95% and the paper's figure (at the",
-        "first validation point at or above it); where it was not reached, the best validation",
-        "accuracy and the CPU time spent, and for a curve still rising an estimate:",
-        ESTIMATE_METHOD + " (only where that line rises by more than the widest of those points'",
-        "95% CIs).",
-        "Validation accuracy, not the meta-test figure of the table above. The last columns give the",
-        "curve's last point; a run refreshed by `python benchmarks/omniglot.py curves` while still",
-        'training can be past the table\'s tested iteration. "-": no curve recorded for that run.',
+        *textwrap.wrap(
+            "CPU minutes until the validation accuracy first reached 95% and the paper's figure (at "
+            "the first validation point at or above it); where it was not reached, the best "
+            "validation accuracy and the CPU time spent, and for a curve still rising an estimate: "
+            f"{ESTIMATE_METHOD} (only where that line rises by more than the widest of those points' "
+            "95% CIs). Validation accuracy, not the meta-test figure of the table above. The last "
+            "columns give the curve's last point; a run refreshed by `python benchmarks/omniglot.py "
+            'curves` while still training can be past the table\'s tested iteration. "-": no curve '
+            "recorded for that run.",
+            100,
+        ),
         "",
         "| method | validation task | to 95% | to the paper's figure | iterations (of planned) "
         "| training wall-clock, CPU time, torch threads | config |",

@@ -153,7 +153,8 @@ def accuracy_curves_figure(
         if y_min is not None:
             ax.set_ylim(bottom=y_min, top=100.5)
         ax.grid(alpha=0.3, which="both" if log_x else "major")
-        ax.legend(fontsize=7, title="dashed: the paper's figure", title_fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, title="dashed: the paper's figure", title_fontsize=7)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
