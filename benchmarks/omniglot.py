@@ -148,7 +148,7 @@ def cmd_train(args) -> None:
             "train_cpu_seconds": round(result.cpu_seconds),
             "eval_seconds": round(time.perf_counter() - t0),
             "trained_by": path.stem,
-            "threads": torch.get_num_threads(),
+            "threads": result.config.threads or torch.get_num_threads(),
             "date": time.strftime("%Y-%m-%d"),
             "machine": f"{platform.machine()}, torch {torch.__version__}",
         }
