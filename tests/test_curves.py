@@ -74,16 +74,18 @@ def test_time_to_accuracy_is_the_first_validation_point_at_or_above_the_target()
 
 
 def test_not_reached_on_a_flat_curve_gives_the_best_and_the_time_spent_but_no_estimate():
-    curve = [point(100, 0.80, 1.0), point(200, 0.90, 2.0), point(300, 0.902, 3.0), point(400, 0.899, 4.0)]
+    flat = [0.90, 0.902, 0.899, 0.901, 0.90]
+    # The early rise is outside the fitted window.
+    curve = [point(50, 0.80, 0.5)] + [point(100 * (i + 1), a, i + 1.0) for i, a in enumerate(flat)]
     t = time_to_accuracy(curve, 95.0)
     assert not t.reached and t.estimate is None
-    assert t.best == pytest.approx(90.2) and t.spent_minutes == 4.0
-    assert t.text() == "not reached (best 90.20% after 4.0 CPU-min)"
+    assert t.best == pytest.approx(90.2) and t.spent_minutes == 5.0
+    assert t.text() == "not reached (best 90.20% after 5.0 CPU-min)"
 
 
 def test_a_curve_still_rising_gets_an_estimate_from_the_slope_of_its_last_points():
-    # Early points off the line do not move the estimate: only the last three are fitted.
-    curve = [point(10, 0.2, 0.25), *log_linear([1.0, 2.0, 4.0])]
+    # Early points off the line do not move the estimate: only the last five are fitted.
+    curve = [point(10, 0.2, 0.25), *log_linear([1.0, 1.5, 2.0, 3.0, 4.0])]
     t = time_to_accuracy(curve, 70.0)
     assert not t.reached
     assert t.estimate == pytest.approx(math.exp(2.0), rel=1e-6)  # 0.5 + 0.1 ln t = 0.7

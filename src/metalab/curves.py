@@ -33,12 +33,14 @@ __all__ = [
 ]
 
 CURVE_KEYS = ("iteration", "val_accuracy", "val_ci95", "seconds", "cpu_seconds")
-ESTIMATE_POINTS = 3
+# Five points: fewer make the slope swing with one noisy validation figure.
+ESTIMATE_POINTS = 5
+ESTIMATE_MIN_POINTS = 3
 # An extrapolation this far beyond the CPU time spent says little; it is reported as a bound.
 ESTIMATE_LIMIT = 100.0
 ESTIMATE_METHOD = (
-    f"least-squares line through the last {ESTIMATE_POINTS} validation points, accuracy against "
-    "log CPU time, extended to the target"
+    f"least-squares line through the last {ESTIMATE_POINTS} validation points (at least "
+    f"{ESTIMATE_MIN_POINTS}), accuracy against log CPU time, extended to the target"
 )
 
 
@@ -177,7 +179,7 @@ def time_to_accuracy(curve: list[dict], target: float) -> TimeToAccuracy | None:
 def _estimate(window: list[dict], target: float, spent: float) -> float | None:
     """CPU minutes at which the least-squares line of accuracy (%) against log CPU time through
     `window` reaches `target`; None unless the line rises by more than the widest CI in `window`."""
-    if len(window) < ESTIMATE_POINTS or any(p["cpu_seconds"] <= 0 for p in window):
+    if len(window) < ESTIMATE_MIN_POINTS or any(p["cpu_seconds"] <= 0 for p in window):
         return None
     xs = [math.log(p["cpu_seconds"] / 60) for p in window]
     ys = [100 * p["val_accuracy"] for p in window]
