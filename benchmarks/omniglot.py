@@ -2,14 +2,18 @@
 write docs/results.md (our accuracy +/- 95% CI beside the paper's, with the budget that produced it).
 
     python benchmarks/omniglot.py train configs/omniglot/protonet_5w1s.yaml [--iterations N] [--minutes M]
+    python benchmarks/omniglot.py curves [CONFIG...] [--runs DIR]
     python benchmarks/omniglot.py table
 
 `train` runs (or resumes) the config in benchmarks/out/omniglot/<name>/, meta-tests the result on
 1,000 test episodes with 15 queries per class, and also on every other cell whose config trains the
 same model (e.g. protonet_20w1s from protonet_5w1s's run: the papers train one model per shot count
-and test it 5- and 20-way); each cell's figure goes to benchmarks/results/omniglot/<cell>.json.
-`table` reads those files and writes docs/results.md. Budgets on 2 CPU cores are far below the
-papers'; the table says how many iterations and how much wall-clock each figure took.
+and test it 5- and 20-way); each cell's figure goes to benchmarks/results/omniglot/<cell>.json,
+with the run's validation curve (accuracy and its CI at every validation, with wall-clock and CPU
+seconds). `curves` refreshes those curves from run folders still training, without training or
+testing. `table` reads those files and writes docs/results.md, docs/omniglot_curves.png and
+docs/omniglot_time_to_accuracy.png. Budgets on 2 CPU cores are far below the papers'; the tables
+say how many iterations and how much wall-clock and CPU time each figure took.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import json
 import platform
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -25,8 +30,11 @@ import torch
 
 from metalab.builders import build_source, load_dataset
 from metalab.config import config_from_dict, load_config
+from metalab.curves import ESTIMATE_METHOD, record_curve, run_curve, time_to_accuracy
 from metalab.evaluate import confidence_interval, evaluate
+from metalab.experiment import read_metrics, read_run_config
 from metalab.papers import CITATIONS, MANN_BY_INSTANCE, paper_figure
+from metalab.report import accuracy_curves, time_to_accuracy_figure
 from metalab.train import train
 from metalab.zoo import seed_run_folder
 
@@ -34,6 +42,23 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs" / "omniglot"
 OUT = ROOT / "benchmarks" / "out" / "omniglot"
 RESULTS = ROOT / "benchmarks" / "results" / "omniglot"
+ORDER = [
+    "maml",
+    "fomaml",
+    "metasgd",
+    "mamlpp",
+    "anil",
+    "reptile",
+    "protonet",
+    "matching",
+    "relation",
+    "siamese",
+    "mann",
+    "metanet",
+    "lstm_meta",
+    "baseline",
+    "baseline_pp",
+]
 TEST_ONLY = {"test_ways", "test_shots", "test_queries", "test_tasks", "eval_steps", "eval_inner_steps"}
 
 
@@ -61,6 +86,17 @@ def _by_instance(learner, source, episodes: int) -> dict[str, list[float]]:
         mean, ci = confidence_interval(torch.tensor(values))
         out[str(k)] = [round(100 * mean, 2), round(100 * ci, 2)]
     return out
+
+
+def _curve_fields(run_dir: Path) -> dict:
+    """A run's validation curve (`metalab.curves`) and the shape of its validation episodes, which
+    for a cell tested on a model trained by another config differs from the cell's."""
+    config = read_run_config(run_dir)
+    return {
+        "val_ways": config.get("test_ways") or config.get("ways"),
+        "val_shots": config.get("test_shots") or config.get("shots"),
+        "curve": run_curve(run_dir),
+    }
 
 
 def cmd_train(args) -> None:
@@ -116,10 +152,11 @@ def cmd_train(args) -> None:
             "train_cpu_seconds": round(result.cpu_seconds),
             "eval_seconds": round(time.perf_counter() - t0),
             "trained_by": path.stem,
-            "threads": torch.get_num_threads(),
+            "threads": result.config.threads or torch.get_num_threads(),
             "date": time.strftime("%Y-%m-%d"),
             "machine": f"{platform.machine()}, torch {torch.__version__}",
         }
+        record.update(_curve_fields(run_dir))
         if hasattr(result.learner, "accuracy_by_instance"):
             record["by_instance"] = _by_instance(
                 result.learner, build_source(cell, "test", dataset), cell.test_tasks
@@ -133,6 +170,91 @@ def cmd_train(args) -> None:
         )
 
 
+def _same_run(stored: list[dict], curve: list[dict]) -> bool:
+    """Whether `curve` continues the run `stored` was read from: it reaches as far and agrees at
+    every validation point the two share (a run restarted from scratch draws other figures)."""
+    if not stored:
+        return False
+    if curve[-1]["iteration"] < stored[-1]["iteration"]:
+        return False
+    now = {p["iteration"]: p["val_accuracy"] for p in curve}
+    return all(now.get(p["iteration"]) == p["val_accuracy"] for p in stored)
+
+
+def cmd_curves(args) -> int:
+    """Refresh the cells' `curve` from their run folders without training or testing: the curve of
+    a run still going, beside the figure it was tested on. A cell tested on another run (a retrained
+    model, or a record older than its curve) keeps its record unless --new-run replaces it with a
+    curve-only one (no test figure until `train` tests the run)."""
+    runs = Path(args.runs)
+    configs = [Path(c) for c in args.configs] or [
+        p for p in sorted(CONFIGS.glob("*.yaml")) if (runs / p.stem).is_dir()
+    ]
+    status = 0
+    for path in configs:
+        run_dir = runs / path.stem
+        if not (run_dir / "config.yaml").exists():
+            print(f"{path.stem}: no run folder at {run_dir}", file=sys.stderr)
+            status = 1
+            continue
+        fields = _curve_fields(run_dir)
+        if not fields["curve"]:
+            print(f"{path.stem}: no validation point yet in {run_dir / 'metrics.jsonl'}")
+            continue
+        last = read_metrics(run_dir)[-1]
+        cells = [path.stem] + [
+            p.stem
+            for p in sorted(RESULTS.glob("*.json"))
+            if p.stem != path.stem and json.loads(p.read_text()).get("trained_by") == path.stem
+        ]
+        for cell in cells:
+            out = RESULTS / f"{cell}.json"
+            record = json.loads(out.read_text()) if out.exists() else None
+            if (
+                record is not None
+                and "accuracy" in record
+                and not _same_run(record.get("curve"), fields["curve"])
+            ):
+                if not args.new_run:
+                    print(
+                        f"{cell}: kept: {run_dir} is not the run its figure was tested on (or the record "
+                        "predates curves); --new-run replaces the record with this run's curve",
+                        file=sys.stderr,
+                    )
+                    status = 1
+                    continue
+                record = None
+            if record is None:  # a curve-only record: what the run has done, no test figure yet
+                cell_config = load_config(CONFIGS / f"{cell}.yaml").resolved()
+                run_config = read_run_config(run_dir)
+                record = {
+                    "cell": cell,
+                    "algorithm": cell_config.algorithm,
+                    "ways": cell_config.test_ways,
+                    "shots": cell_config.test_shots,
+                    "planned_iterations": load_config(path).iterations,
+                    "trained_by": path.stem,
+                    "threads": run_config.get("threads"),
+                    "machine": f"{platform.machine()}, torch {torch.__version__}",
+                }
+            if "accuracy" not in record:
+                record.update(
+                    iterations=last["iteration"],
+                    train_seconds=round(last["seconds"]),
+                    train_cpu_seconds=None if last.get("cpu_seconds") is None else round(last["cpu_seconds"]),
+                    date=time.strftime("%Y-%m-%d"),
+                )
+            record.update(fields)
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(record, indent=2) + "\n")
+            end = fields["curve"][-1]
+            print(
+                f"{cell}: curve of {len(fields['curve'])} validation points to iteration "
+                f"{end['iteration']:,} ({100 * end['val_accuracy']:.2f}%)"
+            )
+    return status
+
+
 def _queries(record: dict) -> str:
     q = record.get("test_queries", 15)
     return "" if q == 15 else f", {q} queries per class"
@@ -140,31 +262,92 @@ def _queries(record: dict) -> str:
 
 def _threads(record: dict) -> str:
     n = record.get("threads", 1)
-    return f"{n} thread" + ("s" if n != 1 else "")
+    return "torch's default threads" if n is None else f"{n} thread" + ("s" if n != 1 else "")
+
+
+def _cost(minutes: float | None, cpu_seconds: float | None, record: dict) -> str:
+    """Wall-clock, CPU time ("-" for records older than CPU time) and torch threads."""
+    cpu = "-" if cpu_seconds is None else f"{cpu_seconds / 60:.0f}"
+    return f"{minutes:.0f} min, {cpu} CPU-min, {_threads(record)}"
+
+
+def _learner_order(r: dict) -> tuple:
+    return (ORDER.index(r["algorithm"]) if r["algorithm"] in ORDER else 99, r["ways"], r["shots"])
+
+
+def _curves_section(rows: list[dict]) -> list[str]:
+    """Learning curves and time to accuracy of every trained model (not the cells that test another
+    config's model): docs/omniglot_curves.png, docs/omniglot_time_to_accuracy.png and the table."""
+    trained = [r for r in rows if r["trained_by"] == r["cell"]]
+    lines = [
+        "## Learning curves and time to accuracy",
+        "",
+        "Validation accuracy (mean over the config's `val_tasks` validation episodes, with its 95% CI)",
+        "against the CPU time of the training process (all its threads, carried across resumptions),",
+        "measured every `val_every` iterations. A figure below its paper is read off its curve: flat",
+        "or still rising.",
+        "",
+    ]
+    one_shot = [r for r in trained if r.get("curve") and (r["ways"], r["shots"]) == (5, 1)]
+    figure = ROOT / "docs" / "omniglot_curves.png"
+    if one_shot:
+        curves = [record_curve(r, label=r["algorithm"]) for r in one_shot]
+        accuracy_curves(
+            curves, figure, axes=("cpu",), log_x=True, title="Omniglot 5-way 1-shot: validation accuracy"
+        )
+        lines += [f"![5-way 1-shot validation curves]({figure.name})", ""]
+    else:
+        lines += ["No run in the table has a recorded curve yet (`train` records one).", ""]
+    lines += [
+        *textwrap.wrap(
+            "CPU minutes until the validation accuracy first reached 95% and the paper's figure (at "
+            "the first validation point at or above it); where it was not reached, the best "
+            "validation accuracy and the CPU time spent, and for a curve still rising an estimate: "
+            f"{ESTIMATE_METHOD} (only where that line rises by more than the widest of those points' "
+            "95% CIs). Validation accuracy, not the meta-test figure of the table above. The last "
+            "columns give the curve's last point; a run refreshed by `python benchmarks/omniglot.py "
+            'curves` while still training can be past the table\'s tested iteration. "-": no curve '
+            "recorded for that run.",
+            100,
+        ),
+        "",
+        "| method | validation task | to 95% | to the paper's figure | iterations (of planned) "
+        "| training wall-clock, CPU time, torch threads | config |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    plotted = []
+    for r in trained:
+        curve = r.get("curve") or []
+        ways, shots = r.get("val_ways", r["ways"]), r.get("val_shots", r["shots"])
+        paper = paper_figure(r["algorithm"], ways, shots)
+        t95 = time_to_accuracy(curve, 95.0)
+        tpaper = time_to_accuracy(curve, paper) if paper is not None else None
+        if curve:
+            end = curve[-1]
+            iterations, cost = end["iteration"], _cost(end["seconds"] / 60, end["cpu_seconds"], r)
+        else:
+            iterations = r["iterations"]
+            cost = _cost(r["train_seconds"] / 60, r.get("train_cpu_seconds"), r)
+        to_paper = "no paper figure" if paper is None else ("-" if tpaper is None else tpaper.text())
+        lines.append(
+            f"| {r['algorithm']} | {ways}-way {shots}-shot | {'-' if t95 is None else t95.text()} | "
+            f"{'' if paper is None else f'{paper}%: '}{to_paper} | "
+            f"{iterations:,} of {r['planned_iterations']:,} | {cost} | `configs/omniglot/{r['cell']}.yaml` |"
+        )
+        if t95 is not None:
+            targets = {"95%": t95}
+            if paper is not None:
+                targets["the paper's figure"] = tpaper
+            plotted.append((f"{r['algorithm']} {ways}w{shots}s", targets))
+    if plotted:
+        out = time_to_accuracy_figure(plotted, ROOT / "docs" / "omniglot_time_to_accuracy.png")
+        lines += ["", f"![CPU minutes to 95% and to the paper's figure]({out.name})"]
+    return lines + [""]
 
 
 def cmd_table(args) -> None:
     rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
-    order = [
-        "maml",
-        "fomaml",
-        "metasgd",
-        "mamlpp",
-        "anil",
-        "reptile",
-        "protonet",
-        "matching",
-        "relation",
-        "siamese",
-        "mann",
-        "metanet",
-        "lstm_meta",
-        "baseline",
-        "baseline_pp",
-    ]
-    rows.sort(
-        key=lambda r: (order.index(r["algorithm"]) if r["algorithm"] in order else 99, r["ways"], r["shots"])
-    )
+    rows.sort(key=_learner_order)
     lines = [
         "# Results on Omniglot",
         "",
@@ -178,20 +361,25 @@ def cmd_table(args) -> None:
         "are a small fraction of the papers'; the columns say what each figure cost.",
         "",
         "| method | task | ours (95% CI) | paper | iterations (of planned) "
-        "| training wall-clock, torch threads | config |",
+        "| training wall-clock, CPU time, torch threads | config |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         paper = paper_figure(r["algorithm"], r["ways"], r["shots"])
         paper_text = f"{paper} ({CITATIONS.get(r['algorithm'], '')})" if paper is not None else "-"
         source = "" if r["trained_by"] == r["cell"] else f" (model trained by {r['trained_by']})"
+        ours = (
+            f"{r['accuracy']:.2f} ± {r['ci95']:.2f} ({r['test_episodes']} episodes{_queries(r)})"
+            if "accuracy" in r
+            else "not meta-tested yet"
+        )
         lines.append(
-            f"| {r['algorithm']} | {r['ways']}-way {r['shots']}-shot | {r['accuracy']:.2f} ± {r['ci95']:.2f} "
-            f"({r['test_episodes']} episodes{_queries(r)}) | {paper_text} | "
+            f"| {r['algorithm']} | {r['ways']}-way {r['shots']}-shot | {ours} | {paper_text} | "
             f"{r['iterations']:,} of {r['planned_iterations']:,} | "
-            f"{r['train_seconds'] / 60:.0f} min, {_threads(r)} | "
+            f"{_cost(r['train_seconds'] / 60, r.get('train_cpu_seconds'), r)} | "
             f"`configs/omniglot/{r['cell']}.yaml`{source} |"
         )
+    lines += ["", *_curves_section(rows)]
     for r in rows:
         if "by_instance" not in r:
             continue
@@ -231,6 +419,16 @@ def main() -> int:
     t.add_argument("--threads", type=int)
     t.add_argument("--data-dir")
     t.add_argument("--val-every", type=int, help="validate every N iterations (default: the config's)")
+    cv = sub.add_parser("curves", help="refresh the cells' validation curves from their run folders")
+    cv.add_argument(
+        "configs", nargs="*", help="configs whose runs to read (default: every one with a run folder)"
+    )
+    cv.add_argument("--runs", default=str(OUT), help="folder of the run folders (default: %(default)s)")
+    cv.add_argument(
+        "--new-run",
+        action="store_true",
+        help="replace a cell tested on another run by a curve-only record of this one",
+    )
     tb = sub.add_parser("table")
     tb.add_argument(
         "--notes",
@@ -238,8 +436,7 @@ def main() -> int:
         help="markdown appended under the table",
     )
     args = p.parse_args()
-    {"train": cmd_train, "table": cmd_table}[args.command](args)
-    return 0
+    return {"train": cmd_train, "curves": cmd_curves, "table": cmd_table}[args.command](args) or 0
 
 
 if __name__ == "__main__":

@@ -1063,7 +1063,12 @@ case(
     "cannot read image",
     lambda env: write(env.tmp / "q.png", b""),
 )
-case(PR, "steps-for-a-learner-without-inner-loop", [*PREDICT, "--steps", "3"], "no inner loop")
+case(
+    PR,
+    "steps-for-a-learner-without-inner-loop",
+    [*PREDICT, "--steps", "3"],
+    "steps applies to learners with an inner loop",
+)
 case(
     PR,
     "steps-negative",

@@ -120,3 +120,15 @@ def test_tensorboard_event_files_when_installed(tmp_path, capsys):
     acc.Reload()
     assert {"loss", "mse", "val_mse"} <= set(acc.Tags()["scalars"])
     assert [e.step for e in acc.Scalars("val_mse")] == [10, 20, 30]
+
+
+def test_a_run_folders_config_reads_as_config_files_do(tmp_path):
+    """config.yaml in a run folder is read like a config file: `off` is the string, a key given twice
+    is refused with the file's name."""
+    from metalab.experiment import RunFolderError, read_run_config
+
+    (tmp_path / "config.yaml").write_text("kernels: off\nfirst_order: true\n")
+    assert read_run_config(tmp_path) == {"kernels": "off", "first_order": True}
+    (tmp_path / "config.yaml").write_text("ways: 5\nways: 20\n")
+    with pytest.raises(RunFolderError, match="config.yaml.*'ways' is given twice"):
+        read_run_config(tmp_path)

@@ -12,7 +12,7 @@ import helpers
 from metalab import ANIL, MAML, MAMLpp, TaskBatch
 from metalab.algorithms.optimization.mamlpp import msl_weights
 from metalab.builders import build_learner
-from metalab.config import Config
+from metalab.config import Config, config_from_dict
 from metalab.evaluate import evaluate
 from metalab.models import Conv4
 from metalab.models.conv4 import BatchStatNorm2d
@@ -264,6 +264,26 @@ def test_mamlpp_first_order_phase_gives_the_fomaml_gradient():
         assert_close(got, want, [n for n, _ in model.named_parameters()], atol=1e-10)
         results[first_order] = got
     assert max((a - b).abs().max() for a, b in zip(results[True], results[False])) > 1e-6
+
+
+def test_maml_derivative_order_annealing_switches_to_second_order():
+    """MAML's `first_order_iterations` (MAML++'s derivative-order annealing, offered to MAML): the
+    first-order MAML gradient before that iteration, the second-order one from it on; the config key
+    reaches the learner."""
+    model = tiny_conv4()
+    annealed = MAML(model, "classification", inner_lr=0.4, inner_steps=2, first_order_iterations=3)
+    batch = image_batch(seed=5)
+    params = list(model.parameters())
+    names = [n for n, _ in model.named_parameters()]
+    for iteration, first_order in ((0, True), (2, True), (3, False), (100, False)):
+        annealed.set_iteration(iteration)
+        got = grads_of(annealed.meta_loss(batch)[0], params)
+        plain = MAML(model, "classification", inner_lr=0.4, inner_steps=2, first_order=first_order)
+        assert_close(got, grads_of(plain.meta_loss(batch)[0], params), names, atol=1e-10)
+    c = config_from_dict(
+        {"benchmark": "omniglot", "algorithm": "maml", "first_order_iterations": 7, "data_dir": "x"}
+    ).resolved()
+    assert c.options.first_order_iterations == 7
 
 
 def test_mamlpp_predict_reuses_the_last_step_for_extra_steps():

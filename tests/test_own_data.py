@@ -273,7 +273,7 @@ def test_train_protonet_on_rgb_folder_then_predict(tmp_path, capsys):
     code, _, err = run(
         capsys, "predict", run_dir / "checkpoint.pt", "--support", support, queries, "--steps", "3"
     )
-    assert code == 2 and "protonet has no inner loop" in err
+    assert code == 2 and "steps applies to learners with an inner loop; protonet has none" in err
 
 
 def test_maml_on_greyscale_folder_needs_exactly_its_ways(tmp_path, capsys):

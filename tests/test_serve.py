@@ -251,7 +251,7 @@ def test_errors_are_json_with_a_message_and_the_right_status(trained):
     post(
         f"/episodes/{episode}/predict",
         422,
-        "protonet has no inner loop",
+        "steps applies to learners with an inner loop; protonet has none",
         json={"images": [image], "steps": 2},
     )
     post(

@@ -247,7 +247,7 @@ def parser() -> argparse.ArgumentParser:
     rp = sub.add_parser(
         "report", help="learning curves, accuracy vs shots/ways, sine figure and results table for runs"
     )
-    rp.add_argument("runs", nargs="+", help="run folders")
+    rp.add_argument("runs", nargs="+", help="run folders, or results files holding a validation curve")
     rp.add_argument("--out", default="report", help="folder for the PNGs, report.md and report.html")
     rp.add_argument("--device", help="where the sine figure's learners adapt: " + _DEVICE_HELP)
 

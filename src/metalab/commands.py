@@ -8,9 +8,9 @@ import os
 import sys
 from pathlib import Path
 
-from .algorithms.optimization.options import MAX_INNER_STEPS
 from .cli import config_keys
 from .config import Config, ConfigError, config_from_dict, load_config, parse_override, parse_value
+from .config_checks import check_steps
 from .experiment import default_run_dir, list_runs, meta_test, run_details, runs_table, sweep
 from .paths import PathError, check_output_file, check_output_folder
 
@@ -150,11 +150,8 @@ def cmd_eval(args) -> int:
     tasks = args.tasks if args.tasks is not None else c.test_tasks
     if tasks < 1:
         raise ConfigError(f"--tasks must be >= 1, got {tasks}")
-    if args.steps and not learner.inner_loop:
-        raise ConfigError(f"--steps applies to learners with an inner loop; {c.algorithm} has none")
+    check_steps(args.steps, name="--steps", inner_loop=learner.inner_loop, algorithm=c.algorithm)
     steps_list = (args.steps or c.eval_steps) if learner.inner_loop else [None]
-    if any(s is not None and not 0 <= s <= MAX_INNER_STEPS for s in steps_list):
-        raise ConfigError(f"--steps must be between 0 and {MAX_INNER_STEPS:,}, got {steps_list}")
     dataset = place_dataset(load_dataset(c), device)
     cell = f"{c.test_ways}-way {c.test_shots}-shot" if c.benchmark != "sine" else f"K={c.test_shots}"
     if learner.kind == "rl":
@@ -254,8 +251,7 @@ def cmd_plot(args) -> int:
     from .train import learner_on_device
 
     check_output_file(args.out, "--out")
-    if any(not 0 <= s <= MAX_INNER_STEPS for s in args.steps or []):
-        raise ConfigError(f"--steps must be between 0 and {MAX_INNER_STEPS:,}, got {args.steps}")
+    check_steps(args.steps, name="--steps")
     if not 0 <= args.seed < 2**63 - SINE_TEST_SEED:
         raise ConfigError(f"--seed must be between 0 and 2**63 - {SINE_TEST_SEED:,}, got {args.seed}")
     learners, run_dirs, benchmarks = {}, {}, set()

@@ -373,9 +373,6 @@ def config_from_dict(values: dict[str, Any], base: Config | None = None) -> Conf
     for name, value in values.items():
         name = str(name)
         if name in FIELDS:
-            choices = FIELDS[name].metadata.get("choices") or ()
-            if isinstance(value, bool) and ("off" if not value else "on") in choices:
-                value = "off" if not value else "on"  # YAML 1.1 reads `off` and `on` as booleans
             setattr(c, name, coerce(name, value, HINTS[name]))
         else:
             own[name] = value
@@ -407,11 +404,17 @@ _UniqueKeyLoader.add_implicit_resolver(
 )
 
 
+def read_yaml(text: str) -> Any:
+    """YAML text as configs read it: a key given twice is a `ConfigError`, and only true/false are
+    booleans (`off` stays the string "off"); YAML's own errors pass through."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
 def parse_value(text: str) -> Any:
     """One value as a config file reads it (`0.1`, `true`, `[40, 40]`, `off`); text YAML cannot
     read is kept as it is."""
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)
+        return read_yaml(text)
     except (yaml.YAMLError, ConfigError, RecursionError):
         return text
 
@@ -427,7 +430,7 @@ def load_config(path: str | Path, base: Config | None = None) -> Config:
     except UnicodeDecodeError as e:
         raise ConfigError(f"config file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     try:
-        values = yaml.load(text, Loader=_UniqueKeyLoader) or {}
+        values = read_yaml(text) or {}
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:

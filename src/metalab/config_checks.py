@@ -294,3 +294,14 @@ def physical_memory() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return 0
+
+
+def check_steps(steps, *, name: str = "steps", inner_loop: bool | None = None, algorithm: str = "") -> None:
+    """Inner steps asked for at test time (`steps`: one count, a list of counts, or None for the
+    checkpoint's own), named `name` in the error ("--steps", "steps"): each in 0..MAX_INNER_STEPS, and,
+    where `inner_loop` is given, only for a learner that has an inner loop (`ConfigError`)."""
+    given = [s for s in (steps if isinstance(steps, (list, tuple)) else [steps]) if s is not None]
+    if given and inner_loop is False:
+        raise ConfigError(f"{name} applies to learners with an inner loop; {algorithm} has none")
+    if any(not 0 <= s <= MAX_INNER_STEPS for s in given):
+        raise ConfigError(f"{name} must be between 0 and {MAX_INNER_STEPS:,}, got {steps}")

@@ -17,7 +17,7 @@ import yaml
 
 from . import run_folder
 from .checkpoint import WriteError, atomic_write_text
-from .config import Config, ConfigError, config_from_dict, parse_override, yaml_problem
+from .config import Config, ConfigError, config_from_dict, parse_override, read_yaml, yaml_problem
 
 __all__ = [
     "default_run_dir",
@@ -97,9 +97,13 @@ def read_run_config(run_dir: str | Path) -> dict:
     """A run folder's config.yaml as a dict (`RunFolderError` where it is not one)."""
     path = Path(run_dir) / "config.yaml"
     try:
-        values = yaml.safe_load(_read_text(path))
+        values = read_yaml(_read_text(path))
     except yaml.YAMLError as e:
         raise RunFolderError(f"{path} is not valid YAML ({yaml_problem(e)})") from None
+    except ConfigError as e:  # a key given twice
+        raise RunFolderError(f"{path}: {e}") from None
+    except RecursionError:
+        raise RunFolderError(f"{path} is nested too deeply to be a config") from None
     if values is None:
         return {}
     if not isinstance(values, dict):

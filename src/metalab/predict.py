@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Callable, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from .algorithms.optimization.options import MAX_INNER_STEPS
 from .config import IMAGE_BENCHMARKS, Config, ConfigError
+from .config_checks import check_steps
 from .data.dataset import DataNotFoundError, to_float
 from .data.folder import read_class_folders
 from .data.images import IMAGE_EXTENSIONS, read_image
@@ -46,7 +46,6 @@ __all__ = [
     "predict",
     "image_learner",
     "check_support",
-    "check_steps",
     "image_invert",
     "class_probabilities",
     "load_queries",
@@ -163,15 +162,6 @@ def image_learner(checkpoint: PathLike, device: str | None = None) -> tuple[Meta
     return learner, c, state
 
 
-def check_steps(learner: MetaLearner, c: Config, steps: int | None) -> None:
-    """Inner steps, where given, must be in 0..MAX_INNER_STEPS and for a learner with an inner loop
-    (`ConfigError`)."""
-    if steps is not None and not learner.inner_loop:
-        raise ConfigError(f"steps applies to gradient-based learners; {c.algorithm} has no inner loop")
-    if steps is not None and not 0 <= steps <= MAX_INNER_STEPS:
-        raise ConfigError(f"steps must be between 0 and {MAX_INNER_STEPS:,}, got {steps}")
-
-
 def image_invert(
     c: Config, invert: bool | None, *, model: str, warn: Callable[[str], None] | None = None
 ) -> bool:
@@ -261,7 +251,7 @@ def predict(
         ...     print(query, label, round(p[label], 3))
     """
     learner, c, _ = image_learner(checkpoint, device)
-    check_steps(learner, c, steps)
+    check_steps(steps, inner_loop=learner.inner_loop, algorithm=c.algorithm)
     invert = image_invert(c, invert, model=str(checkpoint), warn=warn)
     support_x, support_y, names = read_class_folders(support, c.image_size, c.channels, invert)
     counts = torch.bincount(support_y, minlength=len(names)).tolist()

@@ -26,11 +26,11 @@ import numpy as np
 import torch
 
 from ..config import ConfigError
+from ..config_checks import check_steps
 from ..data.dataset import DataIntegrityError
 from ..data.images import ImageTooLargeError, decode_image
 from ..predict import (
     SupportMismatch,
-    check_steps,
     check_support,
     class_probabilities,
     image_invert,
@@ -279,7 +279,7 @@ class ServedModel:
         if len(queries) > self.limits.max_queries:
             raise ApiError(413, f"{len(queries)} query images, over the limit of {self.limits.max_queries}")
         try:
-            check_steps(self.learner, self.config, steps)
+            check_steps(steps, inner_loop=self.learner.inner_loop, algorithm=self.config.algorithm)
         except ConfigError as e:
             raise ApiError(422, str(e)) from None
         if steps is not None and steps > self.limits.max_steps:

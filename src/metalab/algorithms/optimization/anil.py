@@ -78,7 +78,7 @@ class ANIL(MAML):
         # through the query features and (second order) through the head's inner gradients.
         zs, zq = self.features(body, sx), self.features(body, qx)
         adapted = self.adapt_head(
-            head, zs, sy, steps=self.inner_steps, first_order=self.first_order, mode=mode
+            head, zs, sy, steps=self.inner_steps, first_order=self.first_order_now(), mode=mode
         )
         out = forward(getattr(self.model, self.head_name), adapted, zq)
         return task_loss(self.kind, out, qy), task_metric(self.kind, out, qy, batched=False).detach()

@@ -42,6 +42,8 @@ class MAML(MetaLearner):
         inner_steps: inner steps during meta-training.
         eval_inner_steps: inner steps at test time (default: `inner_steps`).
         first_order: detach the inner gradients (first-order MAML).
+        first_order_iterations: derivative-order annealing (Antoniou et al. 2019): first-order inner
+            gradients for this many meta-training iterations, second order afterwards.
         strategy: "vmap", "loop" or "auto" (see `metalab.functional`).
         inner_checkpoint: recompute each second-order inner step in the outer backward instead of
             keeping its graph (`metalab.functional.inner_step`): memory no longer grows with the
@@ -66,6 +68,7 @@ class MAML(MetaLearner):
         inner_steps: int = 1,
         eval_inner_steps: int | None = None,
         first_order: bool = False,
+        first_order_iterations: int = 0,
         strategy: str = "auto",
         inner_checkpoint: bool = False,
     ) -> None:
@@ -75,7 +78,10 @@ class MAML(MetaLearner):
         self.model, self.kind = model, kind
         self.inner_lr, self.inner_steps = inner_lr, inner_steps
         self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
-        self.first_order = first_order
+        if first_order_iterations < 0:
+            raise ValueError("first_order_iterations must be >= 0")
+        self.first_order, self.first_order_iterations = first_order, first_order_iterations
+        self.iteration = 0
         self.strategy = resolve_strategy(strategy, model)
         if inner_checkpoint and self.strategy == "vmap":
             raise ValueError(
@@ -83,6 +89,14 @@ class MAML(MetaLearner):
                 "this model)"
             )
         self.inner_checkpoint = inner_checkpoint
+
+    def set_iteration(self, iteration: int) -> None:
+        self.iteration = int(iteration)
+
+    def first_order_now(self) -> bool:
+        """First order at this iteration: always with `first_order`, else during the first
+        `first_order_iterations` (derivative-order annealing)."""
+        return self.first_order or self.iteration < self.first_order_iterations
 
     @property
     def task_parallel(self) -> bool:
@@ -122,7 +136,9 @@ class MAML(MetaLearner):
         )
 
     def _task(self, params, sx, sy, qx, qy, *, mode: str):
-        adapted = self.adapt(params, sx, sy, steps=self.inner_steps, first_order=self.first_order, mode=mode)
+        adapted = self.adapt(
+            params, sx, sy, steps=self.inner_steps, first_order=self.first_order_now(), mode=mode
+        )
         out = forward(self.model, adapted, qx)
         return task_loss(self.kind, out, qy), task_metric(self.kind, out, qy, batched=False).detach()
 

@@ -52,13 +52,13 @@ from ...losses import task_loss, task_metric
 from ...models.conv4 import BatchStatNorm2d
 from ..spec import AlgorithmSpec, BuildContext, Needs, OptionError, option, register
 from .maml import MAML
-from .options import InnerLoop, InnerRate, SecondOrder, TaskMapping
+from .options import DerivativeAnnealing, InnerLoop, InnerRate, SecondOrder, TaskMapping
 
 __all__ = ["MAMLpp", "MAMLppOptions", "msl_weights"]
 
 
 @dataclass
-class MAMLppOptions(SecondOrder, InnerRate, TaskMapping, InnerLoop):
+class MAMLppOptions(DerivativeAnnealing, SecondOrder, InnerRate, TaskMapping, InnerLoop):
     """MAML++'s keys: MAML's, with inner_lr the initial value of every learned per-step rate, and
     the two schedules over training."""
 
@@ -69,9 +69,6 @@ class MAMLppOptions(SecondOrder, InnerRate, TaskMapping, InnerLoop):
         0,
         "iterations over which the multi-step loss weights anneal to the last step (0: last step only)",
         minimum=0,
-    )
-    first_order_iterations: int = option(
-        0, "derivative-order annealing: first order for this many iterations, then second order", minimum=0
     )
 
     def check(self, config) -> None:
@@ -132,17 +129,15 @@ class MAMLpp(MAML):
         *,
         lslr: bool = True,
         msl_iterations: int = 0,
-        first_order_iterations: int = 0,
         per_step_bn: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(model, kind, **kwargs)
         if self.inner_steps < 1:
             raise ValueError("MAML++ needs inner_steps >= 1")
-        if msl_iterations < 0 or first_order_iterations < 0:
-            raise ValueError("msl_iterations and first_order_iterations must be >= 0")
-        self.msl_iterations, self.first_order_iterations = msl_iterations, first_order_iterations
-        self.iteration = 0
+        if msl_iterations < 0:
+            raise ValueError("msl_iterations must be >= 0")
+        self.msl_iterations = msl_iterations
         steps = self.inner_steps
         norm_names = {
             f"{prefix}.{name}" if prefix else name
@@ -169,16 +164,10 @@ class MAMLpp(MAML):
                     torch.full((steps,), float(self.inner_lr), dtype=p.dtype)
                 )
 
-    def set_iteration(self, iteration: int) -> None:
-        self.iteration = int(iteration)
-
     # --- the schedules ---------------------------------------------------------------------------
     def loss_weights(self) -> Tensor:
         """The MSL importance weights at the current iteration, of shape (inner_steps,)."""
         return msl_weights(self.inner_steps, self.iteration, self.msl_iterations)
-
-    def first_order_now(self) -> bool:
-        return self.first_order or self.iteration < self.first_order_iterations
 
     # --- per-step pieces -------------------------------------------------------------------------
     def step_bn(self, step: int, detach: bool = False) -> Params:

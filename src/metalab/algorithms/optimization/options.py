@@ -12,7 +12,15 @@ from typing import Optional
 
 from ..spec import OptionError, Options, option
 
-__all__ = ["InnerLoop", "TaskMapping", "SecondOrder", "InnerRate", "SGDInnerLoop", "MAMLOptions"]
+__all__ = [
+    "InnerLoop",
+    "TaskMapping",
+    "SecondOrder",
+    "InnerRate",
+    "DerivativeAnnealing",
+    "SGDInnerLoop",
+    "MAMLOptions",
+]
 
 
 # Inner steps beyond this are refused: each is a forward and backward pass per task, so more is
@@ -90,5 +98,16 @@ class SGDInnerLoop(InnerRate, TaskMapping, InnerLoop):
 
 
 @dataclass
-class MAMLOptions(SecondOrder, InnerRate, TaskMapping, InnerLoop):
-    """MAML's keys: an SGD inner loop, second order unless first_order."""
+class DerivativeAnnealing(Options):
+    first_order_iterations: int = option(
+        0,
+        "derivative-order annealing (MAML++): first-order inner gradients for this many iterations, "
+        "then second order",
+        minimum=0,
+    )
+
+
+@dataclass
+class MAMLOptions(DerivativeAnnealing, SecondOrder, InnerRate, TaskMapping, InnerLoop):
+    """MAML's keys: an SGD inner loop, second order unless first_order (or, with
+    first_order_iterations, first order early and second order after)."""
