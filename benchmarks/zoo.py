@@ -23,7 +23,8 @@ from pathlib import Path
 from metalab import zoo
 from metalab.checkpoint import CheckpointError
 from metalab.config import ConfigError, load_config
-from metalab.experiment import read_metrics, read_run_config
+from metalab.curves import run_curve
+from metalab.experiment import read_run_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs" / "omniglot"
@@ -58,20 +59,13 @@ def cell_records(cell: str, results: Path = RESULTS) -> list[dict]:
     return records
 
 
-def validation_curve(run_dir: Path) -> list[dict]:
-    """The run's validation records from its metrics.jsonl (all of them, across resumptions), in
-    the form of a results file's `curve`."""
-    keys = ("iteration", "val_accuracy", "val_ci95", "seconds", "cpu_seconds")
-    return [{k: m[k] for k in keys if k in m} for m in read_metrics(run_dir) if "val_accuracy" in m]
-
-
 def cmd_add(args) -> None:
     records = cell_records(args.cell, Path(args.results))
     trained_by = records[0]["trained_by"]
     run_dir = Path(args.out) / trained_by
     for r in records:  # results files written before they carried their curve: read it from the run
         if "curve" not in r:
-            r["curve"] = [p for p in validation_curve(run_dir) if p["iteration"] <= r["iterations"]]
+            r["curve"] = [p for p in run_curve(run_dir) if p["iteration"] <= r["iterations"]]
     # The run's threads key (its --threads); a results file's "threads" is the process's count after it.
     threads = read_run_config(run_dir).get("threads") or records[0].get("threads")
     command = args.command or (
