@@ -12,7 +12,16 @@ from typing import Optional
 
 from ..spec import OptionError, Options, option
 
-__all__ = ["InnerLoop", "TaskMapping", "SecondOrder", "InnerRate", "SGDInnerLoop", "MAMLOptions"]
+__all__ = [
+    "InnerLoop",
+    "TaskMapping",
+    "SecondOrder",
+    "InnerRate",
+    "LaterRate",
+    "SGDInnerLoop",
+    "MAMLOptions",
+    "FirstOrderMAMLOptions",
+]
 
 
 # Inner steps beyond this are refused: each is a forward and backward pass per task, so more is
@@ -63,6 +72,22 @@ class InnerRate(Options):
 
 
 @dataclass
+class LaterRate(Options):
+    later_inner_lr: Optional[float] = option(
+        None,
+        "step size of the second and later inner steps, in meta-training and at test (default: "
+        "inner_lr); a one-step initialisation can sit where further steps at inner_lr oscillate "
+        "(docs/sine.md)",
+        allowed="> 0",
+    )
+
+    def check(self, config) -> None:
+        super().check(config)
+        if self.later_inner_lr is not None and self.later_inner_lr <= 0:
+            raise OptionError(f"config key 'later_inner_lr' must be > 0, got {self.later_inner_lr}")
+
+
+@dataclass
 class SecondOrder(TaskMapping):
     first_order: bool = option(False, "detach the inner gradients (first-order approximation)")
     inner_checkpoint: bool = option(
@@ -90,5 +115,10 @@ class SGDInnerLoop(InnerRate, TaskMapping, InnerLoop):
 
 
 @dataclass
-class MAMLOptions(SecondOrder, InnerRate, TaskMapping, InnerLoop):
+class MAMLOptions(SecondOrder, LaterRate, InnerRate, TaskMapping, InnerLoop):
     """MAML's keys: an SGD inner loop, second order unless first_order."""
+
+
+@dataclass
+class FirstOrderMAMLOptions(LaterRate, SGDInnerLoop):
+    """First-order MAML's keys: an SGD inner loop and the step size of its later steps."""
