@@ -140,7 +140,8 @@ def main() -> int:
     rows = []
     for s in range(args.steps + 1):
         mean, ci = ci95(curves[s])
-        row = {"steps": s, "mean": mean, "ci95": ci}
+        bad = int((~curves[s].isfinite()).sum())
+        row = {"steps": s, "mean": mean, "ci95": ci, "not_finite": bad}
         line = f"{s:5d} | {mean:.3f} ± {ci:.3f}"
         if s:
             d_mean, d_ci = ci95(curves[s] - curves[s - 1])
@@ -148,7 +149,14 @@ def main() -> int:
             row.update(change=d_mean, change_ci95=d_ci, rose=rose)
             line += f" | {d_mean:+.3f} ± {d_ci:.3f} | {100 * rose:.1f}%"
         rows.append(row)
-        print(line)
+        print(
+            line
+            + (
+                f" (not finite on {bad} task{'s' if bad != 1 else ''}: the adaptation diverged)"
+                if bad
+                else ""
+            )
+        )
     record = {
         "checkpoint": str(args.checkpoint),
         "algorithm": config.algorithm,
