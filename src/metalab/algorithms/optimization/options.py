@@ -115,7 +115,7 @@ class SGDInnerLoop(InnerRate, TaskMapping, InnerLoop):
 
 
 @dataclass
-class MAMLOptions(SecondOrder, LaterRate, InnerRate, TaskMapping, InnerLoop):
+class MAMLOptions(LaterRate, SecondOrder, InnerRate, TaskMapping, InnerLoop):
     """MAML's keys: an SGD inner loop, second order unless first_order."""
 
 
