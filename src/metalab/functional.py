@@ -112,15 +112,22 @@ class UpdateRule(Protocol):
 
 @dataclass(frozen=True)
 class SGD:
-    """theta' = theta - lr * grad, one learning rate for every parameter (MAML, eq. 1)."""
+    """theta' = theta - lr * grad, one learning rate for every parameter (MAML, eq. 1).
+
+    Attributes:
+        lr: the step size of the first step.
+        later_lr: the step size of the second and later steps (default: `lr`).
+    """
 
     lr: float
+    later_lr: float | None = None
 
     def init(self, params: Params) -> None:
         return None
 
     def update(self, params: Params, grads: Params, state: None, step: int) -> tuple[Params, None]:
-        return sgd_step(params, grads, self.lr), state
+        lr = self.lr if step == 0 or self.later_lr is None else self.later_lr
+        return sgd_step(params, grads, lr), state
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from ...losses import task_loss, task_metric
 from ...tasks.episode import TaskBatch
 from ..base import MetaLearner
 from ..spec import AlgorithmSpec, BuildContext, Needs, register
-from .options import MAMLOptions, SGDInnerLoop
+from .options import FirstOrderMAMLOptions, MAMLOptions
 
 __all__ = ["MAML", "MAMLOptions"]
 
@@ -39,6 +39,7 @@ class MAML(MetaLearner):
         model: the backbone f_theta; its parameters are the meta-learned initialisation.
         kind: "classification" or "regression".
         inner_lr: alpha, the inner SGD step size.
+        later_inner_lr: the step size of the second and later inner steps (default: `inner_lr`).
         inner_steps: inner steps during meta-training.
         eval_inner_steps: inner steps at test time (default: `inner_steps`).
         first_order: detach the inner gradients (first-order MAML).
@@ -65,6 +66,7 @@ class MAML(MetaLearner):
         kind: str,
         *,
         inner_lr: float = 0.01,
+        later_inner_lr: float | None = None,
         inner_steps: int = 1,
         eval_inner_steps: int | None = None,
         first_order: bool = False,
@@ -77,6 +79,7 @@ class MAML(MetaLearner):
             raise ValueError("inner steps must be >= 0")
         self.model, self.kind = model, kind
         self.inner_lr, self.inner_steps = inner_lr, inner_steps
+        self.later_inner_lr = later_inner_lr
         self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
         if first_order_iterations < 0:
             raise ValueError("first_order_iterations must be >= 0")
@@ -104,8 +107,9 @@ class MAML(MetaLearner):
         return self.strategy == "loop"
 
     def update_rule(self, detach: bool = False) -> UpdateRule:
-        """The inner update: SGD with alpha here; Meta-SGD and MAML++ learn their rates."""
-        return SGD(self.inner_lr)
+        """The inner update: SGD with alpha here (`later_inner_lr` after the first step); Meta-SGD and
+        MAML++ learn their rates."""
+        return SGD(self.inner_lr, self.later_inner_lr)
 
     def adapt(
         self,
@@ -195,7 +199,7 @@ register(
         family="optimization",
         summary="first-order MAML (Finn et al. 2017, section 5.2): the inner gradients treated as constants",
         learner=MAML,
-        options=SGDInnerLoop,
+        options=FirstOrderMAMLOptions,
         needs=Needs(fixed_head=True),
         build=lambda ctx: _build(ctx, first_order=True),
     )

@@ -18,8 +18,10 @@ __all__ = [
     "SecondOrder",
     "InnerRate",
     "DerivativeAnnealing",
+    "LaterRate",
     "SGDInnerLoop",
     "MAMLOptions",
+    "FirstOrderMAMLOptions",
 ]
 
 
@@ -71,6 +73,22 @@ class InnerRate(Options):
 
 
 @dataclass
+class LaterRate(Options):
+    later_inner_lr: Optional[float] = option(
+        None,
+        "step size of the second and later inner steps, in meta-training and at test (default: "
+        "inner_lr); a one-step initialisation can sit where further steps at inner_lr oscillate "
+        "(docs/sine.md)",
+        allowed="> 0",
+    )
+
+    def check(self, config) -> None:
+        super().check(config)
+        if self.later_inner_lr is not None and self.later_inner_lr <= 0:
+            raise OptionError(f"config key 'later_inner_lr' must be > 0, got {self.later_inner_lr}")
+
+
+@dataclass
 class SecondOrder(TaskMapping):
     first_order: bool = option(False, "detach the inner gradients (first-order approximation)")
     inner_checkpoint: bool = option(
@@ -108,6 +126,11 @@ class DerivativeAnnealing(Options):
 
 
 @dataclass
-class MAMLOptions(DerivativeAnnealing, SecondOrder, InnerRate, TaskMapping, InnerLoop):
+class MAMLOptions(DerivativeAnnealing, LaterRate, SecondOrder, InnerRate, TaskMapping, InnerLoop):
     """MAML's keys: an SGD inner loop, second order unless first_order (or, with
     first_order_iterations, first order early and second order after)."""
+
+
+@dataclass
+class FirstOrderMAMLOptions(LaterRate, SGDInnerLoop):
+    """First-order MAML's keys: an SGD inner loop and the step size of its later steps."""
