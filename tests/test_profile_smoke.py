@@ -1,4 +1,4 @@
-"""benchmarks/profile.py's smoke run on real Omniglot: every phase timed, the FLOP count and its
+"""benchmarks/learner_profile.py's smoke run on real Omniglot: every phase timed, the FLOP count and its
 predicted time filled in, and a fix's old and new code giving the same loss."""
 
 import json
@@ -13,7 +13,14 @@ ROOT = Path(__file__).resolve().parent.parent
 def _profile(omniglot_dir, tmp_path, *args):
     env = {**os.environ, "METALAB_OMNIGLOT": str(omniglot_dir)}
     out = tmp_path / "profile.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "profile.py"), "--smoke", "--out", str(out), *args]
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "learner_profile.py"),
+        "--smoke",
+        "--out",
+        str(out),
+        *args,
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     return json.loads(out.read_text())

@@ -1,11 +1,10 @@
-# ruff: noqa: E402 (the imports after the sys.path fix below)
 """Where each learner's meta-training iteration goes, phase by phase, against what its arithmetic
 predicts.
 
-    python benchmarks/profile.py                          # every learner, about 5-10 minutes on one core
-    python benchmarks/profile.py --learners mann metanet  # a few of them
-    python benchmarks/profile.py --smoke                  # meta-batch <= 2, one iteration: a quick check
-    python benchmarks/profile.py --fixes 5                # each fix's old and new code, alternated
+    python benchmarks/learner_profile.py                 # every learner, about 5-10 minutes on one core
+    python benchmarks/learner_profile.py --learners mann  # some of them
+    python benchmarks/learner_profile.py --smoke         # meta-batch <= 2, one iteration: a quick check
+    python benchmarks/learner_profile.py --fixes 5       # each fix's old and new code, alternated
 
 Every learner runs its paper config (configs/omniglot/<name>_5w1s.yaml; mann_5w.yaml for MANN;
 Matching Networks twice, with and without full-context embeddings) on one thread (torch's intra-op
@@ -54,11 +53,6 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-
-# Run as a script, this file's folder is first on sys.path, where its name would shadow the standard
-# library's `profile` module (which torch's compiler stack imports through cProfile).
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -535,7 +529,8 @@ def main(argv: list[str] | None = None) -> int:
     datasets: dict = {}
     results: dict = {}
     record = {
-        "command": "python benchmarks/profile.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python benchmarks/learner_profile.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "threads": 1,
@@ -548,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = json.loads(args.out.read_text()) if write and args.out.exists() else {}
     if args.fixes:
         record = json.loads(args.out.read_text()) if args.out.exists() else {}
-        record["fixes_command"] = "python benchmarks/profile.py " + " ".join(
+        record["fixes_command"] = "python benchmarks/learner_profile.py " + " ".join(
             argv if argv is not None else sys.argv[1:]
         )
         record["fixes_date"] = time.strftime("%Y-%m-%d")
