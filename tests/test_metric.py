@@ -189,7 +189,7 @@ def test_matching_learned_cosine_scale_is_trained_and_a_fixed_one_keeps_the_stat
         MatchingNet(nn.Identity(), cosine_scale=0.0)
 
 
-@pytest.mark.parametrize("value", [0.0, -2.0, float("nan"), "sharp"])
+@pytest.mark.parametrize("value", [0.0, -2.0, float("nan"), 1e39, "sharp"])
 def test_matching_cosine_scale_must_be_a_positive_number(value):
     with pytest.raises(ConfigError, match="cosine_scale"):
         Config(benchmark="omniglot", algorithm="matching", cosine_scale=value).resolved()

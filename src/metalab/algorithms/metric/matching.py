@@ -46,7 +46,8 @@ class MatchingOptions(Options):
         1.0,
         "factor on the cosine similarities before the attention softmax; 1 is the paper's eq. 2, "
         "larger values sharpen the attention (not in the paper)",
-        allowed="> 0",
+        maximum=1000.0,  # the attention is an argmax there already; far beyond, float32 logits overflow
+        allowed="> 0 and <= 1000",
     )
     learn_cosine_scale: bool = option(
         False,
