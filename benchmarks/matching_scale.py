@@ -16,10 +16,11 @@ episodes every `--val-every` episodes. Only the attention differs:
   option; defined here for the comparison.
 
 `--diagnose CHECKPOINT` instead reads a trained Matching Network (a run folder's checkpoint.pt and the
-config.yaml beside it) and prints, on 200 training and 200 validation episodes, with BatchNorm in
-eval mode (running statistics, as validation and meta-test use) and in training mode (the episode's
-statistics): the accuracy, the mean cosine to the true class's support example and the largest to
-another class, P(true class), and the bound e / (e + N - 1) that cosines in [0, 1] put on it.
+config.yaml beside it) and prints, on 200 training and 200 validation episodes (`--diagnose-episodes`),
+with BatchNorm in eval mode (running statistics, as validation and meta-test use) and in training mode
+(the episode's statistics): the accuracy, the mean cosine to the true class's support example and
+the largest to another class, P(true class), and the bound e / (e + N - 1) that cosines in [0, 1]
+put on it.
 
 Each arm's validation curve (with CPU seconds of the training thread), its mean training loss and
 accuracy over the last 100 episodes, and the learned scale go to
@@ -68,10 +69,12 @@ class QueryNormMatchingNet(MatchingNet):
         return torch.softmax(f @ F.normalize(g, dim=-1).transpose(1, 2), dim=-1)
 
 
-def run_arm(name: str, args) -> dict:
-    overrides = {"data_dir": args.data_dir, "seed": 0, **ARMS[name]}
-    c = config_from_dict(overrides, load_config(CONFIG)).resolved()
-    dataset = load_dataset(c)
+def arm_config(name: str, data_dir: str):
+    return config_from_dict({"data_dir": data_dir, "seed": 0, **ARMS[name]}, load_config(CONFIG)).resolved()
+
+
+def run_arm(name: str, args, dataset) -> dict:
+    c = arm_config(name, args.data_dir)
     torch.manual_seed(c.seed)
     learner = build_learner(c)
     if name == "query_norm":
@@ -115,7 +118,7 @@ def run_arm(name: str, args) -> dict:
     }
 
 
-def diagnose(checkpoint: Path, data_dir: str) -> None:
+def diagnose(checkpoint: Path, data_dir: str, episodes: int) -> None:
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     c = config_from_dict({"data_dir": data_dir}, load_config(checkpoint.parent / "config.yaml")).resolved()
     dataset = load_dataset(c)
@@ -129,8 +132,8 @@ def diagnose(checkpoint: Path, data_dir: str) -> None:
             source = build_source(c, split, dataset)
             hits, true_cos, other_cos, p_true = [], [], [], []
             with torch.no_grad():
-                for _ in range(8):  # 8 x 25 = 200 episodes
-                    b = source.sample(25)
+                for start in range(0, episodes, 25):
+                    b = source.sample(min(25, episodes - start))
                     s, q = embed_tasks(learner.encoder, b.support_x, b.query_x)
                     ways = num_ways(b.support_y)
                     onehot = F.one_hot(b.support_y, ways).to(s.dtype)
@@ -164,7 +167,7 @@ def record(result: dict, out: Path) -> None:
         f.write(json.dumps(stored, indent=2) + "\n")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arms", default=",".join(ARMS), help="comma-separated, of: " + ", ".join(ARMS))
     p.add_argument("--episodes", type=int, default=3000)
@@ -173,17 +176,19 @@ def main() -> int:
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "omniglot"))
     p.add_argument("--out", type=Path, default=RESULTS, help="results file (default: %(default)s)")
     p.add_argument("--diagnose", type=Path, metavar="CHECKPOINT", help="diagnose a trained model instead")
-    args = p.parse_args()
+    p.add_argument("--diagnose-episodes", type=int, default=200, help="episodes per split and mode")
+    args = p.parse_args(argv)
     torch.set_num_threads(1)
     if args.diagnose is not None:
-        diagnose(args.diagnose, args.data_dir)
+        diagnose(args.diagnose, args.data_dir, args.diagnose_episodes)
         return 0
     arms = args.arms.split(",")
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         p.error(f"unknown arm {unknown[0]!r} (choose from {', '.join(ARMS)})")
+    dataset = load_dataset(arm_config(arms[0], args.data_dir))  # the same data for every arm
     for arm in arms:
-        record(run_arm(arm, args), args.out)
+        record(run_arm(arm, args, dataset), args.out)
     return 0
 
 
