@@ -141,6 +141,60 @@ def test_matching_output_is_log_of_cosine_attention_over_one_hot_labels():
     torch.testing.assert_close(out.exp().sum(-1), torch.ones(1, 4))  # a distribution over the classes
 
 
+def test_matching_paper_attention_is_bounded_on_non_negative_embeddings_and_a_scale_sharpens_it():
+    # Embeddings behind a ReLU (Conv-4's last block) are >= 0, so every cosine lies in [0, 1]: with
+    # the paper's eq. 2, even a query identical to its class's single support example and orthogonal
+    # to the 4 others gets P(true) = e / (e + 4), and the NLL cannot fall below -log of that.
+    support_x = torch.eye(5)[None]  # 5-way 1-shot, orthogonal non-negative embeddings
+    support_y = torch.arange(5)[None]
+    query_x = torch.eye(5)[None]  # each query equal to its class's support example
+    bound = math.e / (math.e + 4)
+    paper = MatchingNet(nn.Identity()).predict(support_x, support_y, query_x).exp()
+    torch.testing.assert_close(paper.diagonal(dim1=1, dim2=2), torch.full((1, 5), bound))
+    sharp = MatchingNet(nn.Identity(), cosine_scale=10.0).predict(support_x, support_y, query_x).exp()
+    torch.testing.assert_close(
+        sharp.diagonal(dim1=1, dim2=2), torch.full((1, 5), math.exp(10) / (math.exp(10) + 4))
+    )
+    # On the shuffled 3-way task: softmax of s * cos, then eq. 1, rows still distributions.
+    support_x, support_y, query_x = vector_task()
+    out = MatchingNet(nn.Identity(), cosine_scale=3.0).predict(support_x, support_y, query_x)
+    cosine = F.normalize(query_x[0], dim=-1) @ F.normalize(support_x[0], dim=-1).T
+    expected = torch.softmax(3.0 * cosine, dim=-1) @ F.one_hot(support_y[0], 3).float()
+    torch.testing.assert_close(out[0].exp(), expected)
+
+
+def test_matching_learned_cosine_scale_is_trained_and_a_fixed_one_keeps_the_state_dict():
+    torch.manual_seed(0)
+    paper = MatchingNet(nn.Linear(2, 4))
+    fixed = MatchingNet(nn.Linear(2, 4), cosine_scale=5.0)
+    learned = MatchingNet(nn.Linear(2, 4), cosine_scale=5.0, learn_cosine_scale=True)
+    # A fixed scale adds nothing to the weights: checkpoints of the paper's model load either way.
+    assert set(fixed.state_dict()) == set(paper.state_dict())
+    assert set(learned.state_dict()) == set(paper.state_dict()) | {"log_cosine_scale"}
+    learned.load_state_dict(paper.state_dict(), strict=False)
+    fixed.load_state_dict(paper.state_dict())
+    support_x, support_y, query_x = vector_task()
+    # Starting from cosine_scale, the learned model computes what the fixed one does.
+    torch.testing.assert_close(
+        learned.predict(support_x, support_y, query_x), fixed.predict(support_x, support_y, query_x)
+    )
+    batch = TaskBatch(support_x, support_y, query_x, torch.tensor([[2, 0, 1, 1]]))
+    optimizer = torch.optim.SGD(learned.parameters(), lr=0.5)
+    loss, _ = learned.meta_loss(batch)
+    loss.backward()
+    assert learned.log_cosine_scale.grad is not None and learned.log_cosine_scale.grad.abs() > 0
+    optimizer.step()
+    assert learned.scale().item() != pytest.approx(5.0)
+    with pytest.raises(ValueError, match="cosine_scale"):
+        MatchingNet(nn.Identity(), cosine_scale=0.0)
+
+
+@pytest.mark.parametrize("value", [0.0, -2.0, float("nan"), 1e39, "sharp"])
+def test_matching_cosine_scale_must_be_a_positive_number(value):
+    with pytest.raises(ConfigError, match="cosine_scale"):
+        Config(benchmark="omniglot", algorithm="matching", cosine_scale=value).resolved()
+
+
 def test_matching_fce_reads_the_whole_support_set():
     torch.manual_seed(0)
     support_x, support_y, query_x = vector_task()

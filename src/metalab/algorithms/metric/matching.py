@@ -8,10 +8,20 @@ References:
     LSTM over the embedded support set with a skip connection (A.2), and f(x_hat, S) = attLSTM(f'(x_hat),
     g(S), K), an LSTM that reads the support set K times with content-based attention (A.1, eq. 3-6).
     Training maximises log P(y | x_hat, S) of the query labels.
+
+    Eq. 2 feeds the cosine itself to the softmax. Behind a ReLU embedding (Conv-4) every cosine lies
+    in [0, 1], so in a 5-way 1-shot episode the true class gets at most e / (e + 4) = 0.40 of the
+    attention, the loss never falls below 0.90, and the gradient on the true class's cosine,
+    1 - P(true), stays above 0.6: well classified queries keep pulling on the embedding almost as hard
+    as misclassified ones. The options `cosine_scale` and `learn_cosine_scale` (not in the
+    paper) multiply the cosine by a fixed or learned factor before the softmax, as in Baseline++'s
+    cosine classifier and in later cosine-attention learners; benchmarks/results/omniglot_notes.md
+    compares them with the paper's formula on Omniglot.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +30,7 @@ from torch import Tensor, nn
 
 from ...tasks.episode import TaskBatch
 from ..base import MetaLearner
-from ..spec import AlgorithmSpec, BuildContext, Needs, Options, option, register
+from ..spec import AlgorithmSpec, BuildContext, Needs, OptionError, Options, option, register
 from .common import EVAL_CHUNK, check_embedding, embed_tasks, num_ways, one_hot_support
 
 __all__ = ["MatchingNet", "MatchingOptions", "FullContextEmbedding"]
@@ -32,6 +42,24 @@ class MatchingOptions(Options):
         False,
         "full-context embeddings: a bidirectional LSTM over the support set, an attention LSTM for queries",
     )
+    cosine_scale: float = option(
+        1.0,
+        "factor on the cosine similarities before the attention softmax; 1 is the paper's eq. 2, "
+        "larger values sharpen the attention (not in the paper)",
+        maximum=1000.0,  # the attention is an argmax there already; far beyond, float32 logits overflow
+        allowed="> 0 and <= 1000",
+    )
+    learn_cosine_scale: bool = option(
+        False,
+        "learn the factor on the cosines with the embedding, starting from cosine_scale (not in the paper)",
+    )
+
+    def check(self, config) -> None:
+        super().check(config)
+        if not (self.cosine_scale > 0 and math.isfinite(self.cosine_scale)):
+            raise OptionError(
+                f"config key 'cosine_scale' must be a finite number > 0, got {self.cosine_scale}"
+            )
 
 
 # P(y | x_hat, S) is a weighted sum of one-hot labels and can be exactly 0 in float arithmetic;
@@ -105,6 +133,9 @@ class MatchingNet(MetaLearner):
         fce: use full context embeddings (the paper uses them on miniImageNet, not on Omniglot).
         feature_dim: d, needed with `fce`.
         fce_steps: K, the attention LSTM's number of reads.
+        cosine_scale: s in softmax_i(s * c(f(x_hat), g(x_i))); 1 is the paper's eq. 2.
+        learn_cosine_scale: make s a parameter (stored as log s, so that it stays positive),
+            trained with the embedding from `cosine_scale`.
 
     Example:
         >>> from metalab.models import Conv4
@@ -121,16 +152,35 @@ class MatchingNet(MetaLearner):
     kind = "classification"
 
     def __init__(
-        self, encoder: nn.Module, *, fce: bool = False, feature_dim: int | None = None, fce_steps: int = 5
+        self,
+        encoder: nn.Module,
+        *,
+        fce: bool = False,
+        feature_dim: int | None = None,
+        fce_steps: int = 5,
+        cosine_scale: float = 1.0,
+        learn_cosine_scale: bool = False,
     ) -> None:
         super().__init__()
         if fce and feature_dim is None:
             raise ValueError("full context embeddings need feature_dim, the size of the encoder's output")
+        if not (cosine_scale > 0 and math.isfinite(cosine_scale)):
+            raise ValueError(f"cosine_scale must be a finite number > 0, got {cosine_scale}")
         self.encoder = encoder
         self.fce = FullContextEmbedding(feature_dim, fce_steps) if fce else None
+        # A fixed scale stays a plain number, so that the paper's model keeps its state dict.
+        self.cosine_scale = cosine_scale
+        self.log_cosine_scale = (
+            nn.Parameter(torch.tensor(math.log(cosine_scale))) if learn_cosine_scale else None
+        )
+
+    def scale(self) -> Tensor | float:
+        """s, the factor on the cosines before the softmax (a tensor when learned)."""
+        return self.log_cosine_scale.exp() if self.log_cosine_scale is not None else self.cosine_scale
 
     def attention(self, support_x: Tensor, query_x: Tensor) -> Tensor:
-        """a(x_hat, x_i) of eq. 2, of shape (T, n_query, n_support); each row sums to 1."""
+        """a(x_hat, x_i) of eq. 2 (with the cosines times `scale()`), of shape (T, n_query, n_support);
+        each row sums to 1."""
         chunk = None if self.training else EVAL_CHUNK
         support_z, query_z = embed_tasks(self.encoder, support_x, query_x, chunk=chunk)
         g, f = support_z.flatten(2), query_z.flatten(2)
@@ -138,7 +188,7 @@ class MatchingNet(MetaLearner):
             g = self.fce.embed_support(g)
             f = self.fce.embed_query(f, g)
         cosine = F.normalize(f, dim=-1) @ F.normalize(g, dim=-1).transpose(1, 2)
-        return torch.softmax(cosine, dim=-1)
+        return torch.softmax(self.scale() * cosine, dim=-1)
 
     def predict(
         self, support_x: Tensor, support_y: Tensor, query_x: Tensor, *, steps: int | None = None
@@ -170,7 +220,14 @@ class MatchingNet(MetaLearner):
 
 def _build(ctx: BuildContext) -> MatchingNet:
     encoder, feature_dim = check_embedding(ctx)
-    return MatchingNet(encoder, fce=ctx.options.fce, feature_dim=feature_dim)
+    o = ctx.options
+    return MatchingNet(
+        encoder,
+        fce=o.fce,
+        feature_dim=feature_dim,
+        cosine_scale=o.cosine_scale,
+        learn_cosine_scale=o.learn_cosine_scale,
+    )
 
 
 register(
