@@ -62,7 +62,11 @@ def test_add_records_the_figure_and_eval_by_name_reproduces_it(trained, zoo_root
     entry = zoo.read_index()["tiny-protonet"]
     results = json.loads((trained / "tiny" / "results.json").read_text())
     stored = zoo_root / entry["file"]
-    assert stored.read_bytes() == (trained / "tiny" / "checkpoint.pt").read_bytes()
+    # A finished model is stored with its weights only: the learner's state equal, no resume state.
+    kept, source = torch.load(stored, weights_only=False), torch.load(trained / "tiny" / "checkpoint.pt")
+    assert not set(zoo.RESUME_ONLY) & set(kept) and {"optimizer", "rng"} <= set(source)
+    assert all(torch.equal(kept["learner"][k], v) for k, v in source["learner"].items())
+    assert stored.stat().st_size < (trained / "tiny" / "checkpoint.pt").stat().st_size
     assert entry["sha256"] == zoo.sha256(stored) and entry["bytes"] == stored.stat().st_size
     assert entry["figure"]["accuracy"] == round(100 * results["test"][0]["mean"], 2)
     assert entry["figure"]["test_episodes"] == 12 and entry["test"]["test_tasks"] == 12

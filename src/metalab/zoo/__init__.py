@@ -6,7 +6,8 @@ checkpoint files it names: the package's own folder (`metalab/zoo/`), or `$METAL
 Each index entry records the file, its sha256 and size, the config cell that trained it, the
 figure of its row in docs/results.md (accuracy, 95% CI, test episodes and queries, inner steps),
 the training budget (iterations, wall-clock and CPU seconds, threads, the command) and whether the
-training is finished or still resumable: an unfinished model keeps its optimizer state, and
+training is finished or still resumable: a finished model is stored with its weights only, an
+unfinished one keeps its optimizer, schedule and random states, and
 `benchmarks/omniglot.py train` continues it on any machine (`seed_run_folder`).
 
 A model's entry also carries the test settings of its cell (`test_ways`, `test_shots`,
@@ -22,12 +23,16 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from ..checkpoint import FORMAT as CHECKPOINT_FORMAT
 from ..checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text, load_checkpoint
 
 __all__ = [
@@ -50,6 +55,8 @@ __all__ = [
 
 PREFIX = "zoo:"
 MAX_BYTES = 2 * 2**20  # a Conv-4 checkpoint with its Adam state is about 1.4 MB
+# What only a resumption reads: a finished model is stored without it (about a third of the size).
+RESUME_ONLY = ("optimizer", "schedule", "scaler", "rng")
 FORMAT = "metalab-zoo-1"
 INDEX = "index.json"
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,79}$")
@@ -237,14 +244,24 @@ def add(
     source = Path(run_dir) / "checkpoint.pt"
     if not records:
         raise ZooError("no figure records to add: the zoo holds models with their measured figures")
-    size = source.stat().st_size if source.is_file() else 0
-    if size > MAX_BYTES:
-        raise ZooError(
-            f"{source} is {size / 2**20:.2f} MiB, over the zoo's limit of {MAX_BYTES / 2**20:.0f} MiB "
-            "per model"
-        )
     state = load_checkpoint(source, resuming=True)  # resumable: optimizer, schedule and RNG states too
     config = checkpoint_config(source, state)
+    planned = records[0].get("planned_iterations", config.iterations)
+    if state["iteration"] >= planned:  # finished: the weights and what evaluation reads, no resume state
+        buffer = io.BytesIO()
+        torch.save(
+            {**{k: v for k, v in state.items() if k not in RESUME_ONLY}, "format": CHECKPOINT_FORMAT}, buffer
+        )
+        data = buffer.getvalue()
+    else:  # resumable: the whole checkpoint, optimizer state included
+        data = source.read_bytes()
+    size = len(data)
+    if size > MAX_BYTES:
+        raise ZooError(
+            f"{source} is {size / 2**20:.2f} MiB"
+            + ("" if state["iteration"] >= planned else " with its optimizer state (the run is unfinished)")
+            + f", over the zoo's limit of {MAX_BYTES / 2**20:.0f} MiB per model"
+        )
     names = names or [f"{r['algorithm']}-{config.benchmark}-{r['ways']}w{r['shots']}s" for r in records]
     if len(names) != len(records) or len(set(names)) != len(names):
         raise ZooError(f"give one distinct name per record; got {names} for {len(records)} record(s)")
@@ -270,10 +287,8 @@ def add(
             f"the zoo file {file} also serves {', '.join(sharing)}: add their figures of this checkpoint "
             "with it (or choose another file name)"
         )
-    data = source.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     atomic_write_bytes(root / file, data)
-    planned = records[0].get("planned_iterations", config.iterations)
     written = []
     for name, r in zip(names, records):
         trained_by = r.get("trained_by", Path(run_dir).name)
