@@ -36,25 +36,12 @@ import threading
 import time
 from pathlib import Path
 
+from metalab.parallel import available_cores
+from metalab.threads import runnable_threads
+
 ROOT = Path(__file__).resolve().parent.parent
 # CPU-bound, and gone within a fraction of a second of this script, however it ends.
 BUSY_LOOP = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    for _ in range(10**6): pass"
-
-
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def runnable() -> int | None:
-    """Runnable threads on the machine right now, this one included (Linux)."""
-    try:
-        with open("/proc/loadavg") as f:
-            return int(f.read().split()[3].split("/")[0])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 class Sampler(threading.Thread):
@@ -66,7 +53,7 @@ class Sampler(threading.Thread):
 
     def run(self) -> None:
         while not self._done.wait(self.every):
-            n = runnable()
+            n = runnable_threads()
             if n is not None:
                 self.samples.append(n - 1)  # not this sampler
 
@@ -95,7 +82,7 @@ def variant_label(variant: str) -> str:
     suffix = " OMP_WAIT_POLICY=PASSIVE" if policy == "passive" else ""
     if threads == "default":
         return "default" + suffix
-    note = " (torch's default)" if int(threads) == cores() and not suffix else ""
+    note = " (torch's default)" if int(threads) == available_cores() and not suffix else ""
     return f"--threads {threads}{suffix}{note}"
 
 
@@ -104,7 +91,7 @@ def one_run(variant: str, args, busy: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="metalab-load-") as tmp:
         command = [sys.executable, "-m", "metalab.cli", "train", "--iterations", str(args.iterations)]
         command += ["--run-dir", str(Path(tmp) / "run"), *shlex.split(args.args), *variant_args(variant)]
-        before = runnable()
+        before = runnable_threads()
         load1 = os.getloadavg()[0]
         sampler = Sampler()
         sampler.start()
@@ -208,7 +195,7 @@ def main() -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/load.json"))
     args = p.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # still kill the busy processes
-    variants = args.variants or ["default"] + [str(n) for n in range(1, cores() + 1)]
+    variants = args.variants or ["default"] + [str(n) for n in range(1, available_cores() + 1)]
     rows = []
     for busy in args.busy:
         hogs = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(busy)]
@@ -232,7 +219,7 @@ def main() -> int:
     results[args.name] = {
         "command": "python benchmarks/load.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "train_command": f"metalab train --iterations {args.iterations} {args.args}".strip(),
-        "cores": cores(),
+        "cores": available_cores(),
         "machine": platform.machine(),
         "python": platform.python_version(),
         "nice": os.nice(0),

@@ -95,13 +95,13 @@ def test_the_governor_reads_at_most_every_gap_seconds():
 
 
 def test_background_load_counts_other_processes_scaled_to_this_process_cores(monkeypatch):
-    monkeypatch.setattr(threads_module, "_runnable_threads", lambda: 7)
+    monkeypatch.setattr(threads_module, "runnable_threads", lambda: 7)
     monkeypatch.setattr(threads_module, "_own_runnable_threads", lambda: 3)
     monkeypatch.setattr(threads_module, "available_cores", lambda: 2)
     monkeypatch.setattr(threads_module.os, "cpu_count", lambda: 8)
     assert load_reading() == pytest.approx(4 * 2 / 8)
     assert background_load(samples=3, gap=0) == pytest.approx(4 * 2 / 8)
-    monkeypatch.setattr(threads_module, "_runnable_threads", lambda: None)
+    monkeypatch.setattr(threads_module, "runnable_threads", lambda: None)
     assert background_load(samples=3, gap=0) is None
 
 

@@ -69,7 +69,7 @@ def is_small_model(module: nn.Module) -> bool:
     return sum(p.numel() for p in module.parameters()) < SMALL_PARAMETERS
 
 
-def _runnable_threads() -> int | None:
+def runnable_threads() -> int | None:
     """Runnable threads on the whole machine right now (Linux), this one included."""
     try:
         with open("/proc/loadavg") as f:
@@ -100,7 +100,7 @@ def load_reading() -> float | None:
     runnable threads less this process's own, scaled by the share of the machine's cores this
     process may use (2.0 on 2 cores: both taken; more: a queue). None where it cannot be read."""
     own = _own_runnable_threads()  # first: between two operations, this process's threads only sleep
-    total = _runnable_threads()
+    total = runnable_threads()
     if total is None:
         return None
     share = available_cores() / (os.cpu_count() or available_cores())
