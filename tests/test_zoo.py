@@ -157,6 +157,35 @@ def test_an_unfinished_model_resumes_from_the_zoo_to_an_uninterrupted_runs_weigh
     assert not (tmp_path / "third" / "checkpoint.pt").exists()
 
 
+def test_an_unfinished_model_over_the_limit_keeps_its_moments_in_bfloat16_and_resumes(
+    trained, tmp_path, zoo_root, monkeypatch
+):
+    config = tiny_config(trained / "images", iterations=8)
+    meta_test(
+        train(config, tmp_path / "cell", progress=False, stop_after=4, log=lambda _: None), log=lambda _: None
+    )
+    whole_size = (tmp_path / "cell" / "checkpoint.pt").stat().st_size
+    monkeypatch.setattr(zoo, "MAX_BYTES", whole_size - 1)
+    (entry,) = zoo.add(tmp_path / "cell", [zoo.record_from_run(tmp_path / "cell")], ["cell-model"])
+    assert entry["finished"] is False and entry["optimizer_moments"] == "bfloat16"
+    assert entry["bytes"] < whole_size
+    stored = torch.load(zoo_root / entry["file"], weights_only=True)
+    moments = [v for s in stored["optimizer"]["state"].values() for v in s.values() if v.dim() > 0]
+    assert moments and all(v.dtype == torch.bfloat16 for v in moments)
+
+    seeded = tmp_path / "elsewhere" / "cell"
+    assert "optimizer moments stored in bfloat16" in zoo.seed_run_folder(seeded, config, "cell")
+    resumed = train(config, seeded, resume=True, progress=False, log=lambda _: None)
+    whole = train(config, tmp_path / "whole", progress=False, log=lambda _: None)
+    assert resumed.iteration == whole.iteration == 8
+    for (name, a), b in zip(resumed.learner.state_dict().items(), whole.learner.state_dict().values()):
+        assert a.dtype == b.dtype and torch.allclose(a, b, rtol=0, atol=1e-4), name
+
+    monkeypatch.setattr(zoo, "MAX_BYTES", 1000)
+    with pytest.raises(zoo.ZooError, match="with its optimizer state in bfloat16 .* over the zoo's limit"):
+        zoo.add(tmp_path / "cell", [zoo.record_from_run(tmp_path / "cell")], ["too-big"], file="too-big.pt")
+
+
 @pytest.mark.data
 def test_every_model_of_the_real_index_reproduces_its_row(monkeypatch, request):
     """`metalab eval zoo:NAME` on 100 test episodes lands within the row's CI plus the 100 episodes'

@@ -8,7 +8,9 @@ figure of its row in docs/results.md (accuracy, 95% CI, test episodes and querie
 the training budget (iterations, wall-clock and CPU seconds, threads, the command) and whether the
 training is finished or still resumable: a finished model is stored with its weights only, an
 unfinished one keeps its optimizer, schedule and random states, and
-`benchmarks/omniglot.py train` continues it on any machine (`seed_run_folder`).
+`benchmarks/omniglot.py train` continues it on any machine (`seed_run_folder`). An unfinished model
+whose whole checkpoint is over the limit (`MAX_BYTES`) is stored with its optimizer's moments in
+bfloat16 (`optimizer_moments` in its entry), which a resumption casts back to float32.
 
 A model's entry also carries the test settings of its cell (`test_ways`, `test_shots`,
 `test_queries`, `test_tasks`, `eval_steps`): the config a zoo checkpoint loads with holds them, so
@@ -247,19 +249,23 @@ def add(
     state = load_checkpoint(source, resuming=True)  # resumable: optimizer, schedule and RNG states too
     config = checkpoint_config(source, state)
     planned = records[0].get("planned_iterations", config.iterations)
+    moments = None  # the precision of the optimizer's stored moments, where not the checkpoint's own
     if state["iteration"] >= planned:  # finished: the weights and what evaluation reads, no resume state
-        buffer = io.BytesIO()
-        torch.save(
-            {**{k: v for k, v in state.items() if k not in RESUME_ONLY}, "format": CHECKPOINT_FORMAT}, buffer
-        )
-        data = buffer.getvalue()
+        data = _saved({k: v for k, v in state.items() if k not in RESUME_ONLY})
     else:  # resumable: the whole checkpoint, optimizer state included
         data = source.read_bytes()
+        if len(data) > MAX_BYTES:  # e.g. Meta-SGD: its learned rates double the parameters, Adam doubles that
+            data = _saved({**state, "optimizer": _moments_in_bfloat16(state["optimizer"])})
+            moments = "bfloat16"
     size = len(data)
     if size > MAX_BYTES:
         raise ZooError(
             f"{source} is {size / 2**20:.2f} MiB"
-            + ("" if state["iteration"] >= planned else " with its optimizer state (the run is unfinished)")
+            + (
+                ""
+                if state["iteration"] >= planned
+                else " with its optimizer state in bfloat16 (the run is unfinished)"
+            )
             + f", over the zoo's limit of {MAX_BYTES / 2**20:.0f} MiB per model"
         )
     names = names or [f"{r['algorithm']}-{config.benchmark}-{r['ways']}w{r['shots']}s" for r in records]
@@ -313,6 +319,7 @@ def add(
             "iterations": state["iteration"],
             "planned_iterations": planned,
             "finished": state["iteration"] >= planned,
+            **({"optimizer_moments": moments} if moments else {}),
             "train_seconds": r.get("train_seconds", round(state.get("seconds", 0.0))),
             "train_cpu_seconds": r.get("train_cpu_seconds", round(state.get("cpu_seconds", 0.0))),
             "threads": config.threads or r.get("threads"),  # the run's own setting where it has one
@@ -364,6 +371,30 @@ def format_models(models: list[dict[str, Any]], root: str | Path | None = None) 
     return f"{table}\n{len(models)} model(s) in {where}"
 
 
+def _saved(state: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({**state, "format": CHECKPOINT_FORMAT}, buffer)
+    return buffer.getvalue()
+
+
+def _moments_in_bfloat16(optimizer_state: dict[str, Any]) -> dict[str, Any]:
+    """An optimizer's state with its per-parameter tensors (Adam's moments, SGD's momentum) in
+    bfloat16: half the bytes, float32's exponent range (the second moments' tiny values survive),
+    8 bits of mantissa. `torch.optim.Optimizer.load_state_dict` casts them back to the parameters'
+    dtype, so a resumption continues from the same weights, iteration, schedule and random states
+    with the moments rounded to bfloat16 once."""
+    return {
+        **optimizer_state,
+        "state": {
+            i: {
+                k: v.to(torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() and v.dim() > 0 else v
+                for k, v in values.items()
+            }
+            for i, values in optimizer_state["state"].items()
+        },
+    }
+
+
 def resumable_entry(config_name: str, root: str | Path | None = None) -> tuple[str, dict[str, Any]] | None:
     """The unfinished zoo model trained by the config named `config_name` (its file's stem), if any."""
     for name, entry in sorted(read_index(root).items()):
@@ -412,4 +443,6 @@ def seed_run_folder(
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(saved, sort_keys=False))
         atomic_write_bytes(run_dir / CHECKPOINT, path.read_bytes())
     at = f"iteration {state['iteration']} of {entry.get('planned_iterations')}"
+    if entry.get("optimizer_moments"):
+        at += f", optimizer moments stored in {entry['optimizer_moments']}"
     return f"seeded {run_dir} from zoo:{name} ({at}); resuming it"
