@@ -45,12 +45,22 @@ from .parallel import TaskThreads, available_cores
 from .tasks.episode import TaskBatch
 from .threads import ThreadGovernor, is_small_model
 
-__all__ = ["Run", "CHECKPOINT", "METRICS", "task_workers", "on_device", "metrics_lines", "checkpoint_config"]
+__all__ = [
+    "Run",
+    "CHECKPOINT",
+    "METRICS",
+    "RESUMABLE_CHANGES",
+    "task_workers",
+    "on_device",
+    "metrics_lines",
+    "checkpoint_config",
+]
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
-# Keys that may change between an interrupted run and its resumption without changing its result.
-_RESUMABLE_CHANGES = {
+# Keys that may change between an interrupted run and its resumption without changing its result
+# (`Run.restore`; `zoo.seed_run_folder` applies the same rule to a zoo model).
+RESUMABLE_CHANGES = {
     "iterations",
     "max_minutes",
     "val_every",
@@ -273,7 +283,7 @@ class Run:
         state = load_checkpoint(path, resuming=True)
         saved = checkpoint_config(path, state).to_dict()
         now = c.to_dict()
-        changed = [k for k in {*saved, *now} - _RESUMABLE_CHANGES if saved.get(k) != now.get(k)]
+        changed = [k for k in {*saved, *now} - RESUMABLE_CHANGES if saved.get(k) != now.get(k)]
         if changed:
             raise CheckpointError(f"cannot resume {path}: config differs in {', '.join(sorted(changed))}")
         bad = non_finite(state["learner"])

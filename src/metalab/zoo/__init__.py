@@ -416,7 +416,7 @@ def seed_run_folder(
     import yaml
 
     from .. import run_folder
-    from ..run import _RESUMABLE_CHANGES, CHECKPOINT, METRICS, checkpoint_config
+    from ..run import CHECKPOINT, METRICS, RESUMABLE_CHANGES, checkpoint_config
 
     run_dir = Path(run_dir)
     found = resumable_entry(config_name, root)
@@ -430,7 +430,7 @@ def seed_run_folder(
     # Keys unset here that the checkpoint holds come from the data (`Options.bind`), as in training.
     changed = sorted(
         k
-        for k in {*saved, *now} - _RESUMABLE_CHANGES
+        for k in {*saved, *now} - RESUMABLE_CHANGES
         if saved.get(k) != now.get(k) and not (now.get(k) is None and k in saved)
     )
     if changed:
