@@ -59,7 +59,15 @@ ORDER = [
     "baseline",
     "baseline_pp",
 ]
-TEST_ONLY = {"test_ways", "test_shots", "test_queries", "test_tasks", "eval_steps", "eval_inner_steps"}
+TEST_ONLY = {
+    "test_ways",
+    "test_shots",
+    "test_queries",
+    "test_tasks",
+    "eval_steps",
+    "eval_inner_steps",
+    "transductive",  # Reptile: how its test queries are answered, not how it trains
+}
 
 
 # The transfer baselines train on ordinary mini-batches of the base classes; their ways / shots /
@@ -156,6 +164,8 @@ def cmd_train(args) -> None:
             "date": time.strftime("%Y-%m-%d"),
             "machine": f"{platform.machine()}, torch {torch.__version__}",
         }
+        if getattr(cell.options, "transductive", True) is False:
+            record["transductive"] = False
         record.update(_curve_fields(run_dir))
         if hasattr(result.learner, "accuracy_by_instance"):
             record["by_instance"] = _by_instance(
@@ -258,6 +268,10 @@ def cmd_curves(args) -> int:
 def _queries(record: dict) -> str:
     q = record.get("test_queries", 15)
     return "" if q == 15 else f", {q} queries per class"
+
+
+def _setting(record: dict) -> str:
+    return ", non-transductive" if record.get("transductive") is False else ""
 
 
 def _threads(record: dict) -> str:
@@ -365,7 +379,7 @@ def cmd_table(args) -> None:
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        paper = paper_figure(r["algorithm"], r["ways"], r["shots"])
+        paper = paper_figure(r["algorithm"], r["ways"], r["shots"], transductive=r.get("transductive", True))
         paper_text = f"{paper} ({CITATIONS.get(r['algorithm'], '')})" if paper is not None else "-"
         source = "" if r["trained_by"] == r["cell"] else f" (model trained by {r['trained_by']})"
         ours = (
@@ -374,7 +388,7 @@ def cmd_table(args) -> None:
             else "not meta-tested yet"
         )
         lines.append(
-            f"| {r['algorithm']} | {r['ways']}-way {r['shots']}-shot | {ours} | {paper_text} | "
+            f"| {r['algorithm']} | {r['ways']}-way {r['shots']}-shot{_setting(r)} | {ours} | {paper_text} | "
             f"{r['iterations']:,} of {r['planned_iterations']:,} | "
             f"{_cost(r['train_seconds'] / 60, r.get('train_cpu_seconds'), r)} | "
             f"`configs/omniglot/{r['cell']}.yaml`{source} |"

@@ -72,7 +72,11 @@ def cmd_add(args) -> None:
         f"python benchmarks/omniglot.py train configs/omniglot/{trained_by}.yaml"
         + (f" --threads {threads}" if threads else "")
     )
-    names = [f"{r['algorithm']}-omniglot-{r['ways']}w{r['shots']}s" for r in records]
+    names = [
+        f"{r['algorithm']}-omniglot-{r['ways']}w{r['shots']}s"
+        + ("-nontransductive" if r.get("transductive") is False else "")
+        for r in records
+    ]
     names[0] = args.name or names[0]
     written = zoo.add(run_dir, records, names, file=f"{trained_by}.pt", command=command)
     for entry in written:

@@ -258,13 +258,22 @@ def adapted_predictions(
     kind: str,
     steps: int,
     strategy: str,
+    transductive: bool = True,
 ) -> Tensor:
     """Fine-tune `model`'s parameters on each task's support set with `steps` steps of `rule`
-    (no meta-gradient), then answer the task's queries; of shape (T, n_query, ...)."""
+    (no meta-gradient), then answer the task's queries; of shape (T, n_query, ...).
+
+    `transductive`: the queries go through the model as one batch, so a backbone that normalises
+    with its batch's statistics sees all of them together. False: each query is answered in a batch
+    of the support set and itself alone, its output taken from the last row (Nichol et al. 2018's
+    non-transductive evaluation), so no query's answer depends on the others."""
 
     def task(p, sx, sy, qx, *, mode):
         adapted = inner_loop(model, p, sx, sy, kind=kind, steps=steps, rule=rule, first_order=True, mode=mode)
-        return forward(model, adapted, qx).detach()
+        if transductive:
+            return forward(model, adapted, qx).detach()
+        alone = [forward(model, adapted, torch.cat([sx, qx[i : i + 1]]))[-1:] for i in range(qx.shape[0])]
+        return torch.cat(alone).detach()
 
     with torch.enable_grad():
         params = detached_params(named_params(model), strategy)

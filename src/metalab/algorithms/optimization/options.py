@@ -22,6 +22,7 @@ __all__ = [
     "SGDInnerLoop",
     "MAMLOptions",
     "FirstOrderMAMLOptions",
+    "ReptileOptions",
 ]
 
 
@@ -113,6 +114,17 @@ class SecondOrder(TaskMapping):
 @dataclass
 class SGDInnerLoop(InnerRate, TaskMapping, InnerLoop):
     """An SGD inner loop mapped over the tasks (first-order MAML, Reptile, the pretrained baseline)."""
+
+
+@dataclass
+class ReptileOptions(SGDInnerLoop):
+    """Reptile's keys: an SGD inner loop, and whether its test queries are answered together."""
+
+    transductive: bool = option(
+        True,
+        "answer a test task's queries as one batch (batch statistics over them: Nichol et al. 2018's "
+        "transductive setting); false: each query beside the support set alone (non-transductive)",
+    )
 
 
 @dataclass
