@@ -8,7 +8,8 @@ write docs/results.md (our accuracy +/- 95% CI beside the paper's, with the budg
 `train` runs (or resumes) the config in benchmarks/out/omniglot/<name>/, meta-tests the result on
 1,000 test episodes with 15 queries per class, and also on every other cell whose config trains the
 same model (e.g. protonet_20w1s from protonet_5w1s's run: the papers train one model per shot count
-and test it 5- and 20-way); each cell's figure goes to benchmarks/results/omniglot/<cell>.json,
+and test it 5- and 20-way; Reptile's non-transductive cell from reptile_5w1s's run), or only those
+named by `--cells`; each cell's figure goes to benchmarks/results/omniglot/<cell>.json,
 with the run's validation curve (accuracy and its CI at every validation, with wall-clock and CPU
 seconds). `curves` refreshes those curves from run folders still training, without training or
 testing. `table` reads those files and writes docs/results.md, docs/omniglot_curves.png and
@@ -134,6 +135,14 @@ def cmd_train(args) -> None:
         for p in sorted(CONFIGS.glob("*.yaml"))
         if p != path and _training_part(config_from_dict(overrides, load_config(p))) == _training_part(config)
     ]
+    if args.cells:
+        unknown = sorted(set(args.cells) - {p.stem for p in cells})
+        if unknown:
+            raise SystemExit(
+                f"omniglot.py: error: {', '.join(unknown)}: not a cell of the model {path.stem} trains "
+                f"(its cells: {', '.join(p.stem for p in cells)})"
+            )
+        cells = [p for p in cells if p.stem in args.cells]
     result = train(config, run_dir, resume=resume, progress=sys.stderr.isatty())
     dataset = load_dataset(result.config)
     for cell_path in cells:
@@ -433,6 +442,13 @@ def main() -> int:
     t.add_argument("--threads", type=int)
     t.add_argument("--data-dir")
     t.add_argument("--val-every", type=int, help="validate every N iterations (default: the config's)")
+    t.add_argument(
+        "--cells",
+        nargs="+",
+        metavar="CELL",
+        help="meta-test only these cells of the model (config stems; default: every cell it serves); "
+        "with --iterations at the checkpoint's iteration, a cell is meta-tested without training",
+    )
     cv = sub.add_parser("curves", help="refresh the cells' validation curves from their run folders")
     cv.add_argument(
         "configs", nargs="*", help="configs whose runs to read (default: every one with a run folder)"
