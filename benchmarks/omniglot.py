@@ -147,6 +147,8 @@ def cmd_train(args) -> None:
     dataset = load_dataset(result.config)
     for cell_path in cells:
         cell = config_from_dict(overrides, load_config(cell_path)).resolved()
+        if hasattr(result.learner, "transductive"):  # Reptile: how this cell answers its queries
+            result.learner.transductive = getattr(cell.options, "transductive", True)
         t0 = time.perf_counter()
         r = evaluate(
             result.learner,
