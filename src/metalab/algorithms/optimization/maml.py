@@ -59,6 +59,7 @@ class MAML(MetaLearner):
     """
 
     inner_loop = True
+    transductive = True  # the test queries answered as one batch (Reptile offers False)
 
     def __init__(
         self,
@@ -171,6 +172,7 @@ class MAML(MetaLearner):
             kind=self.kind,
             steps=steps,
             strategy=self.strategy,
+            transductive=self.transductive,
         )
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ...functional import adapted_predictions, detached_params, forward, map_tasks, named_params
+from ...functional import detached_params, forward, map_tasks, named_params
 from ...losses import task_loss, task_metric
 from ...tasks.episode import TaskBatch
 from ..spec import AlgorithmSpec, BuildContext, Needs, register
@@ -32,23 +32,6 @@ class Reptile(MAML):
         kwargs["first_order"] = True
         super().__init__(model, kind, **kwargs)
         self.transductive = transductive
-
-    def predict(
-        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, *, steps: int | None = None
-    ) -> Tensor:
-        """Adapt on each support set with `steps` inner steps (default `eval_inner_steps`), then answer
-        the queries, together or one at a time (`transductive`)."""
-        return adapted_predictions(
-            self.model,
-            self.update_rule(detach=True),
-            support_x,
-            support_y,
-            query_x,
-            kind=self.kind,
-            steps=self.eval_inner_steps if steps is None else steps,
-            strategy=self.strategy,
-            transductive=self.transductive,
-        )
 
     def _task(self, params, sx, sy, qx, qy, *, mode: str):
         adapted = self.adapt(params, sx, sy, steps=self.inner_steps, first_order=True, mode=mode)
