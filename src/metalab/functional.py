@@ -20,7 +20,7 @@ holds every task's activations at once (docs/engine.md gives the measurements).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol, Union
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Protocol, Union
 
 import torch
 from torch import Tensor, nn
@@ -42,6 +42,9 @@ __all__ = [
     "SGD",
     "LearnedRates",
     "PerStepRates",
+    "AdamMoments",
+    "Adam",
+    "minibatch_order",
     "resolve_strategy",
     "map_tasks",
     "detached_params",
@@ -168,6 +171,73 @@ class PerStepRates:
         return sgd_step(params, grads, self.rate(step)), state
 
 
+class AdamMoments(NamedTuple):
+    """The state of the `Adam` rule: first moments (None without momentum), second moments, and
+    the number of steps taken (for the bias corrections)."""
+
+    m: Optional[Params]
+    v: Params
+    t: int
+
+
+@dataclass(frozen=True)
+class Adam:
+    """Adam as an inner-loop rule, out of place: m <- beta1 m + (1 - beta1) g,
+    v <- beta2 v + (1 - beta2) g^2, theta' = theta - lr * m_hat / (sqrt(v_hat) + eps), with the
+    bias-corrected m_hat = m / (1 - beta1^t) and v_hat = v / (1 - beta2^t) (Kingma & Ba 2015,
+    algorithm 1). `beta1 = 0` (the default) steps along the gradient divided by its running RMS:
+    Nichol et al. 2018's inner optimiser for Reptile.
+
+    Attributes:
+        lr: the step size.
+        moments: the state to start from (zeros at t = 0 when None); Reptile carries its moments
+            from one task to the next, as its authors' code does.
+    """
+
+    lr: float
+    beta1: float = 0.0
+    beta2: float = 0.999
+    eps: float = 1e-8
+    moments: Optional[AdamMoments] = None
+
+    def init(self, params: Params) -> AdamMoments:
+        if self.moments is not None:
+            return self.moments
+
+        def zeros() -> Params:
+            return {k: torch.zeros_like(p) for k, p in params.items()}
+
+        return AdamMoments(zeros() if self.beta1 else None, zeros(), 0)
+
+    def update(
+        self, params: Params, grads: Params, state: AdamMoments, step: int
+    ) -> tuple[Params, AdamMoments]:
+        t = state.t + 1
+        v = {k: self.beta2 * state.v[k] + (1 - self.beta2) * g * g for k, g in grads.items()}
+        m = (
+            {k: self.beta1 * state.m[k] + (1 - self.beta1) * g for k, g in grads.items()}
+            if self.beta1
+            else None
+        )
+        m_hat = grads if m is None else {k: mk / (1 - self.beta1**t) for k, mk in m.items()}
+        v_scale = 1 - self.beta2**t
+        new = {k: p - self.lr * m_hat[k] / ((v[k] / v_scale).sqrt() + self.eps) for k, p in params.items()}
+        return new, AdamMoments(m, v, t)
+
+
+def minibatch_order(n: int, batch: Optional[int], steps: int, generator=None) -> Optional[Tensor]:
+    """Which of a task's `n` support examples each of `steps` inner steps trains on: of shape
+    (steps, batch), shuffled passes over the examples cut into mini-batches of `batch` (a pass
+    reshuffled once it is used up, as Nichol et al. 2018's inner loop draws them). None, the whole
+    set at every step, where `batch` is None or n <= batch (a batch of repeats of n examples has
+    the full set's mean gradient)."""
+    if batch is None or n <= batch or steps == 0:
+        return None
+    passes = -(-steps * batch // n)
+    order = torch.cat([torch.randperm(n, generator=generator) for _ in range(passes)])
+    return order[: steps * batch].view(steps, batch)
+
+
 def inner_step(
     loss_of: Callable[[Params], Tensor],
     params: Params,
@@ -218,7 +288,9 @@ def inner_loop(
     first_order: bool,
     mode: str = "autograd",
     checkpoint: bool = False,
-) -> Params:
+    batches: Optional[Tensor] = None,
+    return_state: bool = False,
+) -> Params | tuple[Params, Any]:
     """Adapt `params` to one task by `steps` steps of `rule` on the loss of `model` on (x, y).
 
     With `SGD(alpha)` this is the inner update of Finn et al. 2017, eq. 1:
@@ -232,20 +304,25 @@ def inner_loop(
         mode: "autograd" (outside vmap) or "func" (inside vmap).
         checkpoint: recompute each inner step in the outer backward instead of keeping its graph
             (see `inner_step`).
+        batches: of shape (steps, b), the indices of the examples of each step's mini-batch
+            (`minibatch_order`); None: every step on all of (x, y).
+        return_state: also return the rule's final state.
 
     Returns:
-        the adapted parameters, differentiable w.r.t. `params` unless they were detached.
+        the adapted parameters, differentiable w.r.t. `params` unless they were detached (and the
+        rule's final state, with `return_state`).
     """
 
-    def loss_of(p: Params) -> Tensor:
-        return task_loss(kind, forward(model, p, x), y)
+    def loss_on(bx: Tensor, by: Tensor) -> Callable[[Params], Tensor]:
+        return lambda p: task_loss(kind, forward(model, p, bx), by)
 
     state = rule.init(params)
     for step in range(steps):
+        loss_of = loss_on(x, y) if batches is None else loss_on(x[batches[step]], y[batches[step]])
         params, state = inner_step(
             loss_of, params, rule, state, step, first_order=first_order, mode=mode, checkpoint=checkpoint
         )
-    return params
+    return (params, state) if return_state else params
 
 
 def adapted_predictions(
@@ -259,6 +336,7 @@ def adapted_predictions(
     steps: int,
     strategy: str,
     transductive: bool = True,
+    batches: Optional[Tensor] = None,
 ) -> Tensor:
     """Fine-tune `model`'s parameters on each task's support set with `steps` steps of `rule`
     (no meta-gradient), then answer the task's queries; of shape (T, n_query, ...).
@@ -266,10 +344,22 @@ def adapted_predictions(
     `transductive`: the queries go through the model as one batch, so a backbone that normalises
     with its batch's statistics sees all of them together. False: each query is answered in a batch
     of the support set and itself alone, its output taken from the last row (Nichol et al. 2018's
-    non-transductive evaluation), so no query's answer depends on the others."""
+    non-transductive evaluation), so no query's answer depends on the others. `batches`: of shape
+    (T, steps, b), each task's mini-batches (`inner_loop`); None: the whole support set per step."""
 
-    def task(p, sx, sy, qx, *, mode):
-        adapted = inner_loop(model, p, sx, sy, kind=kind, steps=steps, rule=rule, first_order=True, mode=mode)
+    def task(p, sx, sy, qx, *order, mode):
+        adapted = inner_loop(
+            model,
+            p,
+            sx,
+            sy,
+            kind=kind,
+            steps=steps,
+            rule=rule,
+            first_order=True,
+            mode=mode,
+            batches=order[0] if order else None,
+        )
         if transductive:
             return forward(model, adapted, qx).detach()
         alone = [forward(model, adapted, torch.cat([sx, qx[i : i + 1]]))[-1:] for i in range(qx.shape[0])]
@@ -277,7 +367,8 @@ def adapted_predictions(
 
     with torch.enable_grad():
         params = detached_params(named_params(model), strategy)
-        return map_tasks(task, params, (support_x, support_y, query_x), strategy)
+        tensors = (support_x, support_y, query_x) + (() if batches is None else (batches,))
+        return map_tasks(task, params, tensors, strategy)
 
 
 def resolve_strategy(strategy: str, model: nn.Module) -> str:

@@ -125,6 +125,30 @@ class ReptileOptions(SGDInnerLoop):
         "answer a test task's queries as one batch (batch statistics over them: Nichol et al. 2018's "
         "transductive setting); false: each query beside the support set alone (non-transductive)",
     )
+    inner_optimizer: str = option(
+        "sgd",
+        "the inner loop's optimiser: sgd (step inner_lr * gradient) or adam (Adam at inner_lr, its "
+        "moments carried from task to task: Nichol et al. 2018's inner loop with inner_beta1 0)",
+        choices=("sgd", "adam"),
+    )
+    inner_beta1: float = option(
+        0.0,
+        "adam inner loop: the first-moment decay (0: no momentum, as Nichol et al. 2018)",
+        allowed="[0, 1)",
+    )
+    inner_batch: Optional[int] = option(
+        None,
+        "examples per inner step: shuffled mini-batches of the support set (Nichol et al. 2018: 10); "
+        "default: the whole support set at every step",
+        minimum=1,
+    )
+
+    def check(self, config) -> None:
+        super().check(config)
+        if not 0 <= self.inner_beta1 < 1:
+            raise OptionError(f"config key 'inner_beta1' must be in [0, 1), got {self.inner_beta1}")
+        if self.inner_beta1 and self.inner_optimizer != "adam":
+            raise OptionError("config key 'inner_beta1' applies to inner_optimizer: adam")
 
 
 @dataclass

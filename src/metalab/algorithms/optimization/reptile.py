@@ -7,13 +7,30 @@ References:
     loss sum(theta * stopgrad(theta - mean W)); with outer SGD at lr epsilon this is exactly the
     update above, and with Adam it is the paper's "treat theta - W as a gradient" variant.
     The inner loop runs on the support set (in the paper: the task's training examples).
+    The paper's inner optimiser (appendix, and the authors' code) is Adam with beta1 = 0 on shuffled
+    mini-batches of 10, its moments never reset between tasks (only the weights are restored after
+    each task; evaluation restores the moments too): `inner_optimizer="adam"`, `inner_batch=10`.
+    Here the tasks of one meta-batch start from the same moments and the learner keeps their mean
+    afterwards, so that the tasks stay independent of each other's order.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-from ...functional import detached_params, forward, map_tasks, named_params
+from ...functional import (
+    Adam,
+    AdamMoments,
+    UpdateRule,
+    adapted_predictions,
+    detached_params,
+    forward,
+    inner_loop,
+    map_tasks,
+    minibatch_order,
+    named_params,
+)
 from ...losses import task_loss, task_metric
 from ...tasks.episode import TaskBatch
 from ..spec import AlgorithmSpec, BuildContext, Needs, register
@@ -24,35 +41,133 @@ __all__ = ["Reptile"]
 
 
 class Reptile(MAML):
-    """Reptile; arguments as `MAML` (always first order), and `transductive`: answer a task's test
-    queries as one batch (True, the paper's transductive setting, as MAML does) or each beside the
-    support set alone (False, the paper's non-transductive setting; `adapted_predictions`)."""
+    """Reptile; arguments as `MAML` (always first order), and
 
-    def __init__(self, model, kind, *, transductive: bool = True, **kwargs) -> None:
+    Args:
+        transductive: answer a task's test queries as one batch (True, the paper's transductive
+            setting, as MAML does) or each beside the support set alone (False, the paper's
+            non-transductive setting; `adapted_predictions`).
+        inner_optimizer: "sgd" (steps of `inner_lr` times the gradient) or "adam" (`functional.Adam`
+            at `inner_lr` with `inner_beta1`, its moments kept in the learner's buffers from one
+            meta-batch to the next and saved with it).
+        inner_batch: examples per inner step, shuffled mini-batches of the support set
+            (`functional.minibatch_order`); None: the whole support set at every step.
+    """
+
+    def __init__(
+        self,
+        model,
+        kind,
+        *,
+        transductive: bool = True,
+        inner_optimizer: str = "sgd",
+        inner_beta1: float = 0.0,
+        inner_batch: int | None = None,
+        **kwargs,
+    ) -> None:
         kwargs["first_order"] = True
         super().__init__(model, kind, **kwargs)
+        if inner_optimizer not in ("sgd", "adam"):
+            raise ValueError(f"inner_optimizer must be 'sgd' or 'adam', got {inner_optimizer!r}")
+        if inner_batch is not None and inner_batch < 1:
+            raise ValueError(f"inner_batch must be >= 1, got {inner_batch}")
         self.transductive = transductive
+        self.inner_optimizer, self.inner_beta1, self.inner_batch = inner_optimizer, inner_beta1, inner_batch
+        if inner_optimizer == "adam":
+            size = sum(p.numel() for p in named_params(model).values())
+            self.register_buffer("inner_v", torch.zeros(size))
+            self.register_buffer("inner_m", torch.zeros(size if inner_beta1 else 0))
+            self.register_buffer("inner_t", torch.zeros((), dtype=torch.long))
 
-    def _task(self, params, sx, sy, qx, qy, *, mode: str):
-        adapted = self.adapt(params, sx, sy, steps=self.inner_steps, first_order=True, mode=mode)
+    @property
+    def task_parallel(self) -> bool:
+        return self.inner_optimizer == "sgd" and super().task_parallel  # Adam's moments are state
+
+    def _moments(self) -> AdamMoments:
+        """The Adam moments as per-parameter tensors (views of the flat buffers)."""
+        params = named_params(self.model)
+        sizes = [p.numel() for p in params.values()]
+
+        def split(flat: Tensor) -> dict[str, Tensor]:
+            return {k: t.view_as(p) for (k, p), t in zip(params.items(), flat.split(sizes))}
+
+        return AdamMoments(
+            split(self.inner_m) if self.inner_beta1 else None, split(self.inner_v), int(self.inner_t)
+        )
+
+    def update_rule(self, detach: bool = False) -> UpdateRule:
+        if self.inner_optimizer == "adam":
+            return Adam(self.inner_lr, beta1=self.inner_beta1, moments=self._moments())
+        return super().update_rule(detach)
+
+    def _orders(self, n_tasks: int, n: int, steps: int) -> Tensor | None:
+        """Each task's mini-batches, of shape (T, steps, inner_batch), drawn here (not on task
+        threads); None where every step takes the whole support set."""
+        orders = [minibatch_order(n, self.inner_batch, steps) for _ in range(n_tasks)]
+        return None if orders[0] is None else torch.stack(orders)
+
+    def _task(self, params, sx, sy, qx, qy, *order, mode: str):
+        rule = self.update_rule()
+        adapted, state = inner_loop(
+            self.model,
+            params,
+            sx,
+            sy,
+            kind=self.kind,
+            steps=self.inner_steps,
+            rule=rule,
+            first_order=True,
+            mode=mode,
+            batches=order[0] if order else None,
+            return_state=True,
+        )
         out = forward(self.model, adapted, qx)
         adapted = {k: v.detach() for k, v in adapted.items()}
+        moments = state if isinstance(state, AdamMoments) else None
         return (
             adapted,
             task_loss(self.kind, out, qy).detach(),
             task_metric(self.kind, out, qy, batched=False).detach(),
+            {} if moments is None else {"v": moments.v, **({"m": moments.m} if moments.m else {})},
         )
 
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
         params = named_params(self.model)
-        adapted, losses, metric = map_tasks(
+        orders = self._orders(batch.support_x.shape[0], batch.support_x.shape[1], self.inner_steps)
+        adapted, losses, metric, moments = map_tasks(
             self._task,
             detached_params(params, self.strategy),
-            (batch.support_x, batch.support_y, batch.query_x, batch.query_y),
+            (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+            + (() if orders is None else (orders,)),
             self.strategy,
         )
+        if moments:  # the tasks' moments, averaged, are where the next meta-batch starts
+            with torch.no_grad():
+                for name in moments:
+                    flat = torch.cat([moments[name][k].mean(0).flatten() for k in params])
+                    getattr(self, f"inner_{name}").copy_(flat)
+                self.inner_t += self.inner_steps
         surrogate = sum((p * (p - adapted[k].mean(0)).detach()).sum() for k, p in params.items())
         return surrogate, {"loss": losses.mean().item(), self.metric_name(): metric.mean().item()}
+
+    def predict(
+        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, *, steps: int | None = None
+    ) -> Tensor:
+        """As `MAML.predict`, with Reptile's inner optimiser and mini-batches; the moments it starts
+        from are the learner's, and stay as they were."""
+        steps = self.eval_inner_steps if steps is None else steps
+        return adapted_predictions(
+            self.model,
+            self.update_rule(detach=True),
+            support_x,
+            support_y,
+            query_x,
+            kind=self.kind,
+            steps=steps,
+            strategy=self.strategy,
+            transductive=self.transductive,
+            batches=self._orders(support_x.shape[0], support_x.shape[1], steps),
+        )
 
 
 def _build(ctx: BuildContext) -> Reptile:
