@@ -68,6 +68,7 @@ TEST_ONLY = {
     "eval_steps",
     "eval_inner_steps",
     "transductive",  # Reptile: how its test queries are answered, not how it trains
+    "eval_inner_batch",  # Reptile: the mini-batches of its test-time inner loop
 }
 
 
@@ -149,6 +150,9 @@ def cmd_train(args) -> None:
         cell = config_from_dict(overrides, load_config(cell_path)).resolved()
         if hasattr(result.learner, "transductive"):  # Reptile: how this cell answers its queries
             result.learner.transductive = getattr(cell.options, "transductive", True)
+        eval_batch = getattr(cell.options, "eval_inner_batch", None)
+        if eval_batch is not None:  # Reptile: this cell's test-time mini-batches
+            result.learner.eval_inner_batch = eval_batch
         t0 = time.perf_counter()
         r = evaluate(
             result.learner,
@@ -177,6 +181,8 @@ def cmd_train(args) -> None:
         }
         if getattr(cell.options, "transductive", True) is False:
             record["transductive"] = False
+        if eval_batch is not None:
+            record["eval_inner_batch"] = eval_batch
         record.update(_curve_fields(run_dir))
         if hasattr(result.learner, "accuracy_by_instance"):
             record["by_instance"] = _by_instance(

@@ -155,3 +155,15 @@ def test_bad_inner_loop_keys_are_refused(keys, message):
     with pytest.raises((ConfigError, ValueError)) as e:
         Config(**OMNIGLOT, algorithm="reptile", **keys).resolved()
     assert message in str(e.value)
+
+
+def test_evaluation_takes_its_own_mini_batch_size():
+    learner = _learner(inner_steps=2, inner_batch=4, eval_inner_batch=2)
+    drawn = []
+    orders_of = learner._orders
+    learner._orders = lambda *a: drawn.append(orders_of(*a)) or drawn[-1]
+    test = image_batch(tasks=2, ways=3, shots=2, queries=2, size=16, seed=5)
+    learner.predict(test.support_x, test.support_y, test.query_x, steps=3)
+    learner.meta_loss(image_batch(tasks=2, ways=3, shots=3, queries=2, size=16))
+    assert drawn[0].shape == (2, 3, 2) and drawn[1].shape == (2, 2, 4)
+    assert _learner(inner_steps=2, inner_batch=4).eval_inner_batch == 4  # default: inner_batch

@@ -33,10 +33,11 @@ def unknown_key(name: str, generic, spec: AlgorithmSpec | None = None) -> Config
     own = [f.name for f in dataclasses.fields(spec.options)] if spec is not None else list(option_keys())
     close = difflib.get_close_matches(name, [*generic, *own], n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
+    # Without an algorithm the keys of all of them would make a line too long to read: `--help`.
     where = (
         f"{spec.name}'s keys: {', '.join(own) or 'none'}"
         if spec is not None
-        else "algorithm keys: " + ", ".join(own)
+        else "each algorithm's own keys: metalab train --help"
     )
     return ConfigError(f"unknown config key {name!r}{hint}; generic keys: {', '.join(generic)}; {where}")
 

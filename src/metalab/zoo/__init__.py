@@ -63,7 +63,15 @@ FORMAT = "metalab-zoo-1"
 INDEX = "index.json"
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,79}$")
 # The test settings of a row, applied to the checkpoint's config when it is loaded by name.
-TEST_KEYS = ("test_ways", "test_shots", "test_queries", "test_tasks", "eval_steps", "transductive")
+TEST_KEYS = (
+    "test_ways",
+    "test_shots",
+    "test_queries",
+    "test_tasks",
+    "eval_steps",
+    "transductive",
+    "eval_inner_batch",
+)
 
 
 class ZooError(CheckpointError):
@@ -207,6 +215,7 @@ def _test_settings(config, record: dict[str, Any]) -> dict[str, Any]:
         "test_tasks": record["test_episodes"],
         "eval_steps": steps,
         **({"transductive": False} if record.get("transductive") is False else {}),
+        **({"eval_inner_batch": record["eval_inner_batch"]} if "eval_inner_batch" in record else {}),
     }
 
 

@@ -142,6 +142,18 @@ class ReptileOptions(SGDInnerLoop):
         "default: the whole support set at every step",
         minimum=1,
     )
+    eval_inner_batch: Optional[int] = option(
+        None,
+        "examples per inner step at evaluation and prediction (Nichol et al. 2018: 5 for 5-way, 10 "
+        "for 20-way); default: inner_batch",
+        minimum=1,
+    )
+
+    def resolved(self, config) -> ReptileOptions:
+        new = super().resolved(config)
+        if new.eval_inner_batch is None:
+            new.eval_inner_batch = new.inner_batch
+        return new
 
     def check(self, config) -> None:
         super().check(config)

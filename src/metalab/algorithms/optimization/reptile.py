@@ -52,6 +52,7 @@ class Reptile(MAML):
             meta-batch to the next and saved with it).
         inner_batch: examples per inner step, shuffled mini-batches of the support set
             (`functional.minibatch_order`); None: the whole support set at every step.
+        eval_inner_batch: the same at evaluation and prediction (default: `inner_batch`).
     """
 
     def __init__(
@@ -63,14 +64,17 @@ class Reptile(MAML):
         inner_optimizer: str = "sgd",
         inner_beta1: float = 0.0,
         inner_batch: int | None = None,
+        eval_inner_batch: int | None = None,
         **kwargs,
     ) -> None:
         kwargs["first_order"] = True
         super().__init__(model, kind, **kwargs)
         if inner_optimizer not in ("sgd", "adam"):
             raise ValueError(f"inner_optimizer must be 'sgd' or 'adam', got {inner_optimizer!r}")
-        if inner_batch is not None and inner_batch < 1:
-            raise ValueError(f"inner_batch must be >= 1, got {inner_batch}")
+        for name, value in (("inner_batch", inner_batch), ("eval_inner_batch", eval_inner_batch)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        self.eval_inner_batch = inner_batch if eval_inner_batch is None else eval_inner_batch
         self.transductive = transductive
         self.inner_optimizer, self.inner_beta1, self.inner_batch = inner_optimizer, inner_beta1, inner_batch
         if inner_optimizer == "adam":
@@ -100,10 +104,10 @@ class Reptile(MAML):
             return Adam(self.inner_lr, beta1=self.inner_beta1, moments=self._moments())
         return super().update_rule(detach)
 
-    def _orders(self, n_tasks: int, n: int, steps: int) -> Tensor | None:
-        """Each task's mini-batches, of shape (T, steps, inner_batch), drawn here (not on task
-        threads); None where every step takes the whole support set."""
-        orders = [minibatch_order(n, self.inner_batch, steps) for _ in range(n_tasks)]
+    def _orders(self, n_tasks: int, n: int, steps: int, batch: int | None) -> Tensor | None:
+        """Each task's mini-batches, of shape (T, steps, batch), drawn here (not on task threads);
+        None where every step takes the whole support set."""
+        orders = [minibatch_order(n, batch, steps) for _ in range(n_tasks)]
         return None if orders[0] is None else torch.stack(orders)
 
     def _task(self, params, sx, sy, qx, qy, *order, mode: str):
@@ -133,7 +137,7 @@ class Reptile(MAML):
 
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
         params = named_params(self.model)
-        orders = self._orders(batch.support_x.shape[0], batch.support_x.shape[1], self.inner_steps)
+        orders = self._orders(*batch.support_x.shape[:2], self.inner_steps, self.inner_batch)
         adapted, losses, metric, moments = map_tasks(
             self._task,
             detached_params(params, self.strategy),
@@ -166,7 +170,7 @@ class Reptile(MAML):
             steps=steps,
             strategy=self.strategy,
             transductive=self.transductive,
-            batches=self._orders(support_x.shape[0], support_x.shape[1], steps),
+            batches=self._orders(*support_x.shape[:2], steps, self.eval_inner_batch),
         )
 
 
