@@ -173,7 +173,13 @@ class MAML(MetaLearner):
             steps=steps,
             strategy=self.strategy,
             transductive=self.transductive,
+            batches=self.eval_batches(support_x, steps),
         )
+
+    def eval_batches(self, support_x: Tensor, steps: int) -> Tensor | None:
+        """Each test task's inner mini-batches for `adapted_predictions`, of shape (T, steps, b);
+        None, as here: the whole support set at every step (Reptile draws mini-batches)."""
+        return None
 
 
 def _build(ctx: BuildContext, **fixed) -> MAML:

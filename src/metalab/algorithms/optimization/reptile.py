@@ -23,7 +23,6 @@ from ...functional import (
     Adam,
     AdamMoments,
     UpdateRule,
-    adapted_predictions,
     detached_params,
     forward,
     inner_loop,
@@ -154,24 +153,10 @@ class Reptile(MAML):
         surrogate = sum((p * (p - adapted[k].mean(0)).detach()).sum() for k, p in params.items())
         return surrogate, {"loss": losses.mean().item(), self.metric_name(): metric.mean().item()}
 
-    def predict(
-        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, *, steps: int | None = None
-    ) -> Tensor:
-        """As `MAML.predict`, with Reptile's inner optimiser and mini-batches; the moments it starts
-        from are the learner's, and stay as they were."""
-        steps = self.eval_inner_steps if steps is None else steps
-        return adapted_predictions(
-            self.model,
-            self.update_rule(detach=True),
-            support_x,
-            support_y,
-            query_x,
-            kind=self.kind,
-            steps=steps,
-            strategy=self.strategy,
-            transductive=self.transductive,
-            batches=self._orders(*support_x.shape[:2], steps, self.eval_inner_batch),
-        )
+    def eval_batches(self, support_x: Tensor, steps: int) -> Tensor | None:
+        """Mini-batches of `eval_inner_batch` (MAML.predict answers with the learner's moments,
+        which stay as they were)."""
+        return self._orders(*support_x.shape[:2], steps, self.eval_inner_batch)
 
 
 def _build(ctx: BuildContext) -> Reptile:
