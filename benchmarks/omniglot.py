@@ -77,6 +77,19 @@ TEST_ONLY = {
 EPISODE_SHAPE = {"ways", "shots", "queries"}
 
 
+# Options a cell may set that its paper does not have, with the paper's value: a record names the ones
+# that differ ("variant"), and the tables show them beside the method.
+NOT_IN_PAPER = {"cosine_scale": 1.0, "learn_cosine_scale": False}
+
+
+def _variant(cell) -> str:
+    return ", ".join(
+        f"{key} {getattr(cell.options, key):g}" if not isinstance(paper, bool) else key
+        for key, paper in NOT_IN_PAPER.items()
+        if getattr(cell.options, key, paper) != paper
+    )
+
+
 def _training_part(config) -> dict:
     # Learners that pre-train on plain mini-batches see the episode shape at validation only.
     c = config.resolved()
@@ -183,6 +196,8 @@ def cmd_train(args) -> None:
             record["transductive"] = False
         if eval_batch is not None:
             record["eval_inner_batch"] = eval_batch
+        if _variant(cell):
+            record["variant"] = _variant(cell)
         record.update(_curve_fields(run_dir))
         if hasattr(result.learner, "accuracy_by_instance"):
             record["by_instance"] = _by_instance(
@@ -302,8 +317,14 @@ def _cost(minutes: float | None, cpu_seconds: float | None, record: dict) -> str
     return f"{minutes:.0f} min, {cpu} CPU-min, {_threads(record)}"
 
 
+def _method(r: dict) -> str:
+    """The learner, and the options outside its paper that its cell sets."""
+    return r["algorithm"] + (f" ({r['variant']})" if r.get("variant") else "")
+
+
 def _learner_order(r: dict) -> tuple:
-    return (ORDER.index(r["algorithm"]) if r["algorithm"] in ORDER else 99, r["ways"], r["shots"])
+    rank = ORDER.index(r["algorithm"]) if r["algorithm"] in ORDER else 99
+    return (rank, r["ways"], r["shots"], r.get("variant", ""))
 
 
 def _curves_section(rows: list[dict]) -> list[str]:
@@ -322,7 +343,7 @@ def _curves_section(rows: list[dict]) -> list[str]:
     one_shot = [r for r in trained if r.get("curve") and (r["ways"], r["shots"]) == (5, 1)]
     figure = ROOT / "docs" / "omniglot_curves.png"
     if one_shot:
-        curves = [record_curve(r, label=r["algorithm"]) for r in one_shot]
+        curves = [record_curve(r, label=_method(r)) for r in one_shot]
         accuracy_curves(
             curves, figure, axes=("cpu",), log_x=True, title="Omniglot 5-way 1-shot: validation accuracy"
         )
@@ -361,7 +382,7 @@ def _curves_section(rows: list[dict]) -> list[str]:
             cost = _cost(r["train_seconds"] / 60, r.get("train_cpu_seconds"), r)
         to_paper = "no paper figure" if paper is None else ("-" if tpaper is None else tpaper.text())
         lines.append(
-            f"| {r['algorithm']} | {ways}-way {shots}-shot | {'-' if t95 is None else t95.text()} | "
+            f"| {_method(r)} | {ways}-way {shots}-shot | {'-' if t95 is None else t95.text()} | "
             f"{'' if paper is None else f'{paper}%: '}{to_paper} | "
             f"{iterations:,} of {r['planned_iterations']:,} | {cost} | `configs/omniglot/{r['cell']}.yaml` |"
         )
@@ -369,7 +390,7 @@ def _curves_section(rows: list[dict]) -> list[str]:
             targets = {"95%": t95}
             if paper is not None:
                 targets["the paper's figure"] = tpaper
-            plotted.append((f"{r['algorithm']} {ways}w{shots}s", targets))
+            plotted.append((f"{_method(r)} {ways}w{shots}s", targets))
     if plotted:
         out = time_to_accuracy_figure(plotted, ROOT / "docs" / "omniglot_time_to_accuracy.png")
         lines += ["", f"![CPU minutes to 95% and to the paper's figure]({out.name})"]
@@ -405,7 +426,7 @@ def cmd_table(args) -> None:
             else "not meta-tested yet"
         )
         lines.append(
-            f"| {r['algorithm']} | {r['ways']}-way {r['shots']}-shot{_setting(r)} | {ours} | {paper_text} | "
+            f"| {_method(r)} | {r['ways']}-way {r['shots']}-shot{_setting(r)} | {ours} | {paper_text} | "
             f"{r['iterations']:,} of {r['planned_iterations']:,} | "
             f"{_cost(r['train_seconds'] / 60, r.get('train_cpu_seconds'), r)} | "
             f"`configs/omniglot/{r['cell']}.yaml`{source} |"

@@ -75,6 +75,7 @@ def cmd_add(args) -> None:
     names = [
         f"{r['algorithm']}-omniglot-{r['ways']}w{r['shots']}s"
         + ("-nontransductive" if r.get("transductive") is False else "")
+        + "".join(f"-{part.replace(' ', '')}" for part in filter(None, r.get("variant", "").split(", ")))
         for r in records
     ]
     names[0] = args.name or names[0]
