@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from metalab.cli import main
+from metalab.config import load_config
 from metalab.curves import LearnerCurve, time_to_accuracy, validation_curve
 from metalab.report import accuracy_curves, accuracy_curves_figure, time_to_accuracy_figure
 
@@ -293,3 +294,23 @@ def test_benchmark_curves_refreshes_the_tested_run_and_keeps_a_record_of_another
         with Image.open(tmp_path / "docs" / name) as im:
             im.verify()
         assert f"({name})" in md
+
+
+def test_benchmark_names_a_cells_options_outside_its_paper(bench, tmp_path, monkeypatch):
+    """A cell that sets an option its paper lacks (Matching's cosine_scale) is its own row, named
+    with that option in both tables, beside the paper's row."""
+    paper_cell = load_config(ROOT / "configs" / "omniglot" / "matching_5w1s.yaml").resolved()
+    scaled_cell = load_config(ROOT / "configs" / "omniglot" / "matching_5w1s_cosine10.yaml").resolved()
+    assert bench._variant(paper_cell) == "" and bench._variant(scaled_cell) == "cosine_scale 10"
+    results = tmp_path / "results"
+    results.mkdir()
+    curve = [{"iteration": 100, "val_accuracy": 96.0, "val_ci95": 1.0, "seconds": 60.0, "cpu_seconds": 60.0}]
+    (results / "matching_5w1s.json").write_text(json.dumps(record_tested("matching_5w1s", "matching")))
+    scaled = record_tested("matching_5w1s_cosine10", "matching", variant="cosine_scale 10", curve=curve)
+    (results / "matching_5w1s_cosine10.json").write_text(json.dumps(scaled))
+    assert bench_main(bench, ["table", "--notes", str(tmp_path / "none.md")], monkeypatch) == 0
+    md = (tmp_path / "docs" / "results.md").read_text()
+    main_table, curves_table = md.split("## Learning curves and time to accuracy")
+    assert "| matching | 5-way 1-shot | 90.00 ± 0.50" in main_table
+    assert "| matching (cosine_scale 10) | 5-way 1-shot | 90.00 ± 0.50" in main_table
+    assert "| matching (cosine_scale 10) | 5-way 1-shot | 1.0 CPU-min (iteration 100) |" in curves_table
