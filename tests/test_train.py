@@ -105,6 +105,40 @@ def test_resume_refuses_a_different_config_and_fresh_run_refuses_to_overwrite(tm
     assert train(small(iterations=50), tmp_path, progress=False, resume=True).iteration == 50
 
 
+def test_resume_may_change_the_schedule_only_where_it_agrees_with_the_past(tmp_path):
+    """A run at a constant rate continued as a step schedule whose first drop comes at the checkpoint
+    is, weights and log alike, the run that used that schedule from the start; a drop before the
+    checkpoint would make the config lie about the trained iterations and is refused."""
+    step = dict(lr_schedule="step", lr_decay_every=20, lr_decay_factor=0.1)
+    full = train(small(algorithm="metasgd", **step), tmp_path / "full", progress=False)
+    train(small(algorithm="metasgd"), tmp_path / "cut", progress=False, stop_after=20)
+    with pytest.raises(
+        CheckpointError,
+        match=r"lr_schedule \(the new schedule's learning rate at iteration 10, 0.0001, is not the 0.001",
+    ):
+        train(
+            small(algorithm="metasgd", **{**step, "lr_decay_every": 10}),
+            tmp_path / "cut",
+            progress=False,
+            resume=True,
+        )
+    resumed = train(small(algorithm="metasgd", **step), tmp_path / "cut", progress=False, resume=True)
+    for (k, a), b in zip(full.learner.state_dict().items(), resumed.learner.state_dict().values()):
+        assert torch.equal(a, b), k
+    logs = [
+        [
+            (r["iteration"], r["lr"])
+            for r in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines())
+        ]
+        for run in ("full", "cut")
+    ]
+    # Records hold the rate after their iteration's step, so the cut run's last one (iteration 20) still
+    # gives its constant schedule's next rate; every other record is the same.
+    assert [r for r in logs[0] if r[0] != 20] == [r for r in logs[1] if r[0] != 20]
+    assert logs[1][-2:] == [(35, pytest.approx(1e-4)), (40, pytest.approx(1e-5))]
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["config"]["lr_schedule"] == "step"
+
+
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
     save_checkpoint(path, {"iteration": 1, "config": {}, "learner": {}, "weights": torch.ones(3)})

@@ -16,6 +16,8 @@ which checkpoint the run keeps.
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -50,6 +52,9 @@ __all__ = [
     "CHECKPOINT",
     "METRICS",
     "RESUMABLE_CHANGES",
+    "SCHEDULE_KEYS",
+    "resume_conflicts",
+    "schedule_rates",
     "task_workers",
     "on_device",
     "metrics_lines",
@@ -73,6 +78,53 @@ RESUMABLE_CHANGES = {
     "data_dir",
     "device",
 }
+# The outer learning-rate schedule's keys: a resumption may change them where the new schedule gives
+# the learning rate the run had at every iteration already trained (a constant rate continued as a
+# step schedule whose first drop comes at or after the checkpoint's iteration), so that the config
+# still describes the whole run (`resume_conflicts`).
+SCHEDULE_KEYS = {"lr_schedule", "lr_decay_every", "lr_decay_factor"}
+
+
+def schedule_rates(config: Config, iterations: int) -> list[float]:
+    """The outer learning rate of iterations 0 .. iterations - 1 under `config`'s schedule."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.outer_lr)
+    schedule = build_schedule(config, optimizer)
+    rates = []
+    with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": no step is taken
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(iterations):
+            rates.append(optimizer.param_groups[0]["lr"])
+            schedule.step()
+    return rates
+
+
+def resume_conflicts(
+    saved: Config, now: Config, iteration: int, *, unset_from_data: bool = False
+) -> list[str]:
+    """Why a checkpoint written with `saved` at `iteration` cannot be resumed with `now` (empty: it
+    can): the keys that differ but for `RESUMABLE_CHANGES` and a schedule change that agrees with the
+    iterations already trained. `unset_from_data`: a key unset in `now` that `saved` holds is one
+    the data fill in (`Options.bind`) and does not count."""
+    old, new = saved.to_dict(), now.to_dict()
+    changed = sorted(
+        k
+        for k in {*old, *new} - RESUMABLE_CHANGES
+        if old.get(k) != new.get(k) and not (unset_from_data and new.get(k) is None and k in old)
+    )
+    schedule = [k for k in changed if k in SCHEDULE_KEYS]
+    if schedule:
+        before, after = schedule_rates(saved, iteration), schedule_rates(now, iteration)
+        apart = next(
+            (i for i, (a, b) in enumerate(zip(before, after)) if not math.isclose(a, b, rel_tol=1e-9)), None
+        )
+        changed = [k for k in changed if k not in SCHEDULE_KEYS]
+        if apart is not None:
+            changed.append(
+                f"{', '.join(schedule)} (the new schedule's learning rate at iteration {apart}, "
+                f"{after[apart]:.6g}, is not the {before[apart]:.6g} the run trained with; a schedule "
+                f"may change on resuming only from iteration {iteration} on)"
+            )
+    return changed
 
 
 def task_workers(
@@ -281,11 +333,13 @@ class Run:
         """Continue from the run folder's checkpoint (its config must match but for the budget keys)."""
         path, c = self.checkpoint_path, self.config
         state = load_checkpoint(path, resuming=True)
-        saved = checkpoint_config(path, state).to_dict()
-        now = c.to_dict()
-        changed = [k for k in {*saved, *now} - RESUMABLE_CHANGES if saved.get(k) != now.get(k)]
+        saved = checkpoint_config(path, state)
+        if not isinstance(state.get("iteration"), int):
+            raise CheckpointError(f"cannot resume {path}: it holds no iteration count")
+        changed = resume_conflicts(saved, c, state["iteration"])
         if changed:
-            raise CheckpointError(f"cannot resume {path}: config differs in {', '.join(sorted(changed))}")
+            raise CheckpointError(f"cannot resume {path}: config differs in {', '.join(changed)}")
+        new_schedule = any(saved.to_dict().get(k) != c.to_dict().get(k) for k in SCHEDULE_KEYS)
         bad = non_finite(state["learner"])
         if bad is not None:
             raise CheckpointError(f"cannot resume {path}: it holds non-finite weights ({bad!r})")
@@ -297,13 +351,26 @@ class Run:
                     "optimizer",
                 )
                 or optimizer_state_mismatch(self.optimizer, state["optimizer"])
-                or state_mismatch(self.schedule.state_dict(), state["schedule"], "schedule")
+                or (
+                    None
+                    if new_schedule
+                    else state_mismatch(self.schedule.state_dict(), state["schedule"], "schedule")
+                )
             )
             if problem:  # load_state_dict would take these, and the first step would fail inside torch
                 raise ValueError(problem)
             self.learner.load_state_dict(state["learner"])
             self.optimizer.load_state_dict(state["optimizer"])
-            self.schedule.load_state_dict(state["schedule"])
+            if new_schedule:  # this config's schedule, at the checkpoint's iteration
+                for group in self.optimizer.param_groups:
+                    group["lr"] = group["initial_lr"]
+                self.schedule = build_schedule(c, self.optimizer)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    for _ in range(state["iteration"]):
+                        self.schedule.step()
+            else:
+                self.schedule.load_state_dict(state["schedule"])
             if self.scaler is not None and state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
             torch.set_rng_state(state["rng"]["torch"])

@@ -426,7 +426,7 @@ def seed_run_folder(
     import yaml
 
     from .. import run_folder
-    from ..run import CHECKPOINT, METRICS, RESUMABLE_CHANGES, checkpoint_config
+    from ..run import CHECKPOINT, METRICS, checkpoint_config, resume_conflicts
 
     run_dir = Path(run_dir)
     found = resumable_entry(config_name, root)
@@ -435,14 +435,10 @@ def seed_run_folder(
     name, entry = found
     path, _ = lookup(PREFIX + name, root)
     state = load_checkpoint(path, resuming=True)
-    saved = checkpoint_config(path, state).to_dict()
-    now = config.resolved().to_dict()
+    saved_config = checkpoint_config(path, state)
+    saved = saved_config.to_dict()
     # Keys unset here that the checkpoint holds come from the data (`Options.bind`), as in training.
-    changed = sorted(
-        k
-        for k in {*saved, *now} - RESUMABLE_CHANGES
-        if saved.get(k) != now.get(k) and not (now.get(k) is None and k in saved)
-    )
+    changed = resume_conflicts(saved_config, config.resolved(), state["iteration"], unset_from_data=True)
     if changed:
         return f"zoo:{name} was trained with another config (it differs in {', '.join(changed)}): not resumed"
     lines = [json.dumps(point) for point in entry.get("curve", []) if isinstance(point, dict)]
