@@ -267,3 +267,25 @@ def test_benchmark_add_puts_every_row_of_one_model_in_one_file(
     assert err.count("\n") == 1 and err.startswith("zoo: error: ") and "over the zoo's limit of" in err
     assert bench.main(["add", "nope_5w1s", "--results", str(results)]) == 2
     assert "no results file" in capsys.readouterr().err
+
+
+@pytest.mark.data
+def test_gap_benchmark_measures_a_zoo_model_on_each_split(tmp_path, monkeypatch, capsys, request):
+    """benchmarks/omniglot_gap.py: the same test-shaped episodes from the meta-train, meta-val and
+    meta-test classes, each split's figure kept with the model's iteration."""
+    request.getfixturevalue("omniglot_dir")  # the real data (skips where it is absent)
+    monkeypatch.delenv("METALAB_ZOO", raising=False)
+    spec = importlib.util.spec_from_file_location("gap_bench", REPO / "benchmarks" / "omniglot_gap.py")
+    gap = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gap)
+    monkeypatch.setattr(gap, "RESULTS", tmp_path / "gap.json")
+    assert gap.main(["zoo:protonet-omniglot-5w1s", "--tasks", "20"]) == 0
+    entry = json.loads((tmp_path / "gap.json").read_text())["zoo:protonet-omniglot-5w1s"]
+    assert (entry["ways"], entry["shots"], entry["queries"], entry["tasks"]) == (5, 1, 15, 20)
+    assert entry["iterations"] == zoo.read_index()["protonet-omniglot-5w1s"]["iterations"]
+    for split in ("train", "val", "test"):
+        assert 80.0 < entry[split]["accuracy"] <= 100.0  # a trained model, far above chance (20%)
+    assert entry["gap_train_val"] == round(entry["train"]["accuracy"] - entry["val"]["accuracy"], 2)
+    assert "| `zoo:protonet-omniglot-5w1s` |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="not in the zoo: zoo:nope"):
+        gap.main(["zoo:nope"])
