@@ -1630,6 +1630,12 @@ for name, argv, match, setup in (
     ("resume-another-config", [*RESUME, "--inner-lr", "0.5"], "config differs in inner_lr", None),
     ("resume-another-seed", [*RESUME, "--seed", "3"], "config differs in seed", None),
     (
+        "resume-schedule-against-the-past",
+        [*RESUME, "--lr-schedule", "step", "--lr-decay-every", "1"],
+        "config differs in lr_decay_every, lr_schedule (the new schedule's learning rate at iteration 1",
+        None,
+    ),
+    (
         "resume-foreign-metrics-line",
         RESUME,
         "line 2 is not a metrics record",

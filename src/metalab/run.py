@@ -330,12 +330,11 @@ class Run:
             self.governor = ThreadGovernor(max(1, cores // self.world), cores)
 
     def restore(self, log: Callable[[str], None]) -> None:
-        """Continue from the run folder's checkpoint (its config must match but for the budget keys)."""
+        """Continue from the run folder's checkpoint (its config must match but for the budget keys and
+        a schedule that agrees with the iterations already trained: `resume_conflicts`)."""
         path, c = self.checkpoint_path, self.config
         state = load_checkpoint(path, resuming=True)
         saved = checkpoint_config(path, state)
-        if not isinstance(state.get("iteration"), int):
-            raise CheckpointError(f"cannot resume {path}: it holds no iteration count")
         changed = resume_conflicts(saved, c, state["iteration"])
         if changed:
             raise CheckpointError(f"cannot resume {path}: config differs in {', '.join(changed)}")
