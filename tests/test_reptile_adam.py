@@ -167,3 +167,18 @@ def test_evaluation_takes_its_own_mini_batch_size():
     learner.meta_loss(image_batch(tasks=2, ways=3, shots=3, queries=2, size=16))
     assert drawn[0].shape == (2, 3, 2) and drawn[1].shape == (2, 2, 4)
     assert _learner(inner_steps=2, inner_batch=4).eval_inner_batch == 4  # default: inner_batch
+
+
+def test_a_prediction_with_test_mini_batches_is_a_function_of_its_episode():
+    """The test-time mini-batches come from the support set's contents, not the global RNG: the same
+    episode gets the same answer whatever was drawn before, another episode other batches."""
+    learner = _learner(inner_steps=2, inner_batch=4, eval_inner_batch=2)
+    test = image_batch(tasks=2, ways=3, shots=2, queries=2, size=16, seed=5)
+    torch.manual_seed(0)
+    first = learner.predict(test.support_x, test.support_y, test.query_x, steps=3)
+    torch.manual_seed(1)
+    torch.rand(100)
+    again = learner.predict(test.support_x, test.support_y, test.query_x, steps=3)
+    assert torch.equal(first, again)
+    other = image_batch(tasks=2, ways=3, shots=2, queries=2, size=16, seed=6)
+    assert not torch.equal(learner.eval_batches(test.support_x, 3), learner.eval_batches(other.support_x, 3))

@@ -16,6 +16,8 @@ References:
 
 from __future__ import annotations
 
+import zlib
+
 import torch
 from torch import Tensor
 
@@ -103,10 +105,12 @@ class Reptile(MAML):
             return Adam(self.inner_lr, beta1=self.inner_beta1, moments=self._moments())
         return super().update_rule(detach)
 
-    def _orders(self, n_tasks: int, n: int, steps: int, batch: int | None) -> Tensor | None:
+    def _orders(
+        self, n_tasks: int, n: int, steps: int, batch: int | None, generator: torch.Generator | None = None
+    ) -> Tensor | None:
         """Each task's mini-batches, of shape (T, steps, batch), drawn here (not on task threads);
         None where every step takes the whole support set."""
-        orders = [minibatch_order(n, batch, steps) for _ in range(n_tasks)]
+        orders = [minibatch_order(n, batch, steps, generator) for _ in range(n_tasks)]
         return None if orders[0] is None else torch.stack(orders)
 
     def _task(self, params, sx, sy, qx, qy, *order, mode: str):
@@ -155,8 +159,14 @@ class Reptile(MAML):
 
     def eval_batches(self, support_x: Tensor, steps: int) -> Tensor | None:
         """Mini-batches of `eval_inner_batch` (MAML.predict answers with the learner's moments,
-        which stay as they were)."""
-        return self._orders(*support_x.shape[:2], steps, self.eval_inner_batch)
+        which stay as they were), drawn from a generator seeded by the support set's contents: a
+        prediction is a function of its episode, whatever the global RNG's state."""
+        n_tasks, n = support_x.shape[:2]
+        if self.eval_inner_batch is None or n <= self.eval_inner_batch:
+            return None
+        data = support_x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+        generator = torch.Generator().manual_seed(zlib.crc32(data))
+        return self._orders(n_tasks, n, steps, self.eval_inner_batch, generator)
 
 
 def _build(ctx: BuildContext) -> Reptile:
