@@ -159,13 +159,14 @@ def cmd_train(args) -> None:
         cells = [p for p in cells if p.stem in args.cells]
     result = train(config, run_dir, resume=resume, progress=sys.stderr.isatty())
     dataset = load_dataset(result.config)
+    own_eval_batch = getattr(result.learner, "eval_inner_batch", None)
     for cell_path in cells:
         cell = config_from_dict(overrides, load_config(cell_path)).resolved()
         if hasattr(result.learner, "transductive"):  # Reptile: how this cell answers its queries
             result.learner.transductive = getattr(cell.options, "transductive", True)
         eval_batch = getattr(cell.options, "eval_inner_batch", None)
-        if eval_batch is not None:  # Reptile: this cell's test-time mini-batches
-            result.learner.eval_inner_batch = eval_batch
+        if hasattr(result.learner, "eval_inner_batch"):  # Reptile: this cell's test-time mini-batches
+            result.learner.eval_inner_batch = own_eval_batch if eval_batch is None else eval_batch
         t0 = time.perf_counter()
         r = evaluate(
             result.learner,

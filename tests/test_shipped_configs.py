@@ -23,3 +23,33 @@ def test_shipped_config_is_valid(path):
     if c.benchmark not in ("csv",):
         learner = build_learner(c)
         assert sum(p.numel() for p in learner.parameters()) > 0
+
+
+OMNIGLOT_CONFIGS = [p for p in CONFIGS if p.parent.name == "omniglot"]
+
+
+@pytest.mark.parametrize("path", OMNIGLOT_CONFIGS, ids=[p.stem for p in OMNIGLOT_CONFIGS])
+def test_omniglot_config_header_states_the_figure_the_tables_use(path):
+    """The figure a config's header quotes for its cell is the one `papers.paper_figure` puts beside
+    the results (and a config whose paper reports none says so)."""
+    import re
+
+    from metalab.papers import paper_figure
+
+    c = load_config(path).resolved()
+    if c.algorithm == "mann":  # reported by instance, not per cell (papers.MANN_BY_INSTANCE)
+        return
+    header = "\n".join(line for line in path.read_text().splitlines()[:8] if line.startswith("#"))
+    figure = paper_figure(
+        c.algorithm,
+        c.test_ways or c.ways,
+        c.test_shots or c.shots,
+        transductive=getattr(c.options, "transductive", True),
+    )
+    if figure is None:
+        assert re.search(r"reports? (no|only)|no .*figure|none is quoted", header), (
+            f"{path.name}: no paper figure, header:\n{header}"
+        )
+    else:
+        quoted = [float(x) for x in re.findall(r"\b\d{2}\.\d+\b", header)]
+        assert figure in quoted, f"{path.name}: papers.py says {figure}, the header quotes {quoted}"

@@ -8,6 +8,7 @@ of generated images; the last test meta-tests every model of the real index on t
 
 import importlib.util
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -188,8 +189,11 @@ def test_an_unfinished_model_over_the_limit_keeps_its_moments_in_bfloat16_and_re
 
 @pytest.mark.data
 def test_every_model_of_the_real_index_reproduces_its_row(monkeypatch, request):
-    """`metalab eval zoo:NAME` on 100 test episodes lands within the row's CI plus the 100 episodes'
-    CI of the recorded figure."""
+    """`metalab eval zoo:NAME` on the real test classes agrees with the row's figure within three
+    standard errors of the difference: 100 test episodes, 20 where the test adapts for many steps on
+    many classes (Reptile's 50 steps, MAML's 5 steps on 20-way tasks), 10 where it adapts once per
+    query (Reptile non-transductive). A few episodes of a model near 100% often all score alike,
+    so the episodes' spread is taken as the larger of theirs and the row's (from its 1,000)."""
     from metalab.builders import build_source
     from metalab.evaluate import evaluate
 
@@ -201,9 +205,17 @@ def test_every_model_of_the_real_index_reproduces_its_row(monkeypatch, request):
     for m in models:
         learner, c, _ = learner_from_checkpoint(zoo.PREFIX + m["name"])
         steps = (c.eval_steps or [None])[0]
-        r = evaluate(learner, build_source(c, "test", data), 100, steps=steps)
+        episodes = 100 if (steps or 0) * (c.test_ways or c.ways) <= 60 else 20
+        if m["test"].get("transductive") is False:
+            episodes = 10
+        r = evaluate(learner, build_source(c, "test", data), episodes, steps=steps)
+        row_se = m["figure"]["ci95"] / 1.96
+        spread = max(
+            100 * r.ci95 / 1.96 * math.sqrt(episodes), row_se * math.sqrt(m["figure"]["test_episodes"])
+        )
+        allowed = 3 * math.sqrt(row_se**2 + spread**2 / episodes)
         gap = abs(100 * r.mean - m["figure"]["accuracy"])
-        assert gap <= m["figure"]["ci95"] + 100 * r.ci95, (m["name"], r, m["figure"])
+        assert gap <= allowed, (m["name"], r, m["figure"], f"allowed {allowed:.2f} points")
 
 
 def test_the_shipped_index_is_consistent():
