@@ -9,12 +9,14 @@ write docs/results.md (our accuracy +/- 95% CI beside the paper's, with the budg
 1,000 test episodes with 15 queries per class, and also on every other cell whose config trains the
 same model (e.g. protonet_20w1s from protonet_5w1s's run: the papers train one model per shot count
 and test it 5- and 20-way; Reptile's non-transductive cell from reptile_5w1s's run), or only those
-named by `--cells`; each cell's figure goes to benchmarks/results/omniglot/<cell>.json,
-with the run's validation curve (accuracy and its CI at every validation, with wall-clock and CPU
-seconds). `curves` refreshes those curves from run folders still training, without training or
-testing. `table` reads those files and writes docs/results.md, docs/omniglot_curves.png and
-docs/omniglot_time_to_accuracy.png. Budgets on 2 CPU cores are far below the papers'; the tables
-say how many iterations and how much wall-clock and CPU time each figure took.
+named by `--cells`; each cell's figure goes to benchmarks/results/omniglot/<cell>.json, with the
+run's validation curve (accuracy and its CI at every validation, with wall-clock and CPU seconds);
+`--weights float16` meta-tests the finished model with its weights rounded to float16, as the zoo
+stores a model whose float32 weights are over its limit (MANN). `curves` refreshes those curves from
+run folders still training, without training or testing. `table` reads those files and writes
+docs/results.md, docs/omniglot_curves.png and docs/omniglot_time_to_accuracy.png. Budgets on 2 CPU
+cores are far below the papers'; the tables say how many iterations and how much wall-clock and CPU
+time each figure took.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from metalab.experiment import read_metrics, read_run_config
 from metalab.papers import CITATIONS, MANN_BY_INSTANCE, paper_figure
 from metalab.report import accuracy_curves, time_to_accuracy_figure
 from metalab.train import train
-from metalab.zoo import seed_run_folder
+from metalab.zoo import round_weights, seed_run_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs" / "omniglot"
@@ -158,6 +160,14 @@ def cmd_train(args) -> None:
             )
         cells = [p for p in cells if p.stem in args.cells]
     result = train(config, run_dir, resume=resume, progress=sys.stderr.isatty())
+    if args.weights == "float16":  # as the zoo stores a finished model whose float32 weights are too large
+        if result.iteration < config.iterations:
+            raise SystemExit(
+                f"omniglot.py: error: --weights float16 meta-tests a finished model; {path.stem} stopped "
+                f"at iteration {result.iteration} of {config.iterations} (its checkpoint is kept: run "
+                "again to resume)"
+            )
+        round_weights(result.learner, torch.float16)
     dataset = load_dataset(result.config)
     own_eval_batch = getattr(result.learner, "eval_inner_batch", None)
     for cell_path in cells:
@@ -193,6 +203,8 @@ def cmd_train(args) -> None:
             "date": time.strftime("%Y-%m-%d"),
             "machine": f"{platform.machine()}, torch {torch.__version__}",
         }
+        if args.weights == "float16":
+            record["weights"] = "float16"
         if getattr(cell.options, "transductive", True) is False:
             record["transductive"] = False
         if eval_batch is not None:
@@ -478,6 +490,13 @@ def main() -> int:
         metavar="CELL",
         help="meta-test only these cells of the model (config stems; default: every cell it serves); "
         "with --iterations at the checkpoint's iteration, a cell is meta-tested without training",
+    )
+    t.add_argument(
+        "--weights",
+        choices=("float32", "float16"),
+        default="float32",
+        help="meta-test the finished model with its weights rounded to this precision (float16: as the "
+        "zoo stores a model whose float32 weights are over its limit; default: %(default)s)",
     )
     cv = sub.add_parser("curves", help="refresh the cells' validation curves from their run folders")
     cv.add_argument(

@@ -187,6 +187,44 @@ def test_an_unfinished_model_over_the_limit_keeps_its_moments_in_bfloat16_and_re
         zoo.add(tmp_path / "cell", [zoo.record_from_run(tmp_path / "cell")], ["too-big"], file="too-big.pt")
 
 
+def test_a_finished_model_too_large_in_float32_is_stored_in_float16_with_the_figure_of_those_weights(
+    trained, tmp_path, zoo_root, monkeypatch, capsys
+):
+    source = torch.load(trained / "tiny" / "checkpoint.pt", weights_only=False)
+    kept = {k: v for k, v in source.items() if k not in zoo.RESUME_ONLY}
+    full = len(zoo._saved(kept))
+    half = len(zoo._saved({**kept, "learner": zoo._in_dtype(kept["learner"], torch.float16)}))
+    assert half < full
+    monkeypatch.setattr(zoo, "MAX_BYTES", (half + full) // 2)
+    with pytest.raises(zoo.ZooError, match="in float16 they fit: meta-test the model with its weights"):
+        zoo.add(trained / "tiny", [zoo.record_from_run(trained / "tiny")], ["tiny"])
+
+    # Meta-test a copy of the run with its weights rounded to float16, as omniglot.py --weights float16 does.
+    shutil.copytree(trained / "tiny", tmp_path / "half")
+    config = tiny_config(trained / "images")
+    result = train(config, tmp_path / "half", resume=True, progress=False, log=lambda _: None)
+    assert result.iteration == 4
+    zoo.round_weights(result.learner)
+    meta_test(result, log=lambda _: None)
+    record = {**zoo.record_from_run(tmp_path / "half"), "weights": "float16"}
+    with pytest.raises(zoo.ZooError, match="different precisions"):
+        zoo.add(tmp_path / "half", [record, {**record, "weights": "float32"}], ["a", "b"])
+    with pytest.raises(zoo.ZooError, match="unfinished .*only a finished one is stored in float16"):
+        zoo.add(tmp_path / "half", [{**record, "planned_iterations": 8}], ["a"])
+    (entry,) = zoo.add(tmp_path / "half", [record], ["half"])
+    assert entry["weights"] == "float16" and entry["bytes"] == half <= zoo.MAX_BYTES
+    stored = torch.load(zoo_root / entry["file"], weights_only=True)["learner"]
+    assert all(v.dtype == torch.float16 for v in stored.values() if v.is_floating_point())
+
+    learner, _, _ = learner_from_checkpoint("zoo:half")  # back to float32, equal to the rounded weights
+    for (name, a), b in zip(learner.state_dict().items(), result.learner.state_dict().values()):
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+    code, out, err = run(capsys, "eval", "zoo:half", "--quiet", "--json", tmp_path / "by-name.json")
+    assert code == 0, err
+    again = json.loads((tmp_path / "by-name.json").read_text())["results"][0]
+    assert round(100 * again["mean"], 2) == entry["figure"]["accuracy"]
+
+
 @pytest.mark.data
 def test_every_model_of_the_real_index_reproduces_its_row(monkeypatch, request):
     """`metalab eval zoo:NAME` on the real test classes agrees with the row's figure within three

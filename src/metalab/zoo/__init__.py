@@ -10,7 +10,11 @@ training is finished or still resumable: a finished model is stored with its wei
 unfinished one keeps its optimizer, schedule and random states, and
 `benchmarks/omniglot.py train` continues it on any machine (`seed_run_folder`). An unfinished model
 whose whole checkpoint is over the limit (`MAX_BYTES`) is stored with its optimizer's moments in
-bfloat16 (`optimizer_moments` in its entry), which a resumption casts back to float32.
+bfloat16 (`optimizer_moments` in its entry), which a resumption casts back to float32. A finished
+model whose float32 weights alone are over the limit (MANN's LSTM controller) is stored with its
+weights in float16 (`weights` in its entry), which loading casts back to float32; its figure must
+then be measured on those very weights (`round_weights`, `benchmarks/omniglot.py train --weights
+float16`), and the records say so.
 
 A model's entry also carries the test settings of its cell (`test_ways`, `test_shots`,
 `test_queries`, `test_tasks`, `eval_steps`): the config a zoo checkpoint loads with holds them, so
@@ -52,6 +56,7 @@ __all__ = [
     "record_from_run",
     "format_models",
     "resumable_entry",
+    "round_weights",
     "seed_run_folder",
 ]
 
@@ -260,8 +265,33 @@ def add(
     config = checkpoint_config(source, state)
     planned = records[0].get("planned_iterations", config.iterations)
     moments = None  # the precision of the optimizer's stored moments, where not the checkpoint's own
+    weights = {r.get("weights", "float32") for r in records}  # the precision each figure was measured at
+    if len(weights) > 1:
+        raise ZooError(f"the records were measured on weights of different precisions ({sorted(weights)})")
+    (weights,) = weights
+    if weights not in ("float32", "float16"):
+        raise ZooError(f"records measured on {weights} weights: the zoo stores float32 or float16")
+    if weights == "float16" and state["iteration"] < planned:
+        raise ZooError(
+            f"{source} is unfinished (iteration {state['iteration']} of {planned}): a resumable model keeps "
+            "its float32 weights; only a finished one is stored in float16"
+        )
     if state["iteration"] >= planned:  # finished: the weights and what evaluation reads, no resume state
-        data = _saved({k: v for k, v in state.items() if k not in RESUME_ONLY})
+        kept = {k: v for k, v in state.items() if k not in RESUME_ONLY}
+        if weights == "float16":
+            kept["learner"] = _in_dtype(kept["learner"], torch.float16)
+        data = _saved(kept)
+        if (
+            len(data) > MAX_BYTES
+            and weights == "float32"
+            and len(_saved({**kept, "learner": _in_dtype(kept["learner"], torch.float16)})) <= MAX_BYTES
+        ):
+            raise ZooError(
+                f"{source}'s weights are {len(data) / 2**20:.2f} MiB in float32, over the zoo's limit of "
+                f"{MAX_BYTES / 2**20:.0f} MiB per model; in float16 they fit: meta-test the model with its "
+                "weights rounded to float16 (benchmarks/omniglot.py train --weights float16, or "
+                "zoo.round_weights) and add that figure"
+            )
     else:  # resumable: the whole checkpoint, optimizer state included
         data = source.read_bytes()
         if len(data) > MAX_BYTES:  # e.g. Meta-SGD: its learned rates double the parameters, Adam doubles that
@@ -330,6 +360,7 @@ def add(
             "planned_iterations": planned,
             "finished": state["iteration"] >= planned,
             **({"optimizer_moments": moments} if moments else {}),
+            **({"weights": weights} if weights != "float32" else {}),
             "train_seconds": r.get("train_seconds", round(state.get("seconds", 0.0))),
             "train_cpu_seconds": r.get("train_cpu_seconds", round(state.get("cpu_seconds", 0.0))),
             "threads": config.threads or r.get("threads"),  # the run's own setting where it has one
@@ -385,6 +416,21 @@ def _saved(state: dict[str, Any]) -> bytes:
     buffer = io.BytesIO()
     torch.save({**state, "format": CHECKPOINT_FORMAT}, buffer)
     return buffer.getvalue()
+
+
+def _in_dtype(tensors: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
+    """A state dict with its floating-point tensors in `dtype` (integer buffers as they are)."""
+    return {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in tensors.items()}
+
+
+def round_weights(learner: torch.nn.Module, dtype: torch.dtype = torch.float16) -> torch.nn.Module:
+    """Round `learner`'s floating-point weights and buffers to `dtype` and back, in place: the very
+    weights a zoo model stored in that precision loads as, for measuring its figure on them."""
+    with torch.no_grad():
+        for t in learner.state_dict().values():
+            if t.is_floating_point():
+                t.copy_(t.to(dtype).to(t.dtype))
+    return learner
 
 
 def _moments_in_bfloat16(optimizer_state: dict[str, Any]) -> dict[str, Any]:
