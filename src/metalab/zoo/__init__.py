@@ -418,9 +418,13 @@ def _saved(state: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
-def _in_dtype(tensors: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
-    """A state dict with its floating-point tensors in `dtype` (integer buffers as they are)."""
-    return {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in tensors.items()}
+def _in_dtype(tensors: dict[Any, Any], dtype: torch.dtype, *, scalars: bool = True) -> dict[Any, Any]:
+    """A state dict with its floating-point tensors in `dtype` (integer buffers and other values as
+    they are; 0-dimensional tensors too where `scalars` is false)."""
+    return {
+        k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() and (scalars or v.dim() > 0) else v
+        for k, v in tensors.items()
+    }
 
 
 def round_weights(learner: torch.nn.Module, dtype: torch.dtype = torch.float16) -> torch.nn.Module:
@@ -442,10 +446,7 @@ def _moments_in_bfloat16(optimizer_state: dict[str, Any]) -> dict[str, Any]:
     return {
         **optimizer_state,
         "state": {
-            i: {
-                k: v.to(torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() and v.dim() > 0 else v
-                for k, v in values.items()
-            }
+            i: _in_dtype(values, torch.bfloat16, scalars=False)  # Adam's step count stays as it is
             for i, values in optimizer_state["state"].items()
         },
     }
