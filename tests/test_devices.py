@@ -270,6 +270,9 @@ def _fake_cuda(monkeypatch, count):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    # resolving a CUDA device sets torch's process-wide TF32 switches: restored after the test
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", torch.backends.cudnn.allow_tf32)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", torch.backends.cuda.matmul.allow_tf32)
 
 
 def test_devices_resolve_to_what_this_machine_has(monkeypatch):
@@ -288,6 +291,16 @@ def test_devices_resolve_to_what_this_machine_has(monkeypatch):
     assert resolve_device("cuda:1") == torch.device("cuda", 1)
     with pytest.raises(ConfigError, match="cuda:3, but this machine has 2 GPU"):
         resolve_device("cuda:3")
+
+
+def test_a_cuda_device_keeps_fp32_convolutions_and_products_out_of_tf32(monkeypatch):
+    _fake_cuda(monkeypatch, 1)
+    torch.backends.cudnn.allow_tf32 = True  # PyTorch's default for convolutions
+    torch.backends.cuda.matmul.allow_tf32 = True
+    resolve_device("cpu")
+    assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32  # the CPU: untouched
+    assert resolve_device("auto") == torch.device("cuda", 0)
+    assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
 
 
 def test_fp16_is_refused_on_the_cpu_and_bf16_is_not():
