@@ -22,6 +22,7 @@ time each figure took.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -124,6 +125,12 @@ def _curve_fields(run_dir: Path) -> dict:
     }
 
 
+def _device_name(learner) -> str:
+    """Where the model was trained and tested: the GPU's name, else "cpu"."""
+    device = next(learner.parameters()).device
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
 def cmd_train(args) -> None:
     path = Path(args.config).resolve()
     config = load_config(path)
@@ -202,6 +209,7 @@ def cmd_train(args) -> None:
             "threads": result.config.threads or torch.get_num_threads(),
             "date": time.strftime("%Y-%m-%d"),
             "machine": f"{platform.machine()}, torch {torch.__version__}",
+            "device": _device_name(result.learner),
         }
         if args.weights == "float16":
             record["weights"] = "float16"
@@ -327,7 +335,13 @@ def _threads(record: dict) -> str:
 def _cost(minutes: float | None, cpu_seconds: float | None, record: dict) -> str:
     """Wall-clock, CPU time ("-" for records older than CPU time) and torch threads."""
     cpu = "-" if cpu_seconds is None else f"{cpu_seconds / 60:.0f}"
-    return f"{minutes:.0f} min, {cpu} CPU-min, {_threads(record)}"
+    where = f", latest sitting on an {record['device']}" if _on_gpu(record) else ""
+    return f"{minutes:.0f} min, {cpu} CPU-min, {_threads(record)}{where}"
+
+
+def _on_gpu(record: dict) -> bool:
+    """Whether the record's latest sitting ran on a GPU (its CPU time is then not this machine's)."""
+    return record.get("device") not in (None, "cpu", "mps")
 
 
 def _method(r: dict) -> str:
@@ -387,7 +401,8 @@ def _curves_section(rows: list[dict]) -> list[str]:
             "95% CIs). Validation accuracy, not the meta-test figure of the table above. The last "
             "columns give the curve's last point; a run refreshed by `python benchmarks/omniglot.py "
             'curves` while still training can be past the table\'s tested iteration. "-": no curve '
-            "recorded for that run.",
+            "recorded for that run. A row whose latest sitting ran on a GPU gets no estimate and is "
+            "left out of the plot: its CPU minutes are not this machine's.",
             100,
         ),
         "",
@@ -402,6 +417,8 @@ def _curves_section(rows: list[dict]) -> list[str]:
         paper = paper_figure(r["algorithm"], ways, shots)
         t95 = time_to_accuracy(curve, 95.0)
         tpaper = time_to_accuracy(curve, paper) if paper is not None else None
+        if _on_gpu(r):  # no extrapolation along CPU minutes that a GPU sitting compressed
+            t95, tpaper = (t and dataclasses.replace(t, estimate=None) for t in (t95, tpaper))
         if curve:
             end = curve[-1]
             iterations, cost = end["iteration"], _cost(end["seconds"] / 60, end["cpu_seconds"], r)
@@ -414,7 +431,7 @@ def _curves_section(rows: list[dict]) -> list[str]:
             f"{'' if paper is None else f'{paper}%: '}{to_paper} | "
             f"{iterations:,} of {r['planned_iterations']:,} | {cost} | `configs/omniglot/{r['cell']}.yaml` |"
         )
-        if t95 is not None:
+        if t95 is not None and not _on_gpu(r):
             targets = {"95%": t95}
             if paper is not None:
                 targets["the paper's figure"] = tpaper
@@ -438,7 +455,11 @@ def cmd_table(args) -> None:
         "characters x 4 rotations,",
         "with its 95% confidence interval. Training ran on this project's 2-core CPU machine, "
         "so most budgets",
-        "are a small fraction of the papers'; the columns say what each figure cost.",
+        "are a small fraction of the papers'; the columns say what each figure cost. A row whose "
+        "latest sitting",
+        "ran on a GPU says so: its CPU time then includes the GPU process's (the host thread that "
+        "launches the",
+        "kernels), which is not this machine's cost.",
         "",
         "| method | task | ours (95% CI) | paper | iterations (of planned) "
         "| training wall-clock, CPU time, torch threads | config |",

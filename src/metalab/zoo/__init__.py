@@ -367,6 +367,7 @@ def add(
             "command": command or r.get("command"),
             "date": r.get("date"),
             "machine": r.get("machine"),
+            **({"device": r["device"]} if r.get("device") else {}),
         }
         steps = entry["test"]["eval_steps"]
         entry["figure"]["eval_inner_steps"] = steps[0] if steps else None
