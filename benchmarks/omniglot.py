@@ -126,7 +126,7 @@ def _curve_fields(run_dir: Path) -> dict:
 
 
 def _device_name(learner) -> str:
-    """Where the model was trained and tested: the GPU's name, else "cpu"."""
+    """Where the model was trained and tested: a CUDA GPU's name, else the device type ("cpu", "mps")."""
     device = next(learner.parameters()).device
     return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
@@ -341,7 +341,7 @@ def _cost(minutes: float | None, cpu_seconds: float | None, record: dict) -> str
 
 def _on_gpu(record: dict) -> bool:
     """Whether the record's latest sitting ran on a GPU (its CPU time is then not this machine's)."""
-    return record.get("device") not in (None, "cpu", "mps")
+    return record.get("device") not in (None, "cpu")
 
 
 def _method(r: dict) -> str:
