@@ -12,11 +12,12 @@ and test it 5- and 20-way; Reptile's non-transductive cell from reptile_5w1s's r
 named by `--cells`; each cell's figure goes to benchmarks/results/omniglot/<cell>.json, with the
 run's validation curve (accuracy and its CI at every validation, with wall-clock and CPU seconds);
 `--weights float16` meta-tests the finished model with its weights rounded to float16, as the zoo
-stores a model whose float32 weights are over its limit (MANN). `curves` refreshes those curves from
-run folders still training, without training or testing. `table` reads those files and writes
-docs/results.md, docs/omniglot_curves.png and docs/omniglot_time_to_accuracy.png. Budgets on 2 CPU
-cores are far below the papers'; the tables say how many iterations and how much wall-clock and CPU
-time each figure took.
+stores a model whose float32 weights are over its limit (MANN); `--from-weights` continues such a
+finished zoo model, which keeps no optimizer state, from its weights with fresh optimizer moments.
+`curves` refreshes those curves from run folders still training, without training or testing.
+`table` reads those files and writes docs/results.md, docs/omniglot_curves.png and
+docs/omniglot_time_to_accuracy.png. Budgets on 2 CPU cores are far below the papers'; the tables say
+how many iterations and how much wall-clock and CPU time each figure took.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from metalab.experiment import read_metrics, read_run_config
 from metalab.papers import CITATIONS, MANN_BY_INSTANCE, paper_figure
 from metalab.report import accuracy_curves, time_to_accuracy_figure
 from metalab.train import train
-from metalab.zoo import round_weights, seed_run_folder
+from metalab.zoo import ZooError, round_weights, seed_from_weights, seed_run_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs" / "omniglot"
@@ -147,7 +148,13 @@ def cmd_train(args) -> None:
     }
     config = config_from_dict(overrides, config)
     run_dir = OUT / path.stem
-    seeded = seed_run_folder(run_dir, config, path.stem)  # an unfinished zoo model of this config
+    if args.from_weights:  # a finished, weights-only zoo model of this config, trained further
+        try:
+            seeded = seed_from_weights(run_dir, config, path.stem)
+        except ZooError as e:
+            raise SystemExit(f"omniglot.py: error: --from-weights: {e}") from None
+    else:
+        seeded = seed_run_folder(run_dir, config, path.stem)  # an unfinished zoo model of this config
     if seeded:
         print(seeded, flush=True)
     resume = (run_dir / "checkpoint.pt").exists()
@@ -533,6 +540,12 @@ def main() -> int:
         default="float32",
         help="meta-test the finished model with its weights rounded to this precision (float16: as the "
         "zoo stores a model whose float32 weights are over its limit; default: %(default)s)",
+    )
+    t.add_argument(
+        "--from-weights",
+        action="store_true",
+        help="train further the zoo's finished model of this config, which keeps no optimizer state "
+        "(MANN): from its weights, with fresh optimizer moments; give --iterations past its own",
     )
     cv = sub.add_parser("curves", help="refresh the cells' validation curves from their run folders")
     cv.add_argument(

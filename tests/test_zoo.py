@@ -341,3 +341,40 @@ def test_gap_benchmark_measures_a_zoo_model_on_each_split(tmp_path, monkeypatch,
     assert "| `zoo:protonet-omniglot-5w1s` |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="not in the zoo: zoo:nope"):
         gap.main(["zoo:nope"])
+
+
+def test_a_finished_model_trains_further_from_its_weights_with_fresh_moments(trained, tmp_path, zoo_root):
+    record = zoo.record_from_run(trained / "tiny")
+    metrics = [json.loads(line) for line in (trained / "tiny" / "metrics.jsonl").read_text().splitlines()]
+    record["curve"] = [
+        {k: m[k] for k in ("iteration", "val_accuracy", "val_ci95", "seconds", "cpu_seconds")}
+        for m in metrics
+        if "val_accuracy" in m
+    ]
+    (entry,) = zoo.add(trained / "tiny", [record], ["tiny"])
+    assert entry["finished"] is True and entry["iterations"] == 4 and len(entry["curve"]) == 2
+    further = tiny_config(trained / "images", iterations=8)
+    with pytest.raises(zoo.ZooError, match="no finished model trained by other"):
+        zoo.seed_from_weights(tmp_path / "a", further, "other")
+    with pytest.raises(zoo.ZooError, match="has trained 4 iterations and the config plans 4"):
+        zoo.seed_from_weights(tmp_path / "b", tiny_config(trained / "images"), "tiny")
+    with pytest.raises(zoo.ZooError, match="differs in outer_lr"):
+        zoo.seed_from_weights(
+            tmp_path / "c", tiny_config(trained / "images", iterations=8, outer_lr=0.01), "tiny"
+        )
+    assert not any((tmp_path / x / "checkpoint.pt").exists() for x in "abc")
+
+    seeded = tmp_path / "further"
+    line = zoo.seed_from_weights(seeded, further, "tiny")
+    assert line.startswith(f"seeded {seeded} from zoo:tiny's weights (iteration 4;")
+    assert zoo.seed_from_weights(seeded, further, "tiny") is None  # a folder with a checkpoint is left alone
+    start = torch.load(seeded / "checkpoint.pt", weights_only=False)
+    kept = torch.load(zoo_root / entry["file"], weights_only=False)["learner"]
+    assert start["iteration"] == 4 and not start["optimizer"]["state"]  # fresh moments
+    assert all(torch.equal(start["learner"][k], v) for k, v in kept.items())
+    logged = []
+    resumed = train(further, seeded, resume=True, progress=False, log=logged.append)
+    assert any("resuming" in x and "iteration 4" in x for x in logged) and resumed.iteration == 8
+    assert any(not torch.equal(a, kept[k]) for k, a in resumed.learner.state_dict().items())
+    iterations = [json.loads(x)["iteration"] for x in (seeded / "metrics.jsonl").read_text().splitlines()]
+    assert iterations[:3] == [2, 4, 5] and iterations[-1] == 8  # the stored curve, then the new run's

@@ -3,18 +3,19 @@
 `zoo:NAME` is accepted wherever a checkpoint path is (`metalab eval`, `predict`, `serve`, `plot`,
 `metalab.predict`, `learner_from_checkpoint`). The zoo is a folder holding `index.json` and the
 checkpoint files it names: the package's own folder (`metalab/zoo/`), or `$METALAB_ZOO` where set.
-Each index entry records the file, its sha256 and size, the config cell that trained it, the
-figure of its row in docs/results.md (accuracy, 95% CI, test episodes and queries, inner steps),
-the training budget (iterations, wall-clock and CPU seconds, threads, the command) and whether the
+Each index entry records the file, its sha256 and size, the config cell that trained it, the figure
+of its row in docs/results.md (accuracy, 95% CI, test episodes and queries, inner steps), the
+training budget (iterations, wall-clock and CPU seconds, threads, the command) and whether the
 training is finished or still resumable: a finished model is stored with its weights only, an
-unfinished one keeps its optimizer, schedule and random states, and
-`benchmarks/omniglot.py train` continues it on any machine (`seed_run_folder`). An unfinished model
-whose whole checkpoint is over the limit (`MAX_BYTES`) is stored with its optimizer's moments in
-bfloat16 (`optimizer_moments` in its entry), which a resumption casts back to float32. A finished
-model whose float32 weights alone are over the limit (MANN's LSTM controller) is stored with its
-weights in float16 (`weights` in its entry), which loading casts back to float32; its figure must
-then be measured on those very weights (`round_weights`, `benchmarks/omniglot.py train --weights
-float16`), and the records say so.
+unfinished one keeps its optimizer, schedule and random states, and `benchmarks/omniglot.py train`
+continues it on any machine (`seed_run_folder`); a finished one can be trained further from its
+weights alone, with fresh optimizer moments (`seed_from_weights`). An unfinished model whose whole
+checkpoint is over the limit (`MAX_BYTES`) is stored with its optimizer's moments in bfloat16
+(`optimizer_moments` in its entry), which a resumption casts back to float32. A finished model whose
+float32 weights alone are over the limit (MANN's LSTM controller) is stored with its weights in
+float16 (`weights` in its entry), which loading casts back to float32; its figure must then be
+measured on those very weights (`round_weights`, `benchmarks/omniglot.py train --weights float16`),
+and the records say so.
 
 A model's entry also carries the test settings of its cell (`test_ways`, `test_shots`,
 `test_queries`, `test_tasks`, `eval_steps`): the config a zoo checkpoint loads with holds them, so
@@ -58,6 +59,7 @@ __all__ = [
     "resumable_entry",
     "round_weights",
     "seed_run_folder",
+    "seed_from_weights",
 ]
 
 PREFIX = "zoo:"
@@ -500,3 +502,64 @@ def seed_run_folder(
     if entry.get("optimizer_moments"):
         at += f", optimizer moments stored in {entry['optimizer_moments']}"
     return f"seeded {run_dir} from zoo:{name} ({at}); resuming it"
+
+
+def seed_from_weights(
+    run_dir: str | Path, config, config_name: str, root: str | Path | None = None
+) -> str | None:
+    """Start an empty run folder from the zoo's finished model of this config, to train it further.
+
+    A finished model is stored with its weights only (MANN's in float16), so the checkpoint written
+    here pairs them with the optimizer state and task sampler that a new run of `config` starts with
+    (fresh moments, episodes drawn from the config's seed), its schedule advanced to the model's
+    iteration, and a metrics.jsonl rebuilt from the stored validation curve; resuming the folder then
+    trains on from that iteration to `config.iterations`. Returns what was done, as a line to print
+    (None: the folder has a checkpoint already).
+
+    Raises:
+        ZooError: the zoo holds no finished model of `config_name`, it was trained with another config,
+            or `config.iterations` is not past its iteration.
+    """
+    import warnings
+
+    from ..run import CHECKPOINT, METRICS, Run, checkpoint_config, resume_conflicts
+
+    run_dir = Path(run_dir)
+    if (run_dir / CHECKPOINT).exists():
+        return None
+    found = [
+        (n, e)
+        for n, e in sorted(read_index(root).items())
+        if e.get("trained_by") == config_name and e.get("finished")
+    ]
+    if not found:
+        raise ZooError(f"the zoo holds no finished model trained by {config_name}")
+    name, entry = found[0]
+    path, _ = lookup(PREFIX + name, root)
+    state = load_checkpoint(path)
+    changed = resume_conflicts(
+        checkpoint_config(path, state), config.resolved(), state["iteration"], unset_from_data=True
+    )
+    if changed:
+        raise ZooError(f"zoo:{name} was trained with another config (it differs in {', '.join(changed)})")
+    if state["iteration"] >= config.iterations:
+        raise ZooError(
+            f"zoo:{name} has trained {state['iteration']} iterations and the config plans "
+            f"{config.iterations}: set a larger budget to train it further"
+        )
+    run = Run.start(config, run_dir, resume=False, log=lambda _: None)
+    try:
+        run.learner.load_state_dict(state["learner"])  # float16 weights are cast into the float32 model
+        with warnings.catch_warnings():  # the scheduler's warning about stepping before the optimizer
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(state["iteration"]):
+                run.schedule.step()
+        lines = [json.dumps(point) for point in entry.get("curve", []) if isinstance(point, dict)]
+        atomic_write_text(run_dir / METRICS, "".join(line + "\n" for line in lines))
+        run.save(state["iteration"], state.get("seconds", 0.0), state.get("cpu_seconds", 0.0))
+    finally:
+        run.close()
+    return (
+        f"seeded {run_dir} from zoo:{name}'s weights (iteration {state['iteration']}; optimizer moments "
+        "and task sampling start afresh); resuming it"
+    )
