@@ -36,6 +36,18 @@ def tiny_config(images, iterations=4, **extra):
     return config_from_dict(keys).resolved()
 
 
+def record_with_curve(run_dir):
+    """The run's zoo record with its validation curve, as benchmarks/omniglot.py's results carry it."""
+    record = zoo.record_from_run(run_dir)
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    record["curve"] = [
+        {k: m[k] for k in ("iteration", "val_accuracy", "val_ci95", "seconds", "cpu_seconds")}
+        for m in metrics
+        if "val_accuracy" in m
+    ]
+    return record
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A finished 4-iteration ProtoNet run on 6 classes of generated images, meta-tested (results.json);
@@ -127,14 +139,7 @@ def test_an_unfinished_model_resumes_from_the_zoo_to_an_uninterrupted_runs_weigh
     config = tiny_config(images, iterations=8)
     first = train(config, tmp_path / "cell", progress=False, stop_after=4, log=lambda _: None)
     meta_test(first, log=lambda _: None)
-    record = zoo.record_from_run(tmp_path / "cell")
-    metrics = [json.loads(line) for line in (tmp_path / "cell" / "metrics.jsonl").read_text().splitlines()]
-    record["curve"] = [
-        {k: m[k] for k in ("iteration", "val_accuracy", "val_ci95", "seconds", "cpu_seconds")}
-        for m in metrics
-        if "val_accuracy" in m
-    ]
-    (entry,) = zoo.add(tmp_path / "cell", [record], ["cell-model"])
+    (entry,) = zoo.add(tmp_path / "cell", [record_with_curve(tmp_path / "cell")], ["cell-model"])
     assert entry["finished"] is False and entry["planned_iterations"] == 8 and len(entry["curve"]) == 2
 
     # A new machine: an empty run folder, seeded from the zoo, resumed.
@@ -344,14 +349,7 @@ def test_gap_benchmark_measures_a_zoo_model_on_each_split(tmp_path, monkeypatch,
 
 
 def test_a_finished_model_trains_further_from_its_weights_with_fresh_moments(trained, tmp_path, zoo_root):
-    record = zoo.record_from_run(trained / "tiny")
-    metrics = [json.loads(line) for line in (trained / "tiny" / "metrics.jsonl").read_text().splitlines()]
-    record["curve"] = [
-        {k: m[k] for k in ("iteration", "val_accuracy", "val_ci95", "seconds", "cpu_seconds")}
-        for m in metrics
-        if "val_accuracy" in m
-    ]
-    (entry,) = zoo.add(trained / "tiny", [record], ["tiny"])
+    (entry,) = zoo.add(trained / "tiny", [record_with_curve(trained / "tiny")], ["tiny"])
     assert entry["finished"] is True and entry["iterations"] == 4 and len(entry["curve"]) == 2
     further = tiny_config(trained / "images", iterations=8)
     with pytest.raises(zoo.ZooError, match="no finished model trained by other"):
