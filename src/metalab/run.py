@@ -360,14 +360,8 @@ class Run:
                 raise ValueError(problem)
             self.learner.load_state_dict(state["learner"])
             self.optimizer.load_state_dict(state["optimizer"])
-            if new_schedule:  # this config's schedule, at the checkpoint's iteration
-                for group in self.optimizer.param_groups:
-                    group["lr"] = group["initial_lr"]
-                self.schedule = build_schedule(c, self.optimizer)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)
-                    for _ in range(state["iteration"]):
-                        self.schedule.step()
+            if new_schedule:
+                self.schedule_at(state["iteration"])
             else:
                 self.schedule.load_state_dict(state["schedule"])
             if self.scaler is not None and state.get("scaler"):
@@ -390,6 +384,16 @@ class Run:
         metrics_lines(self.run_dir / METRICS, self.start_iteration)  # its lines checked before any write
         if self.main:
             log(f"resuming {self.run_dir} at iteration {self.start_iteration}")
+
+    def schedule_at(self, iteration: int) -> None:
+        """This config's schedule from its initial rates, advanced to `iteration` (as if trained there)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"]
+        self.schedule = build_schedule(self.config, self.optimizer)
+        with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": no step is taken
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(iteration):
+                self.schedule.step()
 
     def step(self, iteration: int) -> dict[str, float]:
         """One outer step on a fresh meta-batch (gradients averaged across processes); its metrics."""

@@ -463,6 +463,11 @@ def resumable_entry(config_name: str, root: str | Path | None = None) -> tuple[s
     return None
 
 
+def _curve_lines(entry: dict[str, Any]) -> str:
+    """A zoo entry's stored validation curve as metrics.jsonl lines, for a run folder it seeds."""
+    return "".join(json.dumps(point) + "\n" for point in entry.get("curve", []) if isinstance(point, dict))
+
+
 def seed_run_folder(
     run_dir: str | Path, config, config_name: str, root: str | Path | None = None
 ) -> str | None:
@@ -491,11 +496,10 @@ def seed_run_folder(
     changed = resume_conflicts(saved_config, config.resolved(), state["iteration"], unset_from_data=True)
     if changed:
         return f"zoo:{name} was trained with another config (it differs in {', '.join(changed)}): not resumed"
-    lines = [json.dumps(point) for point in entry.get("curve", []) if isinstance(point, dict)]
     with run_folder.hold(run_dir):  # no other writer meanwhile (the checkpoint goes in last)
         if (run_dir / CHECKPOINT).exists():
             return None
-        atomic_write_text(run_dir / METRICS, "".join(line + "\n" for line in lines))
+        atomic_write_text(run_dir / METRICS, _curve_lines(entry))
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(saved, sort_keys=False))
         atomic_write_bytes(run_dir / CHECKPOINT, path.read_bytes())
     at = f"iteration {state['iteration']} of {entry.get('planned_iterations')}"
@@ -520,8 +524,6 @@ def seed_from_weights(
         ZooError: the zoo holds no finished model of `config_name`, it was trained with another config,
             or `config.iterations` is not past its iteration.
     """
-    import warnings
-
     from ..run import CHECKPOINT, METRICS, Run, checkpoint_config, resume_conflicts
 
     run_dir = Path(run_dir)
@@ -550,12 +552,8 @@ def seed_from_weights(
     run = Run.start(config, run_dir, resume=False, log=lambda _: None)
     try:
         run.learner.load_state_dict(state["learner"])  # float16 weights are cast into the float32 model
-        with warnings.catch_warnings():  # the scheduler's warning about stepping before the optimizer
-            warnings.simplefilter("ignore", UserWarning)
-            for _ in range(state["iteration"]):
-                run.schedule.step()
-        lines = [json.dumps(point) for point in entry.get("curve", []) if isinstance(point, dict)]
-        atomic_write_text(run_dir / METRICS, "".join(line + "\n" for line in lines))
+        run.schedule_at(state["iteration"])
+        atomic_write_text(run_dir / METRICS, _curve_lines(entry))
         run.save(state["iteration"], state.get("seconds", 0.0), state.get("cpu_seconds", 0.0))
     finally:
         run.close()
