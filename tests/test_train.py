@@ -253,3 +253,67 @@ def test_evaluation_says_when_the_adaptation_diverges(tmp_path):
     result.learner.inner_lr = 1e6  # an inner step this large takes the adapted weights to inf / nan
     r = evaluate(result.learner, build_source(result.config, "test"), 10, steps=20)
     assert r.diverged == 10 and "not finite on 10 of 10 tasks: the adaptation diverged" in str(r)
+
+
+def test_keep_best_keeps_the_weights_of_the_best_validation_and_meta_tests_them(tmp_path):
+    """keep_best: best.pt holds the weights that scored the run's lowest validation MSE (evaluating
+    them again gives that figure), and the final meta-test is theirs, not the last weights'."""
+    from metalab.experiment import meta_test
+
+    c = small(iterations=60, val_every=5, val_tasks=10, test_tasks=30, keep_best=True, outer_lr=0.01)
+    result = train(c, tmp_path / "run", progress=False)
+    vals = [(r["val_mse"], r["iteration"]) for r in result.history if "val_mse" in r]
+    best_mse, best_at = min(vals)
+    state = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert (
+        (state["iteration"], state["validation"]["mean"])
+        == (best_at, best_mse)
+        == (
+            result.best_iteration,
+            result.best_val.mean,
+        )
+    )
+    best, config, _ = learner_from_checkpoint(tmp_path / "run" / "best.pt")
+    assert evaluate(best, build_source(config, "val"), c.val_tasks).mean == best_mse
+    record = meta_test(result, log=lambda _: None)
+    assert record["test"][0]["mean"] == evaluate(best, build_source(config, "test"), c.test_tasks).mean
+    if best_at != c.iterations:
+        assert record["weights"] == {"file": "best.pt", "iteration": best_at}
+        last = evaluate(result.learner, build_source(config, "test"), c.test_tasks).mean
+        assert record["test"][0]["mean"] != last
+    else:
+        assert "weights" not in record
+    # Without keep_best there is no best.pt.
+    train(small(iterations=10, val_every=5), tmp_path / "plain", progress=False)
+    assert not (tmp_path / "plain" / "best.pt").exists()
+
+
+def test_keep_best_survives_a_resumption_and_a_damaged_best_file_stops_it(tmp_path):
+    c = small(iterations=40, val_every=5, val_tasks=10, keep_best=True, outer_lr=0.01)
+    full = train(c, tmp_path / "full", progress=False)
+    train(c, tmp_path / "cut", progress=False, stop_after=20)
+    resumed = train(c, tmp_path / "cut", progress=False, resume=True)
+    assert resumed.best_iteration == full.best_iteration and resumed.best_val == full.best_val
+    a, b = (load_checkpoint(tmp_path / run / "best.pt")["learner"] for run in ("full", "cut"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    train(c, tmp_path / "broken", progress=False, stop_after=20)
+    (tmp_path / "broken" / "best.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="best.pt.*move it away to resume"):
+        train(c, tmp_path / "broken", progress=False, resume=True)
+    assert load_checkpoint(tmp_path / "broken" / "checkpoint.pt")["iteration"] == 20
+
+
+def test_improves_compares_in_each_metric_s_direction():
+    from metalab.evaluate import EvalResult
+    from metalab.run import improves
+
+    def r(metric, mean):
+        return EvalResult(metric, mean, 0.01, 10)
+
+    assert improves(r("accuracy", 0.5), None) and not improves(r("accuracy", float("nan")), None)
+    assert improves(r("accuracy", 0.6), r("accuracy", 0.5)) and not improves(
+        r("accuracy", 0.5), r("accuracy", 0.5)
+    )
+    assert improves(r("mse", 0.4), r("mse", 0.5)) and not improves(r("mse", 0.6), r("mse", 0.5))
+    assert improves(r("return", -10.0), r("return", -20.0))

@@ -227,6 +227,13 @@ class Config:
     log_every: int = key(
         10, "append training metrics to metrics.jsonl every N iterations", "training", allowed=">= 1"
     )
+    keep_best: bool = key(
+        False,
+        "also keep best.pt, the weights of the best validation figure so far (highest accuracy, lowest "
+        "MSE); the final meta-test then tests them",
+        "training",
+        allowed="true, false",
+    )
     seed: int = key(0, "seeds the initialisation and the training tasks", "training", allowed="an integer")
     threads: Optional[int] = key(
         None,

@@ -6,6 +6,7 @@ A run folder holds `config.yaml`, `metrics.jsonl`, `checkpoint.pt` and, once met
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import time
@@ -16,7 +17,7 @@ from typing import Callable
 import yaml
 
 from . import run_folder
-from .checkpoint import WriteError, atomic_write_text
+from .checkpoint import WriteError, atomic_write_text, load_checkpoint
 from .config import Config, ConfigError, config_from_dict, parse_override, read_yaml, yaml_problem
 
 __all__ = [
@@ -52,17 +53,26 @@ def meta_test(result, log: Callable[[str], None] = print, *, progress: bool = Fa
     from .builders import build_source, load_dataset
     from .devices import place_dataset
     from .evaluate import evaluate
+    from .run import BEST
     from .threads import threads_for
 
     c = result.config
-    device = next(result.learner.parameters()).device
+    learner, iteration, best = result.learner, result.iteration, getattr(result, "best_iteration", None)
+    if c.keep_best and best is not None:  # the weights of the best validation, from best.pt
+        learner = copy.deepcopy(result.learner)
+        learner.load_state_dict(load_checkpoint(Path(result.run_dir) / BEST)["learner"])
+        iteration = best
+    device = next(learner.parameters()).device
     dataset = place_dataset(load_dataset(c), device)
     tests = []
-    with threads_for(c.threads, result.learner):
+    at = f"at iteration {iteration}" + (
+        f" ({BEST}, the best validation)" if iteration != result.iteration else ""
+    )
+    with threads_for(c.threads, learner):
         for steps in c.eval_steps or [None]:
             source = build_source(c, "test", dataset, device=device)
-            r = evaluate(result.learner, source, c.test_tasks, steps=steps, progress=progress)
-            log(f"test {r} at iteration {result.iteration}")
+            r = evaluate(learner, source, c.test_tasks, steps=steps, progress=progress)
+            log(f"test {r} {at}")
             tests.append(r.to_dict())
     record = {
         "algorithm": c.algorithm,
@@ -73,6 +83,8 @@ def meta_test(result, log: Callable[[str], None] = print, *, progress: bool = Fa
         "train_seconds": round(result.seconds, 1),
         "test": tests,
     }
+    if iteration != result.iteration:
+        record["weights"] = {"file": BEST, "iteration": iteration}
     try:
         atomic_write_text(Path(result.run_dir) / RESULTS, json.dumps(record, indent=2) + "\n")
     except WriteError as e:

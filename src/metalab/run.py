@@ -50,7 +50,9 @@ from .threads import ThreadGovernor, is_small_model
 __all__ = [
     "Run",
     "CHECKPOINT",
+    "BEST",
     "METRICS",
+    "improves",
     "RESUMABLE_CHANGES",
     "SCHEDULE_KEYS",
     "resume_conflicts",
@@ -62,7 +64,20 @@ __all__ = [
 ]
 
 CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"  # keep_best: the weights of the best validation figure so far
 METRICS = "metrics.jsonl"
+
+
+def improves(new: EvalResult, old: EvalResult | None) -> bool:
+    """Whether validation figure `new` beats `old` (none yet: any finite one): a lower MSE, a higher
+    accuracy or return."""
+    if not math.isfinite(new.mean):
+        return False
+    if old is None:
+        return True
+    return new.mean < old.mean if new.metric == "mse" else new.mean > old.mean
+
+
 # Keys that may change between an interrupted run and its resumption without changing its result
 # (`Run.restore`; `zoo.seed_run_folder` applies the same rule to a zoo model).
 RESUMABLE_CHANGES = {
@@ -71,6 +86,7 @@ RESUMABLE_CHANGES = {
     "val_every",
     "checkpoint_every",
     "log_every",
+    "keep_best",
     "test_tasks",
     "eval_steps",
     "threads",
@@ -464,6 +480,43 @@ class Run:
                 }
             ),
         )
+
+    @property
+    def best_path(self) -> Path:
+        return self.run_dir / BEST
+
+    def save_best(self, iteration: int, validation: EvalResult, seconds: float, cpu_seconds: float) -> None:
+        """Write best.pt (rank 0, which validates): the learner's weights now, with the validation
+        figure they scored; a checkpoint for `eval` and `predict`, not for resuming."""
+        state = {
+            "learner": self.learner.state_dict(),
+            "iteration": iteration,
+            "seconds": seconds,
+            "cpu_seconds": cpu_seconds,
+            "config": self.config.to_dict(),
+            "validation": validation.to_dict(),
+        }
+        try:
+            save_checkpoint(self.best_path, device_free(state))
+        except WriteError as e:
+            raise WriteError(f"{e}; the previous {BEST} and {self.kept()}", e.errno) from None
+
+    def best_so_far(self) -> tuple[int, EvalResult] | None:
+        """The iteration and validation figure of the run folder's best.pt, where a resumed run
+        continues it; none before the run's first validation."""
+        if not self.best_path.exists():
+            return None
+        try:
+            state = load_checkpoint(self.best_path)
+            validation = EvalResult(**state["validation"])
+        except CheckpointError as e:
+            raise CheckpointError(f"{e}; move it away to resume (the run keeps {CHECKPOINT})") from None
+        except (KeyError, TypeError) as e:
+            raise CheckpointError(
+                f"{self.best_path} lacks its validation figure ({type(e).__name__}: {e}); move it away "
+                f"to resume (the run keeps {CHECKPOINT})"
+            ) from None
+        return state["iteration"], validation
 
     def kept(self) -> str:
         """What a run that stops now keeps: "the previous checkpoint (iteration N) is intact"."""

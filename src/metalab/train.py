@@ -37,7 +37,7 @@ from .config import Config, config_from_dict
 from .devices import check_device_name, resolve_device
 from .evaluate import EvalResult
 from .notices import once_per_machine
-from .run import CHECKPOINT, METRICS, Run, checkpoint_config, metrics_lines, task_workers
+from .run import BEST, CHECKPOINT, METRICS, Run, checkpoint_config, improves, metrics_lines, task_workers
 
 __all__ = [
     "TrainResult",
@@ -48,6 +48,7 @@ __all__ = [
     "learner_on_device",
     "task_workers",
     "CHECKPOINT",
+    "BEST",
     "METRICS",
 ]
 
@@ -82,6 +83,8 @@ class TrainResult:
     history: list = field(default_factory=list)
     val_iteration: int | None = None  # the iteration `last_val` was measured at
     cpu_seconds: float = 0.0  # CPU time of the training process (all its threads), across resumptions
+    best_iteration: int | None = None  # keep_best: the iteration of best.pt's weights
+    best_val: EvalResult | None = None  # and their validation figure
 
 
 def learner_from_checkpoint(
@@ -220,6 +223,8 @@ def train(
         metrics_log = MetricsLog(run, log)
         cleanup.callback(metrics_log.close)
         result = TrainResult(run.learner, c, run.run_dir, start, 0.0, history=metrics_log.history)
+        if c.keep_best and run.main and start:  # a resumption continues its best.pt
+            result.best_iteration, result.best_val = run.best_so_far() or (None, None)
         bar = tqdm(
             range(start, end),
             initial=start,
@@ -246,6 +251,9 @@ def train(
                 v = result.last_val = run.validate()
                 result.val_iteration = n
                 record = {**(record or {"iteration": n}), f"val_{v.metric}": v.mean, "val_ci95": v.ci95}
+                if c.keep_best and improves(v, result.best_val):
+                    run.save_best(n, v, seconds(), cpu_seconds())
+                    result.best_iteration, result.best_val = n, v
             if record is not None:
                 metrics_log.write(
                     {**record, "seconds": round(seconds(), 3), "cpu_seconds": round(cpu_seconds(), 3)}
@@ -279,6 +287,8 @@ def final_lines(result: TrainResult) -> str:
         f"trained {c.algorithm} on {c.benchmark} for {n}{of} iterations in {result.seconds:.0f} s -> "
         f"{result.run_dir / CHECKPOINT} (iteration {n})"
     )
+    if result.best_iteration is not None:
+        text += f"; {result.run_dir / BEST} keeps iteration {result.best_iteration}, the best validation"
     v = result.last_val
     if v is not None:
         at = result.val_iteration
