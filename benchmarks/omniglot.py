@@ -339,6 +339,15 @@ def _threads(record: dict) -> str:
     return "torch's default threads" if n is None else f"{n} thread" + ("s" if n != 1 else "")
 
 
+def _of_planned(iterations: int, r: dict) -> str:
+    """The iterations cell, "8,500 of 75,000"; a model trained past its config's budget (each sitting
+    set its own with --iterations) says so: "89,160 (past the config's 6,250)"."""
+    planned = r["planned_iterations"]
+    if iterations > planned:
+        return f"{iterations:,} (past the config's {planned:,})"
+    return f"{iterations:,} of {planned:,}"
+
+
 def _cost(minutes: float | None, cpu_seconds: float | None, record: dict) -> str:
     """Wall-clock, CPU time ("-" for records older than CPU time) and torch threads."""
     cpu = "-" if cpu_seconds is None else f"{cpu_seconds / 60:.0f}"
@@ -436,7 +445,7 @@ def _curves_section(rows: list[dict]) -> list[str]:
         lines.append(
             f"| {_method(r)} | {ways}-way {shots}-shot | {'-' if t95 is None else t95.text()} | "
             f"{'' if paper is None else f'{paper}%: '}{to_paper} | "
-            f"{iterations:,} of {r['planned_iterations']:,} | {cost} | `configs/omniglot/{r['cell']}.yaml` |"
+            f"{_of_planned(iterations, r)} | {cost} | `configs/omniglot/{r['cell']}.yaml` |"
         )
         if t95 is not None and not _on_gpu(r):
             targets = {"95%": t95}
@@ -483,7 +492,7 @@ def cmd_table(args) -> None:
         )
         lines.append(
             f"| {_method(r)} | {r['ways']}-way {r['shots']}-shot{_setting(r)} | {ours} | {paper_text} | "
-            f"{r['iterations']:,} of {r['planned_iterations']:,} | "
+            f"{_of_planned(r['iterations'], r)} | "
             f"{_cost(r['train_seconds'] / 60, r.get('train_cpu_seconds'), r)} | "
             f"`configs/omniglot/{r['cell']}.yaml`{source} |"
         )

@@ -314,3 +314,9 @@ def test_benchmark_names_a_cells_options_outside_its_paper(bench, tmp_path, monk
     assert "| matching | 5-way 1-shot | 90.00 ± 0.50" in main_table
     assert "| matching (cosine_scale 10) | 5-way 1-shot | 90.00 ± 0.50" in main_table
     assert "| matching (cosine_scale 10) | 5-way 1-shot | 1.0 CPU-min (iteration 100) |" in curves_table
+
+
+def test_the_tables_say_when_a_model_trained_past_its_config_s_budget(bench):
+    assert bench._of_planned(8_500, {"planned_iterations": 75_000}) == "8,500 of 75,000"
+    assert bench._of_planned(6_250, {"planned_iterations": 6_250}) == "6,250 of 6,250"
+    assert bench._of_planned(89_160, {"planned_iterations": 6_250}) == "89,160 (past the config's 6,250)"
