@@ -1630,6 +1630,12 @@ for name, argv, match, setup in (
     ("resume-another-config", [*RESUME, "--inner-lr", "0.5"], "config differs in inner_lr", None),
     ("resume-another-seed", [*RESUME, "--seed", "3"], "config differs in seed", None),
     (
+        "resume-keep-best-corrupt-best-pt",
+        [*RESUME, "--set", "keep_best=true"],
+        "best.pt is corrupt or truncated (File is not a zip file); move it away to resume",
+        lambda env: write(env.run / "best.pt", b"junk"),
+    ),
+    (
         "resume-schedule-against-the-past",
         [*RESUME, "--lr-schedule", "step", "--lr-decay-every", "1"],
         "config differs in lr_decay_every, lr_schedule (the new schedule's learning rate at iteration 1",

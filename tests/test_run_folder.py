@@ -359,6 +359,37 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(
     assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_a_full_disk_while_writing_best_pt_keeps_what_was_written(tmp_path, capsys, monkeypatch):
+    real_save, calls = ckpt_module.torch.save, []
+
+    def save(obj, f, *args, **kwargs):  # 1: checkpoint at 2, 2: best.pt at 4, 3: checkpoint at 4
+        calls.append(1)
+        return (real_save if len(calls) != 2 else enospc)(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt_module.torch, "save", save)
+    run_dir = tmp_path / "best"
+    args = [
+        "--iterations",
+        "6",
+        "--checkpoint-every",
+        "2",
+        *SINE,
+        "--val-every",
+        "4",
+        "--set",
+        "keep_best=true",
+    ]
+    code, _, err = run(capsys, "train", "--run-dir", run_dir, *args)
+    assert code == 2 and err.strip() == (
+        f"metalab: error: could not write {run_dir / 'best.pt'}: No space left on device; the previous "
+        "checkpoint (iteration 2) is intact"
+    ), err
+    assert not (run_dir / "best.pt").exists() and not [
+        p for p in run_dir.iterdir() if p.name.endswith(".tmp")
+    ]
+    assert load_checkpoint(run_dir / "checkpoint.pt")["iteration"] == 2
+
+
 def test_a_full_disk_while_writing_the_config_or_the_metrics(tmp_path, capsys, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(ckpt_module.os, "fsync", enospc)

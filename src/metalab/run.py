@@ -231,6 +231,7 @@ class Run:
     scaler: Any = None
     lock: Any = None  # the run folder's writer lock (rank 0), released by close()
     saved_iteration: int = 0  # the iteration of the checkpoint on disk (0: none yet)
+    best: tuple[int, EvalResult] | None = None  # keep_best: best.pt's iteration and validation figure
     _threads_before: int = field(default=0, repr=False)
 
     @property
@@ -307,6 +308,8 @@ class Run:
         )
         if resume:
             run.restore(log)
+            if c.keep_best:  # a resumption continues the run's best.pt (read before anything is written)
+                run.best = _on_main(run.main, run.best_so_far)
         elif run.checkpoint_path.exists():
             raise CheckpointError(
                 f"{run.checkpoint_path} exists: pass --resume to continue that run, or choose another run "
@@ -498,8 +501,9 @@ class Run:
         }
         try:
             save_checkpoint(self.best_path, device_free(state))
-        except WriteError as e:
-            raise WriteError(f"{e}; the previous {BEST} and {self.kept()}", e.errno) from None
+        except WriteError as e:  # written atomically: a best.pt already there is untouched
+            before = f"the previous {BEST} is intact; " if self.best_path.exists() else ""
+            raise WriteError(f"{e}; {before}{self.kept()}", e.errno) from None
 
     def best_so_far(self) -> tuple[int, EvalResult] | None:
         """The iteration and validation figure of the run folder's best.pt, where a resumed run

@@ -223,8 +223,7 @@ def train(
         metrics_log = MetricsLog(run, log)
         cleanup.callback(metrics_log.close)
         result = TrainResult(run.learner, c, run.run_dir, start, 0.0, history=metrics_log.history)
-        if c.keep_best and run.main and start:  # a resumption continues its best.pt
-            result.best_iteration, result.best_val = run.best_so_far() or (None, None)
+        result.best_iteration, result.best_val = run.best or (None, None)  # keep_best, resumed
         bar = tqdm(
             range(start, end),
             initial=start,
