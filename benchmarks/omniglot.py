@@ -34,12 +34,14 @@ from pathlib import Path
 import torch
 
 from metalab.builders import build_source, load_dataset
+from metalab.checkpoint import load_checkpoint
 from metalab.config import config_from_dict, load_config
 from metalab.curves import ESTIMATE_METHOD, record_curve, run_curve, time_to_accuracy
 from metalab.evaluate import confidence_interval, evaluate
 from metalab.experiment import read_metrics, read_run_config
 from metalab.papers import CITATIONS, MANN_BY_INSTANCE, paper_figure
 from metalab.report import accuracy_curves, time_to_accuracy_figure
+from metalab.run import BEST
 from metalab.train import train
 from metalab.zoo import ZooError, round_weights, seed_from_weights, seed_run_folder
 
@@ -174,6 +176,7 @@ def cmd_train(args) -> None:
             )
         cells = [p for p in cells if p.stem in args.cells]
     result = train(config, run_dir, resume=resume, progress=sys.stderr.isatty())
+    best = _load_best(result, load_config(path).iterations)
     if args.weights == "float16":  # as the zoo stores a finished model whose float32 weights are too large
         if result.iteration < config.iterations:
             raise SystemExit(
@@ -220,6 +223,8 @@ def cmd_train(args) -> None:
         }
         if args.weights == "float16":
             record["weights"] = "float16"
+        if best is not None:
+            record["best_iteration"] = best
         if getattr(cell.options, "transductive", True) is False:
             record["transductive"] = False
         if eval_batch is not None:
@@ -235,9 +240,22 @@ def cmd_train(args) -> None:
         (RESULTS / f"{cell_path.stem}.json").write_text(json.dumps(record, indent=2) + "\n")
         print(
             f"{cell_path.stem}: {r} after {result.iteration} iterations "
-            f"({result.seconds / 60:.0f} min of training)",
+            f"({result.seconds / 60:.0f} min of training)"
+            + (
+                f", the weights of iteration {best} ({BEST}, the best validation)" if best is not None else ""
+            ),
             flush=True,
         )
+
+
+def _load_best(result, planned: int) -> int | None:
+    """keep_best: a finished run is meta-tested on the weights of its best validation figure
+    (best.pt), loaded into `result.learner`; returns their iteration. An unfinished run is tested on
+    its latest weights, which its resumable checkpoint (and a zoo copy of it) holds."""
+    if not result.config.keep_best or result.best_iteration is None or result.iteration < planned:
+        return None
+    result.learner.load_state_dict(load_checkpoint(Path(result.run_dir) / BEST)["learner"])
+    return result.best_iteration
 
 
 def _same_run(stored: list[dict], curve: list[dict]) -> bool:
@@ -341,11 +359,17 @@ def _threads(record: dict) -> str:
 
 def _of_planned(iterations: int, r: dict) -> str:
     """The iterations cell, "8,500 of 75,000"; a model trained past its config's budget (each sitting
-    set its own with --iterations) says so: "89,160 (past the config's 6,250)"."""
+    set its own with --iterations) says so: "89,160 (past the config's 6,250)"; one tested on its
+    best validation weights (keep_best) names their iteration: "50,000 of 50,000 (best.pt: 18,000)"."""
     planned = r["planned_iterations"]
-    if iterations > planned:
-        return f"{iterations:,} (past the config's {planned:,})"
-    return f"{iterations:,} of {planned:,}"
+    text = (
+        f"{iterations:,} (past the config's {planned:,})"
+        if iterations > planned
+        else f"{iterations:,} of {planned:,}"
+    )
+    if r.get("best_iteration") is not None and iterations == r["iterations"]:
+        text += f" ({BEST}: {r['best_iteration']:,})"
+    return text
 
 
 def _cost(minutes: float | None, cpu_seconds: float | None, record: dict) -> str:

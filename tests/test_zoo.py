@@ -20,6 +20,7 @@ from bad_input_cases import image_folder, png, write
 import metalab
 from helpers import run
 from metalab import zoo
+from metalab.checkpoint import load_checkpoint
 from metalab.config import config_from_dict
 from metalab.experiment import meta_test
 from metalab.train import learner_from_checkpoint, train
@@ -228,6 +229,60 @@ def test_a_finished_model_too_large_in_float32_is_stored_in_float16_with_the_fig
     assert code == 0, err
     again = json.loads((tmp_path / "by-name.json").read_text())["results"][0]
     assert round(100 * again["mean"], 2) == entry["figure"]["accuracy"]
+
+
+def test_a_keep_best_run_is_stored_with_the_weights_its_figure_was_measured_on(
+    trained, tmp_path, zoo_root, monkeypatch, capsys
+):
+    """keep_best: a finished run meta-tested on its best.pt is stored with best.pt's weights, not its
+    last ones, and its entry names their iteration; `metalab eval` reproduces the figure. The
+    benchmark meta-tests those weights of a finished run only (an unfinished one resumes from its
+    latest). A figure of best.pt for an unfinished run, or of another iteration, is refused."""
+    import metalab.train as train_module
+
+    # best.pt: the first validation's weights (iteration 2 of 4), whatever the later figures are
+    monkeypatch.setattr(train_module, "improves", lambda new, old: old is None)
+    result = train(tiny_config(trained / "images", keep_best=True), tmp_path / "best", progress=False)
+    assert (result.best_iteration, result.iteration) == (2, 4)
+    meta_test(result, log=lambda _: None)
+    record = record_with_curve(tmp_path / "best")  # validation points at iterations 2 and 4
+    assert (record["best_iteration"], record["iterations"]) == (2, 4)
+    (entry,) = zoo.add(tmp_path / "best", [record], ["best"])
+    assert (entry["best_iteration"], entry["iterations"], entry["finished"]) == (2, 4, True)
+    stored = torch.load(zoo_root / entry["file"], weights_only=True)["learner"]
+    best, last = (
+        torch.load(tmp_path / "best" / f, weights_only=False)["learner"] for f in ("best.pt", "checkpoint.pt")
+    )
+    assert all(torch.equal(stored[k], v) for k, v in best.items())
+    assert not all(torch.equal(best[k], last[k]) for k in best)
+    code, out, err = run(capsys, "eval", "zoo:best", "--quiet", "--json", tmp_path / "again.json")
+    assert code == 0, err
+    again = json.loads((tmp_path / "again.json").read_text())["results"][0]
+    assert round(100 * again["mean"], 2) == entry["figure"]["accuracy"]
+    code, out, err = run(capsys, "zoo")
+    assert code == 0 and "4 of 4 (best.pt: 2)" in out
+    # Trained further, it continues from the weights stored, at their iteration and curve.
+    more = tiny_config(trained / "images", keep_best=True, iterations=6)
+    assert "iteration 2;" in zoo.seed_from_weights(tmp_path / "more", more, "best")
+    assert load_checkpoint(tmp_path / "more" / "checkpoint.pt")["iteration"] == 2
+    metrics = (tmp_path / "more" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["iteration"] for line in metrics] == [2]
+
+    with pytest.raises(zoo.ZooError, match=r"unfinished \(iteration 4 of 8\) and its figure is of best.pt"):
+        zoo.add(tmp_path / "best", [{**record, "planned_iterations": 8}], ["a"])
+    with pytest.raises(zoo.ZooError, match="weights of iteration 3, .*best.pt holds iteration 2"):
+        zoo.add(tmp_path / "best", [{**record, "best_iteration": 3}], ["a"])
+    with pytest.raises(zoo.ZooError, match="weights of different iterations"):
+        zoo.add(tmp_path / "best", [record, {**record, "best_iteration": None}], ["a", "b"])
+
+    spec = importlib.util.spec_from_file_location("omniglot_bench", REPO / "benchmarks" / "omniglot.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench._load_best(result, planned=8) is None  # unfinished: its latest weights
+    assert all(torch.equal(result.learner.state_dict()[k], v) for k, v in last.items())
+    assert bench._load_best(result, planned=4) == 2
+    assert all(torch.equal(result.learner.state_dict()[k], v) for k, v in best.items())
+    assert bench._of_planned(4, {**record, "planned_iterations": 4}) == "4 of 4 (best.pt: 2)"
 
 
 @pytest.mark.data

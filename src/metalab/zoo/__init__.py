@@ -15,7 +15,9 @@ checkpoint is over the limit (`MAX_BYTES`) is stored with its optimizer's moment
 float32 weights alone are over the limit (MANN's LSTM controller) is stored with its weights in
 float16 (`weights` in its entry), which loading casts back to float32; its figure must then be
 measured on those very weights (`round_weights`, `benchmarks/omniglot.py train --weights float16`),
-and the records say so.
+and the records say so. A finished run trained with `keep_best` whose figure was measured on its
+best.pt (the weights of its best validation figure) is stored with those weights, and its entry
+names their iteration (`best_iteration`).
 
 A model's entry also carries the test settings of its cell (`test_ways`, `test_shots`,
 `test_queries`, `test_tasks`, `eval_steps`): the config a zoo checkpoint loads with holds them, so
@@ -198,6 +200,8 @@ def record_from_run(run_dir: str | Path) -> dict[str, Any]:
         "test_queries": config.get("test_queries") or config.get("queries"),
         "iterations": results["iterations"],
         "planned_iterations": config.get("iterations", results["iterations"]),
+        # keep_best: the figure is of best.pt's weights, from this iteration
+        **({"best_iteration": results["weights"]["iteration"]} if "weights" in results else {}),
         "train_seconds": results.get("train_seconds"),
         "trained_by": run_dir.name,
         "config": None,  # a run folder records its config, not the file or command it came from
@@ -243,7 +247,8 @@ def add(
             train` writes them (benchmarks/results/omniglot/<cell>.json; `record_from_run` for a run
             of `metalab train`): one per row the model serves (e.g. 5-way and 20-way); a record
             may also name its row's `config` file, its `command` and its `eval_steps`, and carry
-            its validation `curve`.
+            its validation `curve`, and its `best_iteration` where it was measured on the run's
+            best.pt (keep_best).
         names: each record's zoo name (default: `<algorithm>-<benchmark>-<ways>w<shots>s`).
         file: the file's name in the zoo (default: the first name + ".pt").
         command: the command that trained it (default: the record's `command`, else none).
@@ -253,11 +258,12 @@ def add(
 
     Raises:
         ZooError: the checkpoint is over `MAX_BYTES`, a record was measured at another iteration
-            than the checkpoint's or on another algorithm, a name is malformed, or the zoo file also
-            serves other entries that are not re-added with it.
+            than the checkpoint's (or best.pt's) or on another algorithm, a figure of best.pt's
+            weights is of an unfinished run, a name is malformed, or the zoo file also serves other
+            entries that are not re-added with it.
         CheckpointError: the checkpoint is missing or corrupt.
     """
-    from ..run import checkpoint_config
+    from ..run import BEST, checkpoint_config
 
     root = Path(root or zoo_dir())
     source = Path(run_dir) / "checkpoint.pt"
@@ -266,6 +272,27 @@ def add(
     state = load_checkpoint(source, resuming=True)  # resumable: optimizer, schedule and RNG states too
     config = checkpoint_config(source, state)
     planned = records[0].get("planned_iterations", config.iterations)
+    trained = state["iteration"]  # the run's iterations; the weights stored may be best.pt's
+    finished = trained >= planned
+    best = {r.get("best_iteration") for r in records}  # keep_best: figures of best.pt's weights
+    if len(best) > 1:
+        raise ZooError(
+            f"the records were measured on the weights of different iterations ({sorted(best, key=str)})"
+        )
+    (best,) = best
+    if best is not None:  # a finished run's best validation weights stand for it, weights only
+        if not finished:
+            raise ZooError(
+                f"{source} is unfinished (iteration {trained} of {planned}) and its figure is of {BEST}'s "
+                f"weights: a resumable model keeps its latest weights; meta-test those to add it"
+            )
+        source = Path(run_dir) / BEST
+        state = load_checkpoint(source)
+        if state["iteration"] != best:
+            raise ZooError(
+                f"the figure was measured on the weights of iteration {best}, {source} holds iteration "
+                f"{state['iteration']}: meta-test the run again before adding it"
+            )
     moments = None  # the precision of the optimizer's stored moments, where not the checkpoint's own
     weights = {r.get("weights", "float32") for r in records}  # the precision each figure was measured at
     if len(weights) > 1:
@@ -273,12 +300,12 @@ def add(
     (weights,) = weights
     if weights not in ("float32", "float16"):
         raise ZooError(f"records measured on {weights} weights: the zoo stores float32 or float16")
-    if weights == "float16" and state["iteration"] < planned:
+    if weights == "float16" and not finished:
         raise ZooError(
-            f"{source} is unfinished (iteration {state['iteration']} of {planned}): a resumable model keeps "
+            f"{source} is unfinished (iteration {trained} of {planned}): a resumable model keeps "
             "its float32 weights; only a finished one is stored in float16"
         )
-    if state["iteration"] >= planned:  # finished: the weights and what evaluation reads, no resume state
+    if finished:  # the weights and what evaluation reads, no resume state
         kept = {k: v for k, v in state.items() if k not in RESUME_ONLY}
         if weights == "float16":
             kept["learner"] = _in_dtype(kept["learner"], torch.float16)
@@ -303,11 +330,7 @@ def add(
     if size > MAX_BYTES:
         raise ZooError(
             f"{source} is {size / 2**20:.2f} MiB"
-            + (
-                ""
-                if state["iteration"] >= planned
-                else " with its optimizer state in bfloat16 (the run is unfinished)"
-            )
+            + ("" if finished else " with its optimizer state in bfloat16 (the run is unfinished)")
             + f", over the zoo's limit of {MAX_BYTES / 2**20:.0f} MiB per model"
         )
     names = names or [f"{r['algorithm']}-{config.benchmark}-{r['ways']}w{r['shots']}s" for r in records]
@@ -318,10 +341,10 @@ def add(
             raise ZooError(f"zoo name {name!r} must be lower-case letters, digits, '.', '_' or '-'")
         if r.get("algorithm") != config.algorithm:
             raise ZooError(f"{name}: the record is of {r.get('algorithm')}, {source} of {config.algorithm}")
-        if r.get("iterations") != state["iteration"]:
+        if r.get("iterations") != trained:
             raise ZooError(
-                f"{name}: its figure was measured at iteration {r.get('iterations')}, {source} is at "
-                f"iteration {state['iteration']}: meta-test the checkpoint again before adding it"
+                f"{name}: its figure was measured at iteration {r.get('iterations')}, {run_dir} is at "
+                f"iteration {trained}: meta-test the checkpoint again before adding it"
             )
     file = file or f"{names[0]}.pt"
     if not NAME.match(file) or not file.endswith(".pt"):
@@ -358,9 +381,10 @@ def add(
                 "eval_inner_steps": None,
             },
             "test": _test_settings(config, r),
-            "iterations": state["iteration"],
+            "iterations": trained,
             "planned_iterations": planned,
-            "finished": state["iteration"] >= planned,
+            "finished": finished,
+            **({"best_iteration": best} if best is not None else {}),
             **({"optimizer_moments": moments} if moments else {}),
             **({"weights": weights} if weights != "float32" else {}),
             "train_seconds": r.get("train_seconds", round(state.get("seconds", 0.0))),
@@ -403,7 +427,8 @@ def format_models(models: list[dict[str, Any]], root: str | Path | None = None) 
                 m["algorithm"],
                 f"{m.get('ways')}-way {m.get('shots')}-shot",
                 figure,
-                f"{m.get('iterations', 0):,} of {m.get('planned_iterations', 0):,}",
+                f"{m.get('iterations', 0):,} of {m.get('planned_iterations', 0):,}"
+                + (f" (best.pt: {m['best_iteration']:,})" if m.get("best_iteration") is not None else ""),
                 f"{(m.get('train_seconds') or 0) / 60:.0f} min"
                 + (f", {cpu / 60:.0f} CPU-min" if cpu is not None else ""),
                 "finished" if m.get("finished") else "resumable",
@@ -463,9 +488,14 @@ def resumable_entry(config_name: str, root: str | Path | None = None) -> tuple[s
     return None
 
 
-def _curve_lines(entry: dict[str, Any]) -> str:
-    """A zoo entry's stored validation curve as metrics.jsonl lines, for a run folder it seeds."""
-    return "".join(json.dumps(point) + "\n" for point in entry.get("curve", []) if isinstance(point, dict))
+def _curve_lines(entry: dict[str, Any], upto: int | None = None) -> str:
+    """A zoo entry's stored validation curve as metrics.jsonl lines, for a run folder it seeds; up to
+    iteration `upto` (a model stored with its best validation weights continues from theirs)."""
+    return "".join(
+        json.dumps(point) + "\n"
+        for point in entry.get("curve", [])
+        if isinstance(point, dict) and (upto is None or point.get("iteration", 0) <= upto)
+    )
 
 
 def seed_run_folder(
@@ -517,7 +547,8 @@ def seed_from_weights(
     here pairs them with the optimizer state and task sampler that a new run of `config` starts with
     (fresh moments, episodes drawn from the config's seed), its schedule advanced to the model's
     iteration, and a metrics.jsonl rebuilt from the stored validation curve; resuming the folder then
-    trains on from that iteration to `config.iterations`. Returns what was done, as a line to print
+    trains on from that iteration to `config.iterations` (for a model stored with its best validation
+    weights, from their iteration). Returns what was done, as a line to print
     (None: the folder has a checkpoint already).
 
     Raises:
@@ -553,7 +584,7 @@ def seed_from_weights(
     try:
         run.learner.load_state_dict(state["learner"])  # float16 weights are cast into the float32 model
         run.schedule_at(state["iteration"])
-        atomic_write_text(run_dir / METRICS, _curve_lines(entry))
+        atomic_write_text(run_dir / METRICS, _curve_lines(entry, upto=state["iteration"]))
         run.save(state["iteration"], state.get("seconds", 0.0), state.get("cpu_seconds", 0.0))
     finally:
         run.close()
