@@ -1847,6 +1847,25 @@ for name, argv, match, setup in (
         lambda env: _zoo_results()(env) and write(env.tmp / "big" / "checkpoint.pt", b"\0" * (2 * 2**20 + 1)),
     ),
     ("add-run-without-results", ["zoo", "add", "{tmp}/protonet"], "has no results.json", None),
+    (
+        "add-run-results-weights-malformed",  # keep_best's {"file": "best.pt", "iteration": N}
+        ["zoo", "add", "{tmp}/protonet"],
+        "results.json is not a results record",
+        lambda env: write(
+            env.tmp / "protonet" / "results.json",
+            json.dumps(
+                dict(algorithm="protonet", ways=2, shots=1, iterations=2, weights="best.pt")
+                | {"test": [{"metric": "accuracy", "mean": 0.5, "ci95": 0.1, "tasks": 10}]}
+            ),
+        ),
+    ),
+    (
+        "add-best-weights-of-unfinished-run",
+        ZOO_ADD,
+        "its figure is of best.pt's weights",
+        _zoo_results(best_iteration=1, planned_iterations=4),
+    ),
+    ("add-best-weights-missing", ZOO_ADD, "best.pt", _zoo_results(best_iteration=2)),
     ("add-results-not-found", ZOO_ADD, "results file not found", None),
     ("add-results-not-json", ZOO_ADD, "cannot be read as JSON", lambda env: write(env.tmp / "r.json", "{")),
     (

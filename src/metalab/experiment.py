@@ -158,9 +158,12 @@ def read_results(run_dir: str | Path) -> dict | None:
         raise RunFolderError(f"{path} is not valid JSON ({e})") from None
     tests = record.get("test") if isinstance(record, dict) else None
     fields = {"metric": str, "mean": (int, float), "ci95": (int, float)}
+    weights = record.get("weights", {"iteration": 0}) if isinstance(record, dict) else None
     if not (
         isinstance(tests, list)
         and all(isinstance(record.get(k), int) for k in ("ways", "shots", "iterations"))
+        and isinstance(weights, dict)
+        and isinstance(weights.get("iteration"), int)
         and all(
             isinstance(t, dict) and all(isinstance(t.get(k), kind) for k, kind in fields.items())
             for t in tests
@@ -168,7 +171,7 @@ def read_results(run_dir: str | Path) -> dict | None:
     ):
         raise RunFolderError(
             f"{path} is not a results record (ways, shots, iterations and a list of test figures, each "
-            "with its metric, mean and ci95)"
+            "with its metric, mean and ci95; keep_best's weights with their iteration)"
         )
     return record
 
