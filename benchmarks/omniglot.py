@@ -137,6 +137,7 @@ def _device_name(learner) -> str:
 def cmd_train(args) -> None:
     path = Path(args.config).resolve()
     config = load_config(path)
+    planned = config.iterations  # the config's own budget, whatever --iterations sets
     overrides = {
         k: v
         for k, v in {
@@ -176,7 +177,7 @@ def cmd_train(args) -> None:
             )
         cells = [p for p in cells if p.stem in args.cells]
     result = train(config, run_dir, resume=resume, progress=sys.stderr.isatty())
-    best = _load_best(result, load_config(path).iterations)
+    best = _load_best(result, planned)
     if args.weights == "float16":  # as the zoo stores a finished model whose float32 weights are too large
         if result.iteration < config.iterations:
             raise SystemExit(
@@ -211,7 +212,7 @@ def cmd_train(args) -> None:
             "test_episodes": r.tasks,
             "test_queries": cell.test_queries,
             "iterations": result.iteration,
-            "planned_iterations": load_config(path).iterations,
+            "planned_iterations": planned,
             "train_seconds": round(result.seconds),
             "train_cpu_seconds": round(result.cpu_seconds),
             "eval_seconds": round(time.perf_counter() - t0),

@@ -147,6 +147,11 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return records
 
 
+def _is_best_weights(weights) -> bool:
+    """keep_best's results field, `{"file": "best.pt", "iteration": N}`."""
+    return isinstance(weights, dict) and isinstance(weights.get("iteration"), int)
+
+
 def read_results(run_dir: str | Path) -> dict | None:
     """A run folder's results.json, checked to hold what `meta_test` writes (None if absent)."""
     path = Path(run_dir) / RESULTS
@@ -158,12 +163,10 @@ def read_results(run_dir: str | Path) -> dict | None:
         raise RunFolderError(f"{path} is not valid JSON ({e})") from None
     tests = record.get("test") if isinstance(record, dict) else None
     fields = {"metric": str, "mean": (int, float), "ci95": (int, float)}
-    weights = record.get("weights", {"iteration": 0}) if isinstance(record, dict) else None
     if not (
         isinstance(tests, list)
         and all(isinstance(record.get(k), int) for k in ("ways", "shots", "iterations"))
-        and isinstance(weights, dict)
-        and isinstance(weights.get("iteration"), int)
+        and ("weights" not in record or _is_best_weights(record["weights"]))
         and all(
             isinstance(t, dict) and all(isinstance(t.get(k), kind) for k, kind in fields.items())
             for t in tests
