@@ -41,7 +41,7 @@ from metalab.evaluate import confidence_interval, evaluate
 from metalab.experiment import read_metrics, read_run_config
 from metalab.papers import CITATIONS, MANN_BY_INSTANCE, paper_figure
 from metalab.report import accuracy_curves, time_to_accuracy_figure
-from metalab.run import BEST
+from metalab.run import BEST, best_note
 from metalab.train import train
 from metalab.zoo import ZooError, round_weights, seed_from_weights, seed_run_folder
 
@@ -368,9 +368,8 @@ def _of_planned(iterations: int, r: dict) -> str:
         if iterations > planned
         else f"{iterations:,} of {planned:,}"
     )
-    if r.get("best_iteration") is not None and iterations == r["iterations"]:
-        text += f" ({BEST}: {r['best_iteration']:,})"
-    return text
+    best = r.get("best_iteration")
+    return text + (best_note(best) if best is not None and iterations == r["iterations"] else "")
 
 
 def _cost(minutes: float | None, cpu_seconds: float | None, record: dict) -> str:

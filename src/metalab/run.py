@@ -51,6 +51,7 @@ __all__ = [
     "Run",
     "CHECKPOINT",
     "BEST",
+    "best_note",
     "METRICS",
     "improves",
     "RESUMABLE_CHANGES",
@@ -66,6 +67,11 @@ __all__ = [
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"  # keep_best: the weights of the best validation figure so far
 METRICS = "metrics.jsonl"
+
+
+def best_note(iteration: int | None) -> str:
+    """The suffix an iterations figure gets where its model is best.pt's: " (best.pt: 18,000)"."""
+    return "" if iteration is None else f" ({BEST}: {iteration:,})"
 
 
 def improves(new: EvalResult, old: EvalResult | None) -> bool:

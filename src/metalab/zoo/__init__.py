@@ -408,6 +408,7 @@ def add(
 def format_models(models: list[dict[str, Any]], root: str | Path | None = None) -> str:
     """The zoo as a table: name, task, figure, budget, state, size."""
     from ..experiment import format_table
+    from ..run import best_note
 
     where = Path(root or zoo_dir())
     if not models:
@@ -428,7 +429,7 @@ def format_models(models: list[dict[str, Any]], root: str | Path | None = None) 
                 f"{m.get('ways')}-way {m.get('shots')}-shot",
                 figure,
                 f"{m.get('iterations', 0):,} of {m.get('planned_iterations', 0):,}"
-                + (f" (best.pt: {m['best_iteration']:,})" if m.get("best_iteration") is not None else ""),
+                + best_note(m.get("best_iteration")),
                 f"{(m.get('train_seconds') or 0) / 60:.0f} min"
                 + (f", {cpu / 60:.0f} CPU-min" if cpu is not None else ""),
                 "finished" if m.get("finished") else "resumable",
