@@ -368,8 +368,7 @@ def _of_planned(iterations: int, r: dict) -> str:
         if iterations > planned
         else f"{iterations:,} of {planned:,}"
     )
-    best = r.get("best_iteration")
-    return text + (best_note(best) if best is not None and iterations == r["iterations"] else "")
+    return text + (best_note(r.get("best_iteration")) if iterations == r.get("iterations") else "")
 
 
 def _cost(minutes: float | None, cpu_seconds: float | None, record: dict) -> str:
