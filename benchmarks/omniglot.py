@@ -41,7 +41,7 @@ from metalab.evaluate import confidence_interval, evaluate
 from metalab.experiment import read_metrics, read_run_config
 from metalab.papers import CITATIONS, MANN_BY_INSTANCE, paper_figure
 from metalab.report import accuracy_curves, time_to_accuracy_figure
-from metalab.run import BEST, best_note
+from metalab.run import BEST, best_note, tested_best
 from metalab.train import train
 from metalab.zoo import ZooError, round_weights, seed_from_weights, seed_run_folder
 
@@ -250,13 +250,14 @@ def cmd_train(args) -> None:
 
 
 def _load_best(result, planned: int) -> int | None:
-    """keep_best: a finished run is meta-tested on the weights of its best validation figure
-    (best.pt), loaded into `result.learner`; returns their iteration. An unfinished run is tested on
-    its latest weights, which its resumable checkpoint (and a zoo copy of it) holds."""
-    if not result.config.keep_best or result.best_iteration is None or result.iteration < planned:
+    """Load best.pt's weights into `result.learner` where they are the ones to meta-test
+    (`run.tested_best`: keep_best, and the run at the cell config's `planned` iterations); returns
+    their iteration, else None (the latest weights stay)."""
+    best = tested_best(result.config.keep_best, result.iteration, result.best_iteration, planned)
+    if best is None:
         return None
     result.learner.load_state_dict(load_checkpoint(Path(result.run_dir) / BEST)["learner"])
-    return result.best_iteration
+    return best
 
 
 def _same_run(stored: list[dict], curve: list[dict]) -> bool:

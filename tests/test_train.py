@@ -288,6 +288,25 @@ def test_keep_best_keeps_the_weights_of_the_best_validation_and_meta_tests_them(
     assert not (tmp_path / "plain" / "best.pt").exists()
 
 
+def test_an_unfinished_keep_best_run_is_meta_tested_on_its_latest_weights(tmp_path):
+    """One rule for `metalab train`'s meta-test, the benchmark's and the zoo's: best.pt stands for a
+    run only once it has trained its planned iterations; before that its figure is of the weights
+    its resumable checkpoint holds."""
+    from metalab.experiment import meta_test
+    from metalab.run import tested_best
+
+    c = small(iterations=40, val_every=5, val_tasks=10, test_tasks=20, keep_best=True, outer_lr=0.01)
+    cut = train(c, tmp_path / "cut", progress=False, stop_after=20)
+    assert cut.best_iteration is not None
+    record = meta_test(cut, log=lambda _: None)
+    assert "weights" not in record and record["iterations"] == 20
+    latest = evaluate(cut.learner, build_source(cut.config, "test"), c.test_tasks).mean
+    assert record["test"][0]["mean"] == latest
+    # Measured against a budget it has reached, the same run is tested on best.pt's weights.
+    assert tested_best(True, 20, cut.best_iteration, planned=20) == cut.best_iteration
+    assert tested_best(False, 40, 15, planned=40) is None and tested_best(True, 40, None, planned=40) is None
+
+
 def test_keep_best_survives_a_resumption_and_a_damaged_best_file_stops_it(tmp_path):
     c = small(iterations=40, val_every=5, val_tasks=10, keep_best=True, outer_lr=0.01)
     full = train(c, tmp_path / "full", progress=False)

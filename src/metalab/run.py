@@ -52,6 +52,7 @@ __all__ = [
     "CHECKPOINT",
     "BEST",
     "best_note",
+    "tested_best",
     "METRICS",
     "improves",
     "RESUMABLE_CHANGES",
@@ -72,6 +73,16 @@ METRICS = "metrics.jsonl"
 def best_note(iteration: int | None) -> str:
     """The suffix an iterations figure gets where its model is best.pt's: " (best.pt: 18,000)"."""
     return "" if iteration is None else f" ({BEST}: {iteration:,})"
+
+
+def tested_best(keep_best: bool, iteration: int, best_iteration: int | None, planned: int) -> int | None:
+    """Which weights a run's meta-test scores: best.pt's (their iteration is returned) where the run
+    kept them (`keep_best`, a best validation recorded) and has trained its `planned` iterations;
+    None for its latest weights. An unfinished run is tested on the weights its resumable checkpoint
+    holds, so that its figure is of the model a resumption (or a zoo copy of it) continues."""
+    if not keep_best or best_iteration is None or iteration < planned:
+        return None
+    return best_iteration
 
 
 def improves(new: EvalResult, old: EvalResult | None) -> bool:
