@@ -45,15 +45,12 @@ def default_run_dir(c: Config, root: str | Path = "runs", stamp: str | None = No
     return Path(root) / f"{stamp}-{c.benchmark}-{c.algorithm}{cell}"
 
 
-def meta_test(
-    result, log: Callable[[str], None] = print, *, progress: bool = False, planned: int | None = None
-) -> dict:
+def meta_test(result, log: Callable[[str], None] = print, *, progress: bool = False) -> dict:
     """Meta-test a run on `test_tasks` held-out tasks per step count; write results.json.
 
     Each line names the inner steps (learners with an inner loop) and the weights' iteration: with
-    `keep_best`, a run that reached its `planned` iterations (default: its config's) is tested on
-    best.pt's weights (`run.tested_best`); `progress` shows a progress bar per step count (on a
-    terminal)."""
+    `keep_best`, a run that trained its config's iterations is tested on best.pt's weights
+    (`run.tested_best`); `progress` shows a progress bar per step count (on a terminal)."""
     from .builders import build_source, load_dataset
     from .devices import place_dataset
     from .evaluate import evaluate
@@ -62,12 +59,7 @@ def meta_test(
 
     c = result.config
     learner, iteration = result.learner, result.iteration
-    best = tested_best(
-        c.keep_best,
-        iteration,
-        getattr(result, "best_iteration", None),
-        c.iterations if planned is None else planned,
-    )
+    best = tested_best(c.keep_best, iteration, getattr(result, "best_iteration", None), c.iterations)
     if best is not None:  # the weights of the best validation, from best.pt
         learner = copy.deepcopy(result.learner)
         learner.load_state_dict(load_checkpoint(Path(result.run_dir) / BEST)["learner"])
