@@ -437,8 +437,7 @@ def _curves_section(rows: list[dict]) -> list[str]:
             "CPU minutes until the validation accuracy first reached 95% and the paper's figure (at "
             "the first validation point at or above it); where it was not reached, the best "
             "validation accuracy and the CPU time spent, and for a curve still rising an estimate: "
-            f"{ESTIMATE_METHOD} (only where that line rises by more than the widest of those points' "
-            "95% CIs). Validation accuracy, not the meta-test figure of the table above. The last "
+            f"{ESTIMATE_METHOD}. Validation accuracy, not the meta-test figure of the table above. The last "
             "columns give the curve's last point; a run refreshed by `python benchmarks/omniglot.py "
             'curves` while still training can be past the table\'s tested iteration. "-": no curve '
             "recorded for that run. A row whose latest sitting ran on a GPU gets no estimate and is "

@@ -101,6 +101,20 @@ def test_a_curve_still_rising_gets_an_estimate_from_the_slope_of_its_last_points
     assert math.isinf(far.estimate) and "estimate over 100x the time spent" in far.text()
 
 
+def test_a_flat_curve_whose_last_points_start_at_a_low_figure_gets_no_estimate():
+    # Flat at 98% within its CIs (0.3 points), with one low figure starting the last five points:
+    # those five alone rise beyond their noise, the last ten do not.
+    accuracies = [0.980, 0.981, 0.980, 0.9805, 0.981, 0.9755, 0.9783, 0.9789, 0.9792, 0.9806]
+    curve = [point(500 * (i + 60), a, 360.0 + 8.5 * i, ci=0.003) for i, a in enumerate(accuracies)]
+    assert time_to_accuracy(curve[-5:], 99.47).estimate is not None
+    t = time_to_accuracy(curve, 99.47)
+    assert not t.reached and t.estimate is None
+    assert t.text() == f"not reached (best 98.10% after {360.0 + 8.5 * 9:,.0f} CPU-min)"
+    # The same ten points climbing steadily through their CIs are a rise.
+    climbing = [point(500 * (i + 60), 0.970 + 0.0015 * i, 360.0 + 8.5 * i, ci=0.003) for i in range(10)]
+    assert time_to_accuracy(climbing, 99.47).estimate is not None
+
+
 def test_no_time_to_accuracy_without_cpu_times():
     curve = [point(100, 0.97, 1.0)]
     curve[0]["cpu_seconds"] = None

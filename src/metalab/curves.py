@@ -36,11 +36,16 @@ CURVE_KEYS = ("iteration", "val_accuracy", "val_ci95", "seconds", "cpu_seconds")
 # Five points: fewer make the slope swing with one noisy validation figure.
 ESTIMATE_POINTS = 5
 ESTIMATE_MIN_POINTS = 3
+# Still rising is judged on the last five points and on the last ten: five alone read one low figure
+# at their start as a rise on a curve that is flat over the ten.
+TREND_POINTS = 10
 # An extrapolation this far beyond the CPU time spent says little; it is reported as a bound.
 ESTIMATE_LIMIT = 100.0
 ESTIMATE_METHOD = (
     f"least-squares line through the last {ESTIMATE_POINTS} validation points (at least "
-    f"{ESTIMATE_MIN_POINTS}), accuracy against log CPU time, extended to the target"
+    f"{ESTIMATE_MIN_POINTS}), accuracy against log CPU time, extended to the target, where the "
+    f"curve is still rising: the slopes of that line and of the line through the last "
+    f"{TREND_POINTS} points both above 1.96 standard errors (from each point's 95% CI)"
 )
 
 
@@ -158,9 +163,8 @@ def time_to_accuracy(curve: list[dict], target: float) -> TimeToAccuracy | None:
     """CPU minutes for `curve` to reach `target` (% accuracy): the first validation point at or
     above it. None when the curve is empty or lacks CPU times.
 
-    Not reached: the best point, the CPU minutes spent, and, when the last `ESTIMATE_POINTS` points
-    still rise (their fitted rise exceeds the widest of their 95% CIs), an estimate by
-    `ESTIMATE_METHOD`."""
+    Not reached: the best point, the CPU minutes spent, and, where the curve is still rising, an
+    estimate by `ESTIMATE_METHOD`."""
     points = [p for p in curve if p.get("cpu_seconds") is not None]
     if not points or len(points) != len(curve):
         return None
@@ -171,14 +175,15 @@ def time_to_accuracy(curve: list[dict], target: float) -> TimeToAccuracy | None:
             )
     spent = points[-1]["cpu_seconds"] / 60
     best = 100 * max(p["val_accuracy"] for p in points)
-    return TimeToAccuracy(
-        target, None, None, best, spent, _estimate(points[-ESTIMATE_POINTS:], target, spent)
-    )
+    rising = all(_rising(points[-n:]) for n in (ESTIMATE_POINTS, TREND_POINTS))
+    estimate = _estimate(points[-ESTIMATE_POINTS:], target, spent) if rising else None
+    return TimeToAccuracy(target, None, None, best, spent, estimate)
 
 
-def _estimate(window: list[dict], target: float, spent: float) -> float | None:
-    """CPU minutes at which the least-squares line of accuracy (%) against log CPU time through
-    `window` reaches `target`; None unless the line rises by more than the widest CI in `window`."""
+def _line(window: list[dict]) -> tuple[float, float, float, float] | None:
+    """The least-squares line of accuracy (%) against log CPU minutes through `window`: (slope,
+    its standard error from the points' 95% CIs taken as independent errors, mean log minutes,
+    mean accuracy); None for fewer than `ESTIMATE_MIN_POINTS` points or no spread in time."""
     if len(window) < ESTIMATE_MIN_POINTS or any(p["cpu_seconds"] <= 0 for p in window):
         return None
     xs = [math.log(p["cpu_seconds"] / 60) for p in window]
@@ -188,8 +193,24 @@ def _estimate(window: list[dict], target: float, spent: float) -> float | None:
     if sxx == 0:
         return None
     slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
-    if slope * (xs[-1] - xs[0]) <= max(100 * p["val_ci95"] for p in window):
-        return None  # flat within the noise of one validation figure
+    sd = [100 * p["val_ci95"] / 1.96 for p in window]
+    stderr = math.sqrt(sum(((x - mx) * s) ** 2 for x, s in zip(xs, sd))) / sxx
+    return slope, stderr, mx, my
+
+
+def _rising(window: list[dict]) -> bool:
+    """Whether the line through `window` rises by more than 1.96 standard errors of its slope."""
+    line = _line(window)
+    return line is not None and line[0] > 1.96 * line[1]
+
+
+def _estimate(window: list[dict], target: float, spent: float) -> float | None:
+    """CPU minutes at which the least-squares line of accuracy (%) against log CPU time through
+    `window` reaches `target`, at least `spent`; infinite past `ESTIMATE_LIMIT` times `spent`."""
+    line = _line(window)
+    if line is None or line[0] <= 0:
+        return None
+    slope, _, mx, my = line
     log_minutes = mx + (target - my) / slope
     if log_minutes > math.log(ESTIMATE_LIMIT * spent):
         return math.inf
