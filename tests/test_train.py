@@ -288,6 +288,33 @@ def test_keep_best_keeps_the_weights_of_the_best_validation_and_meta_tests_them(
     assert not (tmp_path / "plain" / "best.pt").exists()
 
 
+def test_keep_top_keeps_the_weights_of_the_best_validation_figures_through_a_resumption(tmp_path):
+    """keep_top: top/ holds one file for each of the K lowest validation MSEs, each with its
+    iteration and figure (evaluating it again gives that figure); a resumed run continues the same
+    set as an uninterrupted one; a fresh run refuses a folder that holds another run's top/."""
+    c = small(iterations=60, val_every=5, val_tasks=10, keep_top=3, outer_lr=0.01)
+    full = train(c, tmp_path / "full", progress=False)
+    vals = sorted((r["val_mse"], r["iteration"]) for r in full.history if "val_mse" in r)
+    files = sorted((tmp_path / "full" / "top").glob("*.pt"))
+    assert [p.name for p in files] == sorted(f"iteration-{it:08d}.pt" for _, it in vals[:3])
+    for path in files:
+        state = load_checkpoint(path)
+        learner, config, _ = learner_from_checkpoint(path)
+        again = evaluate(learner, build_source(config, "val"), c.val_tasks).mean
+        assert again == state["validation"]["mean"] == dict((it, m) for m, it in vals)[state["iteration"]]
+    train(c, tmp_path / "cut", progress=False, stop_after=25)
+    train(c, tmp_path / "cut", progress=False, resume=True)
+    assert [p.name for p in sorted((tmp_path / "cut" / "top").glob("*.pt"))] == [p.name for p in files]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "top").mkdir()
+    (tmp_path / "other" / "top" / files[0].name).write_bytes(files[0].read_bytes())
+    with pytest.raises(CheckpointError, match="top holds another run's weights"):
+        train(c, tmp_path / "other", progress=False)
+    # Without keep_top there is no top/.
+    train(small(iterations=10, val_every=5), tmp_path / "plain", progress=False)
+    assert not (tmp_path / "plain" / "top").exists()
+
+
 def test_an_unfinished_keep_best_run_is_meta_tested_on_its_latest_weights(tmp_path):
     """One rule for `metalab train`'s meta-test, the benchmark's and the zoo's: best.pt stands for a
     run only once it has trained its planned iterations; before that its figure is of the weights

@@ -36,6 +36,7 @@ _EXAMPLES = """examples:
   metalab train --benchmark folder --data-dir my_images --algorithm siamese --shots 1 --queries 5
   metalab predict runs/a/checkpoint.pt --support support/ queries/ --csv predictions.csv
   metalab eval runs/a/checkpoint.pt --device cuda  # any device, whatever the run was trained on
+  metalab eval runs/mamlpp/top/*.pt  # the ensemble of a keep_top run's best validation models
   metalab info                                    # versions, devices, kernels: for a bug report
   metalab zoo                                     # trained models: metalab predict zoo:NAME ...
 """
@@ -170,7 +171,12 @@ def parser() -> argparse.ArgumentParser:
     _add_config_flags(t)
 
     e = sub.add_parser("eval", help="meta-test a checkpoint: mean accuracy / MSE with a 95%% CI")
-    e.add_argument("checkpoint", help="a checkpoint.pt, or zoo:NAME (a model of the zoo: metalab zoo)")
+    e.add_argument(
+        "checkpoint",
+        nargs="+",
+        help="a checkpoint.pt, or zoo:NAME (a model of the zoo: metalab zoo); several: their ensemble "
+        "(class probabilities averaged; e.g. RUN/top/*.pt of a keep_top run)",
+    )
     e.add_argument("--tasks", type=int, help="number of test tasks (default: the config's test_tasks)")
     e.add_argument(
         "--steps", type=int, nargs="+", help="inner steps to report (default: the config's eval_steps)"

@@ -134,7 +134,16 @@ def cmd_eval(args) -> int:
             raise ConfigError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     if args.json:
         check_output_file(args.json, "--json")
-    learner, c, state = learner_on_device(args.checkpoint, args.device)
+    if len(args.checkpoint) > 1:
+        from .ensemble import ensemble_from_checkpoints
+
+        learner, c, states = ensemble_from_checkpoints(args.checkpoint, args.device)
+        iterations = ", ".join(f"{p} ({s['iteration']:,})" for p, s in zip(args.checkpoint, states))
+        name = f"ensemble of {len(states)}: {iterations}"
+        state = {"iteration": None}
+    else:
+        learner, c, state = learner_on_device(args.checkpoint[0], args.device)
+        name = f"{args.checkpoint[0]}"
     device = next(learner.parameters()).device
     overrides = {
         k: v
@@ -156,7 +165,8 @@ def cmd_eval(args) -> int:
     cell = f"{c.test_ways}-way {c.test_shots}-shot" if c.benchmark != "sine" else f"K={c.test_shots}"
     if learner.kind == "rl":
         cell = f"{c.test_shots} trajectories per task and inner step"
-    print(f"{args.checkpoint}: {c.algorithm} on {c.benchmark}, iteration {state['iteration']}, {cell}")
+    at = "" if state["iteration"] is None else f", iteration {state['iteration']}"
+    print(f"{name}: {c.algorithm} on {c.benchmark}{at}, {cell}")
     results = []
     with threads_for(c.threads, learner):
         for steps in steps_list:
@@ -168,7 +178,14 @@ def cmd_eval(args) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(
             json.dumps(
-                {"checkpoint": str(args.checkpoint), "shots": c.test_shots, "results": results}, indent=2
+                {
+                    "checkpoint": [str(p) for p in args.checkpoint]
+                    if len(args.checkpoint) > 1
+                    else str(args.checkpoint[0]),
+                    "shots": c.test_shots,
+                    "results": results,
+                },
+                indent=2,
             )
         )
     return 0

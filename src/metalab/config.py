@@ -234,6 +234,13 @@ class Config:
         "training",
         allowed="true, false",
     )
+    keep_top: int = key(
+        0,
+        "also keep top/, the weights of the K best validation figures so far, one file each, for "
+        "`metalab eval` of their ensemble (MAML++'s authors test so); 0 keeps none",
+        "training",
+        allowed=">= 0",
+    )
     seed: int = key(0, "seeds the initialisation and the training tasks", "training", allowed="an integer")
     threads: Optional[int] = key(
         None,

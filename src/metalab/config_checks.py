@@ -37,7 +37,7 @@ def validate(c: Config, spec: AlgorithmSpec) -> None:
     for name in positive + ("val_tasks", "test_tasks", "log_every"):
         if getattr(c, name) < 1:
             raise ConfigError(f"config key {name!r} must be >= 1, got {getattr(c, name)}")
-    for name in ("val_every", "checkpoint_every"):
+    for name in ("val_every", "checkpoint_every", "keep_top"):
         if getattr(c, name) < 0:
             raise ConfigError(f"config key {name!r} must be >= 0, got {getattr(c, name)}")
     if any(s < 0 for s in c.eval_steps):

@@ -51,6 +51,7 @@ __all__ = [
     "Run",
     "CHECKPOINT",
     "BEST",
+    "TOP",
     "best_note",
     "tested_best",
     "METRICS",
@@ -67,6 +68,7 @@ __all__ = [
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"  # keep_best: the weights of the best validation figure so far
+TOP = "top"  # keep_top: a folder of the weights of the best validation figures, top/iteration-N.pt
 METRICS = "metrics.jsonl"
 
 
@@ -104,6 +106,7 @@ RESUMABLE_CHANGES = {
     "checkpoint_every",
     "log_every",
     "keep_best",
+    "keep_top",
     "test_tasks",
     "eval_steps",
     "threads",
@@ -249,6 +252,7 @@ class Run:
     lock: Any = None  # the run folder's writer lock (rank 0), released by close()
     saved_iteration: int = 0  # the iteration of the checkpoint on disk (0: none yet)
     best: tuple[int, EvalResult] | None = None  # keep_best: best.pt's iteration and validation figure
+    top: list[tuple[int, EvalResult]] = field(default_factory=list)  # keep_top: top/'s, best first
     _threads_before: int = field(default=0, repr=False)
 
     @property
@@ -327,10 +331,16 @@ class Run:
             run.restore(log)
             if c.keep_best:  # a resumption continues the run's best.pt (read before anything is written)
                 run.best = _on_main(run.main, run.best_so_far)
+            if c.keep_top:  # and its top/
+                run.top = _on_main(run.main, run.top_so_far) or []
         elif run.checkpoint_path.exists():
             raise CheckpointError(
                 f"{run.checkpoint_path} exists: pass --resume to continue that run, or choose another run "
                 "folder"
+            )
+        elif c.keep_top and any(run.top_dir.glob("iteration-*.pt")):
+            raise CheckpointError(
+                f"{run.top_dir} holds another run's weights: move them away, or choose another run folder"
             )
 
         def write_run_files() -> None:
@@ -521,6 +531,63 @@ class Run:
         except WriteError as e:  # written atomically: a best.pt already there is untouched
             before = f"the previous {BEST} is intact; " if self.best_path.exists() else ""
             raise WriteError(f"{e}; {before}{self.kept()}", e.errno) from None
+
+    @property
+    def top_dir(self) -> Path:
+        return self.run_dir / TOP
+
+    def top_path(self, iteration: int) -> Path:
+        return self.top_dir / f"iteration-{iteration:08d}.pt"
+
+    def keep_top(self, iteration: int, validation: EvalResult, seconds: float, cpu_seconds: float) -> bool:
+        """Keep the weights now in top/ (rank 0) where `validation` is among the config's `keep_top`
+        best figures so far, removing the file that falls out; whether they were kept. Each file is
+        a checkpoint for `eval` and `predict` with its validation figure, as best.pt is."""
+        keep = self.config.keep_top
+        if keep < 1 or not math.isfinite(validation.mean):
+            return False
+        if len(self.top) >= keep and not improves(validation, self.top[-1][1]):
+            return False
+        state = {
+            "learner": self.learner.state_dict(),
+            "iteration": iteration,
+            "seconds": seconds,
+            "cpu_seconds": cpu_seconds,
+            "config": self.config.to_dict(),
+            "validation": validation.to_dict(),
+        }
+        try:
+            self.top_dir.mkdir(exist_ok=True)
+            save_checkpoint(self.top_path(iteration), device_free(state))
+        except (WriteError, OSError) as e:
+            raise WriteError(
+                f"{e}; the files already in {self.top_dir} are intact; {self.kept()}", e.errno
+            ) from None
+        self.top = [t for t in self.top if t[0] != iteration] + [(iteration, validation)]
+        # Best first; among equal figures the earlier iteration stays ahead, as `improves` keeps it.
+        self.top.sort(key=lambda t: (-t[1].mean if t[1].metric != "mse" else t[1].mean, t[0]))
+        for dropped, _ in self.top[keep:]:
+            self.top_path(dropped).unlink(missing_ok=True)
+        del self.top[keep:]
+        return True
+
+    def top_so_far(self) -> list[tuple[int, EvalResult]]:
+        """The iterations and validation figures of the files in top/, best first, where a resumed
+        run continues them."""
+        found = []
+        for path in sorted(self.top_dir.glob("iteration-*.pt")) if self.top_dir.is_dir() else []:
+            try:
+                state = load_checkpoint(path)
+                found.append((int(state["iteration"]), EvalResult(**state["validation"])))
+            except CheckpointError as e:
+                raise CheckpointError(f"{e}; move it away to resume (the run keeps {CHECKPOINT})") from None
+            except (KeyError, TypeError, ValueError) as e:
+                raise CheckpointError(
+                    f"{path} lacks its iteration or validation figure ({type(e).__name__}: {e}); move it "
+                    f"away to resume (the run keeps {CHECKPOINT})"
+                ) from None
+        found.sort(key=lambda t: (-t[1].mean if t[1].metric != "mse" else t[1].mean, t[0]))
+        return found
 
     def best_so_far(self) -> tuple[int, EvalResult] | None:
         """The iteration and validation figure of the run folder's best.pt, where a resumed run
