@@ -69,7 +69,8 @@ def _sine_runs(tmp_path, **kw):
 
 def test_a_regression_ensemble_of_checkpoints_averages_their_predictions(tmp_path):
     paths = _sine_runs(tmp_path)
-    ensemble, config, states = ensemble_from_checkpoints(paths)
+    ensemble, configs, states = ensemble_from_checkpoints(paths)
+    config = configs[0]
     assert [s["iteration"] for s in states] == [30, 30, 30]
     batch = build_source(config, "test").sample(8)
     members = [m.predict(batch.support_x, batch.support_y, batch.query_x) for m in ensemble.members]
@@ -92,3 +93,16 @@ def test_metalab_eval_of_several_checkpoints_scores_their_ensemble(tmp_path, cap
     train(Config(iterations=5, meta_batch=4, val_every=0, test_shots=5), tmp_path / "k5", progress=False)
     code, out, err = run(capsys, "eval", str(paths[0]), str(tmp_path / "k5" / "checkpoint.pt"))
     assert code != 0 and "test_shots" in err and "an ensemble's members must agree" in err
+
+
+def test_an_ensemble_of_zoo_models_on_real_omniglot(capsys, monkeypatch, request):
+    """Prototypical Networks (no inner loop) with ANIL (3 test steps): the ensemble reports the
+    inner-loop member's steps, names both learners, and answers far above chance (20%)."""
+    request.getfixturevalue("omniglot_dir")  # the real data (skips where it is absent)
+    monkeypatch.delenv("METALAB_ZOO", raising=False)
+    specs = ["zoo:protonet-omniglot-5w1s", "zoo:anil-omniglot-5w1s"]
+    code, out, err = run(capsys, "eval", *specs, "--tasks", "20", "--quiet")
+    assert code == 0, err
+    assert "ensemble of 2:" in out and "protonet+anil on omniglot, 5-way 1-shot" in out
+    line = next(x for x in out.splitlines() if x.startswith("test accuracy after 3 steps:"))
+    assert float(line.split(":")[1].split("%")[0]) > 80.0

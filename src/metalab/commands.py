@@ -137,13 +137,18 @@ def cmd_eval(args) -> int:
     if len(args.checkpoint) > 1:
         from .ensemble import ensemble_from_checkpoints
 
-        learner, c, states = ensemble_from_checkpoints(args.checkpoint, args.device)
+        learner, configs, states = ensemble_from_checkpoints(args.checkpoint, args.device)
+        c = configs[0]
         iterations = ", ".join(f"{p} ({s['iteration']:,})" for p, s in zip(args.checkpoint, states))
         name = f"ensemble of {len(states)}: {iterations}"
         state = {"iteration": None}
+        # Inner steps: the first member with an inner loop says how many (the others ignore them).
+        looped = [m_c for m, m_c in zip(learner.members, configs) if m.inner_loop]
+        default_steps = looped[0].resolved().eval_steps if looped else []
+        algorithm = "+".join(dict.fromkeys(m_c.algorithm for m_c in configs))
     else:
         learner, c, state = learner_on_device(args.checkpoint[0], args.device)
-        name = f"{args.checkpoint[0]}"
+        name, default_steps, algorithm = f"{args.checkpoint[0]}", None, None
     device = next(learner.parameters()).device
     overrides = {
         k: v
@@ -160,13 +165,13 @@ def cmd_eval(args) -> int:
     if tasks < 1:
         raise ConfigError(f"--tasks must be >= 1, got {tasks}")
     check_steps(args.steps, name="--steps", inner_loop=learner.inner_loop, algorithm=c.algorithm)
-    steps_list = (args.steps or c.eval_steps) if learner.inner_loop else [None]
+    steps_list = (args.steps or default_steps or c.eval_steps) if learner.inner_loop else [None]
     dataset = place_dataset(load_dataset(c), device)
     cell = f"{c.test_ways}-way {c.test_shots}-shot" if c.benchmark != "sine" else f"K={c.test_shots}"
     if learner.kind == "rl":
         cell = f"{c.test_shots} trajectories per task and inner step"
     at = "" if state["iteration"] is None else f", iteration {state['iteration']}"
-    print(f"{name}: {c.algorithm} on {c.benchmark}{at}, {cell}")
+    print(f"{name}: {algorithm or c.algorithm} on {c.benchmark}{at}, {cell}")
     results = []
     with threads_for(c.threads, learner):
         for steps in steps_list:

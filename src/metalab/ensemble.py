@@ -6,8 +6,8 @@ members' predictions. The usual members are the checkpoints of one run at its be
 figures (`keep_top`), the test protocol of MAML++'s authors (Antoniou et al. 2019 score an ensemble
 of the five models best on validation):
 
-    learner, config, states = ensemble_from_checkpoints(sorted(Path("runs/mamlpp/top").glob("*.pt")))
-    evaluate(learner, build_source(config, "test"), 1000)
+    learner, configs, states = ensemble_from_checkpoints(sorted(Path("runs/mamlpp/top").glob("*.pt")))
+    evaluate(learner, build_source(configs[0], "test"), 1000)
 
 `metalab eval A.pt B.pt ...` does the same from the command line.
 """
@@ -69,9 +69,9 @@ class Ensemble(MetaLearner):
 
 def ensemble_from_checkpoints(
     paths: Sequence[str | Path], device: str | None = None
-) -> tuple[Ensemble, Config, list[dict]]:
-    """The ensemble of the checkpoints (or `zoo:NAME`s) at `paths` on `device`, the first one's
-    config (its test settings make the ensemble's test episodes) and their states. Members whose
+) -> tuple[Ensemble, list[Config], list[dict]]:
+    """The ensemble of the checkpoints (or `zoo:NAME`s) at `paths` on `device`, their configs (the
+    first one's test settings make the ensemble's test episodes) and their states. Members whose
     test episodes would differ (`TASK_KEYS`) are a `ConfigError` naming the key."""
     from .train import learner_on_device
 
@@ -90,4 +90,4 @@ def ensemble_from_checkpoints(
     devices = {next(m.parameters()).device for m, _, _ in loaded if next(m.parameters(), None) is not None}
     if len(devices) > 1:
         raise ConfigError(f"an ensemble's members are on different devices: {sorted(map(str, devices))}")
-    return Ensemble([m for m, _, _ in loaded]), loaded[0][1], [s for _, _, s in loaded]
+    return Ensemble([m for m, _, _ in loaded]), [c for _, c, _ in loaded], [s for _, _, s in loaded]
