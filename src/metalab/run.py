@@ -87,6 +87,13 @@ def tested_best(keep_best: bool, iteration: int, best_iteration: int | None, pla
     return best_iteration
 
 
+def _best_first(entry: tuple[int, EvalResult]) -> tuple[float, int]:
+    """Sort key of (iteration, validation figure) pairs: the best figure first, and among equal
+    figures the earlier iteration, which `improves` keeps ahead of a later tie."""
+    iteration, v = entry
+    return (v.mean if v.metric == "mse" else -v.mean, iteration)
+
+
 def improves(new: EvalResult, old: EvalResult | None) -> bool:
     """Whether validation figure `new` beats `old` (none yet: any finite one): a lower MSE, a higher
     accuracy or return."""
@@ -511,14 +518,11 @@ class Run:
             ),
         )
 
-    @property
-    def best_path(self) -> Path:
-        return self.run_dir / BEST
-
-    def save_best(self, iteration: int, validation: EvalResult, seconds: float, cpu_seconds: float) -> None:
-        """Write best.pt (rank 0, which validates): the learner's weights now, with the validation
-        figure they scored; a checkpoint for `eval` and `predict`, not for resuming."""
-        state = {
+    def _weights_state(
+        self, iteration: int, validation: EvalResult, seconds: float, cpu_seconds: float
+    ) -> dict:
+        """The learner's weights now with the validation figure they scored (best.pt, top/)."""
+        return {
             "learner": self.learner.state_dict(),
             "iteration": iteration,
             "seconds": seconds,
@@ -526,6 +530,15 @@ class Run:
             "config": self.config.to_dict(),
             "validation": validation.to_dict(),
         }
+
+    @property
+    def best_path(self) -> Path:
+        return self.run_dir / BEST
+
+    def save_best(self, iteration: int, validation: EvalResult, seconds: float, cpu_seconds: float) -> None:
+        """Write best.pt (rank 0, which validates): the learner's weights now, with the validation
+        figure they scored; a checkpoint for `eval` and `predict`, not for resuming."""
+        state = self._weights_state(iteration, validation, seconds, cpu_seconds)
         try:
             save_checkpoint(self.best_path, device_free(state))
         except WriteError as e:  # written atomically: a best.pt already there is untouched
@@ -548,14 +561,7 @@ class Run:
             return False
         if len(self.top) >= keep and not improves(validation, self.top[-1][1]):
             return False
-        state = {
-            "learner": self.learner.state_dict(),
-            "iteration": iteration,
-            "seconds": seconds,
-            "cpu_seconds": cpu_seconds,
-            "config": self.config.to_dict(),
-            "validation": validation.to_dict(),
-        }
+        state = self._weights_state(iteration, validation, seconds, cpu_seconds)
         try:
             self.top_dir.mkdir(exist_ok=True)
             save_checkpoint(self.top_path(iteration), device_free(state))
@@ -564,8 +570,7 @@ class Run:
                 f"{e}; the files already in {self.top_dir} are intact; {self.kept()}", e.errno
             ) from None
         self.top = [t for t in self.top if t[0] != iteration] + [(iteration, validation)]
-        # Best first; among equal figures the earlier iteration stays ahead, as `improves` keeps it.
-        self.top.sort(key=lambda t: (-t[1].mean if t[1].metric != "mse" else t[1].mean, t[0]))
+        self.top.sort(key=_best_first)
         for dropped, _ in self.top[keep:]:
             self.top_path(dropped).unlink(missing_ok=True)
         del self.top[keep:]
@@ -586,7 +591,7 @@ class Run:
                     f"{path} lacks its iteration or validation figure ({type(e).__name__}: {e}); move it "
                     f"away to resume (the run keeps {CHECKPOINT})"
                 ) from None
-        found.sort(key=lambda t: (-t[1].mean if t[1].metric != "mse" else t[1].mean, t[0]))
+        found.sort(key=_best_first)
         return found
 
     def best_so_far(self) -> tuple[int, EvalResult] | None:
