@@ -16,8 +16,8 @@ from metalab.train import train
 
 
 class Fixed(MetaLearner):
-    """A classifier answering every query with the logits it was given, shifted by the support's
-    first label, so that the ensemble's arithmetic can be checked by hand."""
+    """A classifier answering every query with the logits it was given, so that the ensemble's
+    arithmetic can be checked by hand."""
 
     def __init__(self, logits):
         super().__init__()
