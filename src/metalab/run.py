@@ -94,6 +94,22 @@ def _best_first(entry: tuple[int, EvalResult]) -> tuple[float, int]:
     return (v.mean if v.metric == "mse" else -v.mean, iteration)
 
 
+def _weights_figure(path: Path) -> tuple[int, EvalResult]:
+    """The iteration and validation figure of a file of weights with their figure (best.pt, a file
+    of top/), read where a resumed run continues them; a `CheckpointError` that says to move it
+    away where it is damaged or lacks them."""
+    try:
+        state = load_checkpoint(path)
+        return int(state["iteration"]), EvalResult(**state["validation"])
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}; move it away to resume (the run keeps {CHECKPOINT})") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(
+            f"{path} lacks its iteration or validation figure ({type(e).__name__}: {e}); move it away "
+            f"to resume (the run keeps {CHECKPOINT})"
+        ) from None
+
+
 def improves(new: EvalResult, old: EvalResult | None) -> bool:
     """Whether validation figure `new` beats `old` (none yet: any finite one): a lower MSE, a higher
     accuracy or return."""
@@ -552,15 +568,15 @@ class Run:
     def top_path(self, iteration: int) -> Path:
         return self.top_dir / f"iteration-{iteration:08d}.pt"
 
-    def keep_top(self, iteration: int, validation: EvalResult, seconds: float, cpu_seconds: float) -> bool:
+    def keep_top(self, iteration: int, validation: EvalResult, seconds: float, cpu_seconds: float) -> None:
         """Keep the weights now in top/ (rank 0) where `validation` is among the config's `keep_top`
-        best figures so far, removing the file that falls out; whether they were kept. Each file is
-        a checkpoint for `eval` and `predict` with its validation figure, as best.pt is."""
+        best figures so far, removing the file that falls out (nothing where `keep_top` is 0). Each
+        file is a checkpoint for `eval` and `predict` with its validation figure, as best.pt is."""
         keep = self.config.keep_top
         if keep < 1 or not math.isfinite(validation.mean):
-            return False
+            return
         if len(self.top) >= keep and not improves(validation, self.top[-1][1]):
-            return False
+            return
         state = self._weights_state(iteration, validation, seconds, cpu_seconds)
         try:
             self.top_dir.mkdir(exist_ok=True)
@@ -574,42 +590,17 @@ class Run:
         for dropped, _ in self.top[keep:]:
             self.top_path(dropped).unlink(missing_ok=True)
         del self.top[keep:]
-        return True
 
     def top_so_far(self) -> list[tuple[int, EvalResult]]:
         """The iterations and validation figures of the files in top/, best first, where a resumed
         run continues them."""
-        found = []
-        for path in sorted(self.top_dir.glob("iteration-*.pt")) if self.top_dir.is_dir() else []:
-            try:
-                state = load_checkpoint(path)
-                found.append((int(state["iteration"]), EvalResult(**state["validation"])))
-            except CheckpointError as e:
-                raise CheckpointError(f"{e}; move it away to resume (the run keeps {CHECKPOINT})") from None
-            except (KeyError, TypeError, ValueError) as e:
-                raise CheckpointError(
-                    f"{path} lacks its iteration or validation figure ({type(e).__name__}: {e}); move it "
-                    f"away to resume (the run keeps {CHECKPOINT})"
-                ) from None
-        found.sort(key=_best_first)
-        return found
+        paths = sorted(self.top_dir.glob("iteration-*.pt")) if self.top_dir.is_dir() else []
+        return sorted(map(_weights_figure, paths), key=_best_first)
 
     def best_so_far(self) -> tuple[int, EvalResult] | None:
         """The iteration and validation figure of the run folder's best.pt, where a resumed run
         continues it; none before the run's first validation."""
-        if not self.best_path.exists():
-            return None
-        try:
-            state = load_checkpoint(self.best_path)
-            validation = EvalResult(**state["validation"])
-        except CheckpointError as e:
-            raise CheckpointError(f"{e}; move it away to resume (the run keeps {CHECKPOINT})") from None
-        except (KeyError, TypeError) as e:
-            raise CheckpointError(
-                f"{self.best_path} lacks its validation figure ({type(e).__name__}: {e}); move it away "
-                f"to resume (the run keeps {CHECKPOINT})"
-            ) from None
-        return state["iteration"], validation
+        return _weights_figure(self.best_path) if self.best_path.exists() else None
 
     def kept(self) -> str:
         """What a run that stops now keeps: "the previous checkpoint (iteration N) is intact"."""

@@ -253,8 +253,7 @@ def train(
                 if c.keep_best and improves(v, result.best_val):
                     run.save_best(n, v, seconds(), cpu_seconds())
                     result.best_iteration, result.best_val = n, v
-                if c.keep_top:
-                    run.keep_top(n, v, seconds(), cpu_seconds())
+                run.keep_top(n, v, seconds(), cpu_seconds())  # a no-op without keep_top
             if record is not None:
                 metrics_log.write(
                     {**record, "seconds": round(seconds(), 3), "cpu_seconds": round(cpu_seconds(), 3)}
