@@ -175,9 +175,9 @@ def time_to_accuracy(curve: list[dict], target: float) -> TimeToAccuracy | None:
             )
     spent = points[-1]["cpu_seconds"] / 60
     best = 100 * max(p["val_accuracy"] for p in points)
-    rising = all(_rising(points[-n:]) for n in (ESTIMATE_POINTS, TREND_POINTS))
-    estimate = _estimate(points[-ESTIMATE_POINTS:], target, spent) if rising else None
-    return TimeToAccuracy(target, None, None, best, spent, estimate)
+    line = _line(points[-ESTIMATE_POINTS:])
+    rising = _rises(line) and _rises(_line(points[-TREND_POINTS:]))
+    return TimeToAccuracy(target, None, None, best, spent, _estimate(line, target, spent) if rising else None)
 
 
 def _line(window: list[dict]) -> tuple[float, float, float, float] | None:
@@ -198,18 +198,14 @@ def _line(window: list[dict]) -> tuple[float, float, float, float] | None:
     return slope, stderr, mx, my
 
 
-def _rising(window: list[dict]) -> bool:
-    """Whether the line through `window` rises by more than 1.96 standard errors of its slope."""
-    line = _line(window)
+def _rises(line: tuple[float, float, float, float] | None) -> bool:
+    """Whether a `_line` rises by more than 1.96 standard errors of its slope."""
     return line is not None and line[0] > 1.96 * line[1]
 
 
-def _estimate(window: list[dict], target: float, spent: float) -> float | None:
-    """CPU minutes at which the least-squares line of accuracy (%) against log CPU time through
-    `window` reaches `target`, at least `spent`; infinite past `ESTIMATE_LIMIT` times `spent`."""
-    line = _line(window)
-    if line is None or line[0] <= 0:
-        return None
+def _estimate(line: tuple[float, float, float, float], target: float, spent: float) -> float:
+    """CPU minutes at which a rising `_line` of accuracy (%) against log CPU time reaches `target`,
+    at least `spent`; infinite past `ESTIMATE_LIMIT` times `spent`."""
     slope, _, mx, my = line
     log_minutes = mx + (target - my) / slope
     if log_minutes > math.log(ESTIMATE_LIMIT * spent):
