@@ -384,14 +384,24 @@ def _on_gpu(record: dict) -> bool:
     return record.get("device") not in (None, "cpu")
 
 
+def _split(r: dict) -> str:
+    """The Omniglot class split the row's cell tests on, as its config names it."""
+    path = CONFIGS / f"{r['cell']}.yaml"
+    return load_config(path).split if path.exists() else "vinyals"
+
+
 def _method(r: dict) -> str:
-    """The learner, and the options outside its paper that its cell sets."""
-    return r["algorithm"] + (f" ({r['variant']})" if r.get("variant") else "")
+    """The learner, the options outside its paper that its cell sets, and its split where it is
+    not the Vinyals split."""
+    notes = [r["variant"]] if r.get("variant") else []
+    if _split(r) != "vinyals":
+        notes.append(f"{_split(r)} split")
+    return r["algorithm"] + (f" ({', '.join(notes)})" if notes else "")
 
 
 def _learner_order(r: dict) -> tuple:
     rank = ORDER.index(r["algorithm"]) if r["algorithm"] in ORDER else 99
-    return (rank, r["ways"], r["shots"], r.get("variant", ""))
+    return (rank, r["ways"], r["shots"], r.get("variant", ""), _split(r) != "vinyals")
 
 
 CURVES_Y_MIN = 75.0  # the curves plot's lowest accuracy (%), so that the runs near 100% stay apart
@@ -489,10 +499,11 @@ def cmd_table(args) -> None:
         "",
         "Produced by `python benchmarks/omniglot.py train CONFIG` (one per trained model) and",
         "`python benchmarks/omniglot.py table`; every figure is the mean accuracy over the stated number of",
-        "meta-test episodes (15 queries per class unless the row says otherwise) "
-        "on the 423 Vinyals meta-test",
-        "characters x 4 rotations,",
-        "with its 95% confidence interval. Training ran on this project's 2-core CPU machine, "
+        "meta-test episodes (15 queries per class unless the row says otherwise) on the 423 meta-test",
+        "characters x 4 rotations of the Vinyals split (whole alphabets unseen in meta-training) or, where",
+        'the method says "random split", of the "random" split (characters drawn without regard to',
+        "alphabet, as the code of MAML, MAML++, Relation Networks and Reptile draws them; docs/omniglot.md),",
+        "each with its 95% confidence interval. Training ran on this project's 2-core CPU machine, "
         "so most budgets",
         "are a small fraction of the papers'; the columns say what each figure cost. A row whose "
         "latest sitting",

@@ -23,6 +23,7 @@ from metalab.data import (
     read_omniglot_zip,
     to_float,
 )
+from metalab.data.omniglot.splits import _random_split
 
 IMAGES = 3  # per character in the small archives
 
@@ -273,6 +274,24 @@ def test_lake_small_splits(small_dir: Path, tmp_path: Path) -> None:
     assert rotated.num_classes == 24 and rotated.splits.test.numel() == 12
 
 
+def test_random_small_split_is_a_fixed_draw_of_whole_characters(small_dir: Path, tmp_path: Path) -> None:
+    data = load_small(small_dir, tmp_path / "cache", split="random")
+    assert data.num_classes == 6 * 4  # rotated by default, as "vinyals"
+    characters = [data.class_names[c].rsplit("/", 1)[0] for c in range(0, data.num_classes, 4)]
+    parts = [{data.class_names[i].rsplit("/", 1)[0] for i in ids.tolist()} for ids in data.splits]
+    # 6 characters in the proportions 1,100 : 100 : 423 give 4 : 0 : 2.
+    assert [len(p) for p in parts] == [4, 0, 2] and set().union(*parts) == set(characters)
+    for split in data.splits:  # all four rotations of a character share its split
+        assert torch.bincount(split // 4, minlength=6)[split // 4].eq(4).all()
+    # The draw depends on the characters' names only, not on the order they are listed in.
+    which = _random_split(characters)
+    assert torch.equal(_random_split(characters[::-1]), which.flip(0))
+    assert {characters[i] for i in torch.nonzero(which == 2).flatten().tolist()} == parts[2]
+    # A second load draws the same split.
+    again = load_small(small_dir, tmp_path / "cache", split="random")
+    assert all(torch.equal(a, b) for a, b in zip(again.splits, data.splits))
+
+
 def test_sampler_and_to_float(small_dir: Path, tmp_path: Path) -> None:
     data = load_small(small_dir, tmp_path / "cache")
     sampler = data.sampler("train", ways=3, shots=1, queries=2, seed=0)
@@ -416,6 +435,8 @@ def test_download_offline_is_a_clear_error(tmp_path: Path) -> None:
 
 # sha256 of the sorted names of the 423 Vinyals meta-test characters, joined by "\n".
 VINYALS_TEST_DIGEST = "cd7a4fc76e0d3b993ca34d27c28fdaaad7022606473da6c78ce24218787a9ab4"
+# The same for the 423 meta-test characters of the "random" split.
+RANDOM_TEST_DIGEST = "28c2f68d0a64d524cbfd6a744a065ddbcf86f6f1cad55e50a61f9eb56ea260e4"
 
 
 @pytest.fixture(scope="module")
@@ -465,3 +486,19 @@ def test_shared_lake_split(shared) -> None:
     assert all(c.startswith("images_background/") for c in train | val)
     assert all(c.startswith("images_evaluation/") for c in test)
     assert torch.bincount(data.y).eq(20).all()
+
+
+@pytest.mark.data
+def test_shared_random_split(omniglot_dir, omniglot_cache) -> None:
+    data = load_omniglot(omniglot_dir, "random", cache_dir=omniglot_cache)
+    assert data.x.shape == (129_840, 1, 28, 28)
+    train, val, test = (characters_of(data, s, rotated=True) for s in data.splits)
+    assert [len(train), len(val), len(test)] == [1100, 100, 423]
+    assert not (train & val) and not (train & test) and not (val & test)
+    assert hashlib.sha256("\n".join(sorted(test)).encode()).hexdigest() == RANDOM_TEST_DIGEST
+    # Drawn without regard to alphabet: every meta-test alphabet also has meta-train characters,
+    # and both archives give characters to both parts.
+    alphabet = lambda characters: {c.split("/")[1] for c in characters}  # noqa: E731
+    assert alphabet(test) <= alphabet(train) and len(alphabet(test)) == 50
+    for archive in ("images_background/", "images_evaluation/"):
+        assert any(c.startswith(archive) for c in train) and any(c.startswith(archive) for c in test)

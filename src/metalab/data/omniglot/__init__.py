@@ -3,8 +3,8 @@
 - `archive`: reading one archive straight out of its zip, with the zip-safety and count checks;
 - `cache`: the decoded archives, cached per archive, keyed by its sha256 and the image size;
 - `download`: fetching the archives, md5-checked;
-- `splits`: the "vinyals" and "lake" class splits, the rotations, and the figures they are checked
-  against (`SPLIT_CLASSES`, `EXAMPLES_PER_CLASS`).
+- `splits`: the "vinyals", "lake" and "random" class splits, the rotations, and the figures they
+  are checked against (`SPLIT_CLASSES`, `EXAMPLES_PER_CLASS`).
 
 `load_omniglot` puts them together into a `FewShotDataset`.
 
@@ -76,18 +76,20 @@ def load_omniglot(
 
     Args:
         data_dir: the folder holding `images_background.zip` and `images_evaluation.zip`.
-        split: "vinyals" or "lake"; `SPLIT_CLASSES` gives their sizes, docs/omniglot.md their classes.
+        split: "vinyals", "lake" or "random"; `SPLIT_CLASSES` gives their sizes, docs/omniglot.md
+            their classes.
         image_size: S; images are resized once to S x S.
         cache_dir: see `load_omniglot_archive`.
         rotations: make 4 classes of every character by rotating 0/90/180/270 degrees; default
-            `ROTATED_BY_DEFAULT[split]` (True for "vinyals", False for "lake"). All rotations of a
+            `ROTATED_BY_DEFAULT[split]` (False for "lake" only). All rotations of a
             character share its split.
         download: first fetch missing archives with `download_omniglot`.
         verify_counts: check the official counts and, for the full data, the split sizes.
 
     Returns:
         `FewShotDataset` with x uint8 (M, 1, S, S), ink 255, and `EXAMPLES_PER_CLASS` images per
-        class: M = 129,840 for "vinyals" (1,623 characters x 4 rotations) and 32,460 for "lake".
+        class: M = 129,840 for "vinyals" and "random" (1,623 characters x 4 rotations) and 32,460
+        for "lake".
 
     Raises:
         DataNotFoundError: an archive is missing; the message says where to put it.
@@ -98,7 +100,8 @@ def load_omniglot(
         >>> batch = data.sampler("train", ways=5, shots=1, queries=15, seed=0).sample(32)  # doctest: +SKIP
 
     References: Vinyals et al., NeurIPS 2016 (the "vinyals" split, with the character lists of
-    Snell et al., NeurIPS 2017); Lake et al., Science 2015 (the "lake" split).
+    Snell et al., NeurIPS 2017); Lake et al., Science 2015 (the "lake" split); Finn et al.,
+    ICML 2017 (1,200 training characters drawn without regard to alphabet, the "random" split).
     """
     if split not in SPLIT_CLASSES:
         raise ValueError(f"split must be one of {sorted(SPLIT_CLASSES)}, got {split!r}")

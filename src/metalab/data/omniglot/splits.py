@@ -1,11 +1,15 @@
 """Omniglot's class splits and rotations, and the figures they are checked against.
 
-Two splits of the characters into meta-train / meta-val / meta-test classes (see docs/omniglot.md):
+Three splits of the characters into meta-train / meta-val / meta-test classes (see docs/omniglot.md):
 
-- "vinyals" (Vinyals et al. 2016, as used by MAML and Prototypical Networks): every character is
+- "vinyals" (Vinyals et al. 2016, as used by Prototypical Networks): every character is
   rotated by 0, 90, 180 and 270 degrees into 4 classes.
 - "lake" (Lake et al. 2015): background for meta-training (5 alphabets held out for validation),
   evaluation for meta-test, no rotations by default.
+- "random" (Finn et al. 2017, and the code of MAML, MAML++, Relation Networks and Reptile): 1,200
+  characters drawn irrespective of alphabet for meta-training (1,100 train, 100 val), the other 423
+  for meta-test, rotated as "vinyals". The draw is fixed (`RANDOM_SPLIT_SEED`), so it does not
+  change between versions; meta-test characters share their alphabets with meta-training ones.
 
 `SPLIT_CLASSES` and `EXAMPLES_PER_CLASS` state the split sizes and the drawings per character once:
 the loader checks the data against them, and code that needs the figures (e.g. limits on ways, shots
@@ -27,6 +31,7 @@ __all__ = [
     "EXAMPLES_PER_CLASS",
     "IMAGES_PER_CHARACTER",
     "ROTATED_BY_DEFAULT",
+    "RANDOM_SPLIT_SEED",
     "ROTATIONS",
     "SPLIT_CLASSES",
     "VINYALS_TEST_ALPHABETS",
@@ -39,8 +44,9 @@ __all__ = [
 SPLIT_CLASSES = {
     "vinyals": {"train": 4112, "val": 688, "test": 1692},
     "lake": {"train": 792, "val": 172, "test": 659},
+    "random": {"train": 4400, "val": 400, "test": 1692},
 }
-ROTATED_BY_DEFAULT = {"vinyals": True, "lake": False}
+ROTATED_BY_DEFAULT = {"vinyals": True, "lake": False, "random": True}
 EXAMPLES_PER_CLASS = 20  # drawings of every character; a rotation keeps them, so also per class
 IMAGES_PER_CHARACTER = EXAMPLES_PER_CLASS  # the archive's view of the same figure
 ROTATIONS = (0, 90, 180, 270)  # degrees counter-clockwise, as np.rot90 / torch.rot90 with k = 0..3
@@ -64,6 +70,13 @@ VINYALS_TEST_ALPHABETS = (
     "ULOG",
 )
 _VINYALS_TEST_GURMUKHI_FROM = 42  # Gurmukhi/character42..45 are test, character01..41 train
+
+# The "random" split: a permutation of the characters in their sorted order, drawn by
+# torch.randperm with this seed; the first 1,100 / 1,623 of them are meta-train, the next 100 / 1,623
+# meta-val (the proportions of MAML's code: 1,200 meta-training characters, 100 of them held out
+# for validation), the rest meta-test.
+RANDOM_SPLIT_SEED = 1
+_RANDOM_PROPORTIONS = (1100, 100, 423)
 
 
 def split_characters(split: str) -> tuple[int, int, int]:
@@ -90,12 +103,30 @@ def _split_of(split: str, character: str) -> int:
     return 1 if alphabet in VINYALS_VAL_ALPHABETS else 0
 
 
+def _random_split(characters: list[str]) -> Tensor:
+    """The "random" split's ids: `characters` sorted, permuted with `RANDOM_SPLIT_SEED`, and cut in
+    the proportions 1,100 : 100 : 423 (exactly those sizes for the full 1,623 characters)."""
+    order = sorted(range(len(characters)), key=characters.__getitem__)
+    generator = torch.Generator().manual_seed(RANDOM_SPLIT_SEED)
+    drawn = torch.tensor(order, dtype=torch.long)[torch.randperm(len(order), generator=generator)]
+    total = sum(_RANDOM_PROPORTIONS)
+    train = round(len(order) * _RANDOM_PROPORTIONS[0] / total)
+    val = round(len(order) * _RANDOM_PROPORTIONS[1] / total)
+    which = torch.full((len(order),), 2, dtype=torch.long)
+    which[drawn[:train]] = 0
+    which[drawn[train : train + val]] = 1
+    return which
+
+
 def _assign_splits(data_dir: Path, split: str, characters: list[str], verify_counts: bool) -> Tensor:
     """The split id (0 train, 1 val, 2 test) of every character, of shape (len(characters),).
 
     With `verify_counts`, the number of characters in each part must be `split_characters(split)`.
     """
-    which = torch.tensor([_split_of(split, c) for c in characters])
+    if split == "random":
+        which = _random_split(characters)
+    else:
+        which = torch.tensor([_split_of(split, c) for c in characters])
     sizes = tuple(int((which == s).sum()) for s in range(3))
     expected = split_characters(split)
     if verify_counts and sizes != expected:
