@@ -30,8 +30,8 @@ from ..dataset import DataIntegrityError
 __all__ = [
     "EXAMPLES_PER_CLASS",
     "IMAGES_PER_CHARACTER",
-    "ROTATED_BY_DEFAULT",
     "RANDOM_SPLIT_SEED",
+    "ROTATED_BY_DEFAULT",
     "ROTATIONS",
     "SPLIT_CLASSES",
     "VINYALS_TEST_ALPHABETS",
