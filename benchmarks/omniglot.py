@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import platform
 import sys
@@ -386,7 +387,13 @@ def _on_gpu(record: dict) -> bool:
 
 def _split(r: dict) -> str:
     """The Omniglot class split the row's cell tests on, as its config names it."""
-    path = CONFIGS / f"{r['cell']}.yaml"
+    return _cell_split(r["cell"])
+
+
+@functools.cache
+def _cell_split(cell: str) -> str:
+    # read once per cell: the tables ask for every row several times
+    path = CONFIGS / f"{cell}.yaml"
     return load_config(path).split if path.exists() else "vinyals"
 
 
@@ -394,8 +401,9 @@ def _method(r: dict) -> str:
     """The learner, the options outside its paper that its cell sets, and its split where it is
     not the Vinyals split."""
     notes = [r["variant"]] if r.get("variant") else []
-    if _split(r) != "vinyals":
-        notes.append(f"{_split(r)} split")
+    split = _split(r)
+    if split != "vinyals":
+        notes.append(f"{split} split")
     return r["algorithm"] + (f" ({', '.join(notes)})" if notes else "")
 
 
