@@ -250,6 +250,9 @@ class Context:
             fast=c.kernels == "auto",
             drop_block=c.drop_block,
             pool=pool,
+            norm_scale=c.norm_scale,
+            downsample=c.downsample,
+            init=c.init,
         )
 
     def train_classes(self) -> int | None:

@@ -26,7 +26,8 @@ from .data.augment import AUGMENTATIONS
 from .data.catalog import CATALOG, default_image
 from .data.omniglot.splits import SPLIT_CLASSES
 from .devices import DEVICE_NAMES, PRECISIONS
-from .models.backbones import BACKBONES
+from .models.backbones import BACKBONES, INITS
+from .models.conv4 import DOWNSAMPLING
 
 __all__ = [
     "Config",
@@ -185,6 +186,26 @@ class Config:
         "0.1); 0: none",
         "model",
         allowed="in [0, 1)",
+    )
+    downsample: str = key(
+        "pool",
+        "conv4: pool (2x2 max-pooling after each block) or stride (stride-2 convolutions and a mean over "
+        "the last map: the MAML authors' Omniglot model; the plain layers, not the fast path)",
+        "model",
+        choices=DOWNSAMPLING,
+    )
+    init: str = key(
+        "pytorch",
+        "conv4: the initialisation, pytorch (PyTorch's defaults) or maml (the MAML authors' Omniglot "
+        "model: Xavier-uniform convolutions, zero biases, a standard-normal linear head)",
+        "model",
+        choices=INITS,
+    )
+    norm_scale: bool = key(
+        True,
+        "the backbone's batch norms learn a scale (gamma) and a shift; false: a shift only, the scale "
+        "fixed at 1, as in the MAML authors' TensorFlow models (docs/omniglot.md)",
+        "model",
     )
     kernels: str = key(
         "auto",

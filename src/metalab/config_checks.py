@@ -150,12 +150,21 @@ def _validate_data_keys(c: Config, spec: AlgorithmSpec) -> None:
 
 
 def _validate_backbone(c: Config, spec: AlgorithmSpec) -> None:
-    """The backbone keys: image benchmarks only, on algorithms whose model is the backbone; a
-    width >= 1; DropBlock on ResNet-12 only, at a rate in [0, 1), and not under vmap (whose
-    random masks torch.func.vmap refuses)."""
+    """The backbone keys (backbone, filters, drop_block, downsample, init, norm_scale): image
+    benchmarks only, on algorithms whose model is the backbone; a width >= 1; strided blocks and the
+    MAML authors' initialisation on Conv-4 only;
+    DropBlock on ResNet-12 only, at a rate in [0, 1), and not under vmap (whose random masks
+    torch.func.vmap refuses)."""
     chosen = {
         k: getattr(c, k)
-        for k, default in (("backbone", "conv4"), ("filters", None), ("drop_block", 0.0))
+        for k, default in (
+            ("backbone", "conv4"),
+            ("filters", None),
+            ("drop_block", 0.0),
+            ("downsample", "pool"),
+            ("init", "pytorch"),
+            ("norm_scale", True),
+        )
         if getattr(c, k) != default
     }
     if not chosen:
@@ -163,18 +172,22 @@ def _validate_backbone(c: Config, spec: AlgorithmSpec) -> None:
     named = ", ".join(f"{k} {v}" for k, v in chosen.items())
     if c.benchmark not in IMAGE_BENCHMARKS:
         raise ConfigError(
-            "config keys backbone, filters and drop_block apply to image benchmarks "
+            "config keys backbone, filters, drop_block, downsample, init and norm_scale apply to image "
+            "benchmarks "
             f"({', '.join(IMAGE_BENCHMARKS)}); {c.benchmark} uses an MLP of the 'hidden' widths (got {named})"
         )
     if not spec.needs.backbone:
         raise ConfigError(
-            f"config keys backbone, filters and drop_block do not apply to {spec.name}, whose model is its "
-            f"own (got {named})"
+            "config keys backbone, filters, drop_block, downsample, init and norm_scale do not apply to "
+            f"{spec.name}, whose model is its own (got {named})"
         )
     if c.filters is not None and c.filters < 1:
         raise ConfigError(f"config key 'filters' must be >= 1, got {c.filters}")
     if not 0.0 <= c.drop_block < 1.0:
         raise ConfigError(f"config key 'drop_block' must be in [0, 1), got {c.drop_block}")
+    for k, default in (("downsample", "pool"), ("init", "pytorch")):
+        if getattr(c, k) != default and c.backbone != "conv4":
+            raise ConfigError(f"config key '{k}' applies to backbone conv4, not {c.backbone}")
     if c.drop_block > 0 and c.backbone != "resnet12":
         raise ConfigError(f"config key 'drop_block' applies to backbone resnet12, not {c.backbone}")
     if c.drop_block > 0 and getattr(c.options, "strategy", None) == "vmap":

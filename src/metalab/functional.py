@@ -20,7 +20,7 @@ holds every task's activations at once (docs/engine.md gives the measurements).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Protocol, Union
+from typing import Any, Callable, Collection, Mapping, NamedTuple, Optional, Protocol, Union
 
 import torch
 from torch import Tensor, nn
@@ -49,6 +49,7 @@ __all__ = [
     "map_tasks",
     "detached_params",
     "adapted_predictions",
+    "split_fixed",
 ]
 
 Params = dict[str, Tensor]
@@ -290,6 +291,7 @@ def inner_loop(
     checkpoint: bool = False,
     batches: Optional[Tensor] = None,
     return_state: bool = False,
+    fixed: Optional[Mapping[str, Tensor]] = None,
 ) -> Params | tuple[Params, Any]:
     """Adapt `params` to one task by `steps` steps of `rule` on the loss of `model` on (x, y).
 
@@ -307,14 +309,17 @@ def inner_loop(
         batches: of shape (steps, b), the indices of the examples of each step's mini-batch
             (`minibatch_order`); None: every step on all of (x, y).
         return_state: also return the rule's final state.
+        fixed: more of the model's parameters, which the loss uses as they are: not adapted, and
+            not in the result.
 
     Returns:
         the adapted parameters, differentiable w.r.t. `params` unless they were detached (and the
         rule's final state, with `return_state`).
     """
+    fixed = dict(fixed or {})
 
     def loss_on(bx: Tensor, by: Tensor) -> Callable[[Params], Tensor]:
-        return lambda p: task_loss(kind, forward(model, p, bx), by)
+        return lambda p: task_loss(kind, forward(model, {**p, **fixed}, bx), by)
 
     state = rule.init(params)
     for step in range(steps):
@@ -337,6 +342,7 @@ def adapted_predictions(
     strategy: str,
     transductive: bool = True,
     batches: Optional[Tensor] = None,
+    fixed_names: Collection[str] = (),
 ) -> Tensor:
     """Fine-tune `model`'s parameters on each task's support set with `steps` steps of `rule`
     (no meta-gradient), then answer the task's queries; of shape (T, n_query, ...).
@@ -345,12 +351,14 @@ def adapted_predictions(
     with its batch's statistics sees all of them together. False: each query is answered in a batch
     of the support set and itself alone, its output taken from the last row (Nichol et al. 2018's
     non-transductive evaluation), so no query's answer depends on the others. `batches`: of shape
-    (T, steps, b), each task's mini-batches (`inner_loop`); None: the whole support set per step."""
+    (T, steps, b), each task's mini-batches (`inner_loop`); None: the whole support set per step.
+    `fixed_names`: parameters kept as they are (`split_fixed`)."""
 
     def task(p, sx, sy, qx, *order, mode):
+        moving, fixed = split_fixed(p, fixed_names)
         adapted = inner_loop(
             model,
-            p,
+            moving,
             sx,
             sy,
             kind=kind,
@@ -359,7 +367,9 @@ def adapted_predictions(
             first_order=True,
             mode=mode,
             batches=order[0] if order else None,
+            fixed=fixed,
         )
+        adapted = {**adapted, **fixed}
         if transductive:
             return forward(model, adapted, qx).detach()
         alone = [forward(model, adapted, torch.cat([sx, qx[i : i + 1]]))[-1:] for i in range(qx.shape[0])]
@@ -369,6 +379,12 @@ def adapted_predictions(
         params = detached_params(named_params(model), strategy)
         tensors = (support_x, support_y, query_x) + (() if batches is None else (batches,))
         return map_tasks(task, params, tensors, strategy)
+
+
+def split_fixed(params: Params, fixed_names: Collection[str]) -> tuple[Params, Params]:
+    """`params` as (those the inner loop adapts, those it keeps as they are: `fixed_names`)."""
+    moving = {k: v for k, v in params.items() if k not in fixed_names}
+    return moving, {k: v for k, v in params.items() if k in fixed_names}
 
 
 def resolve_strategy(strategy: str, model: nn.Module) -> str:

@@ -11,13 +11,19 @@
 
 `norm` is "batch_stats" (`BatchStatNorm2d`: the batch's own statistics in train and eval mode, as
 the MAML family differentiates through it) or "batch" (`nn.BatchNorm2d` with running statistics:
-metric learners, transfer baselines).
+metric learners, transfer baselines). `norm_scale=False` fixes every batch norm's scale at 1 (a
+buffer, not a parameter), leaving a learned shift only: the batch norm of the MAML authors'
+TensorFlow models (`tf.contrib.layers.batch_norm`, whose `scale` is off by default).
+`init="maml"` initialises Conv-4 as the MAML authors' Omniglot model (`maml_init`); "pytorch"
+keeps PyTorch's default initialisation.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
+from .conv4 import BatchStatNorm2d
 from .fast import conv4
 from .resnet import ResNet12, ResNet18
 
@@ -25,6 +31,9 @@ __all__ = [
     "BACKBONES",
     "PAPER_FILTERS",
     "image_backbone",
+    "fix_norm_scales",
+    "maml_init",
+    "INITS",
     "resnet12_widths",
     "resnet18_widths",
     "resnet18_stem",
@@ -32,6 +41,7 @@ __all__ = [
 ]
 
 BACKBONES = ("conv4", "resnet12", "resnet18")
+INITS = ("pytorch", "maml")
 PAPER_FILTERS = 64
 
 
@@ -61,6 +71,9 @@ def image_backbone(
     fast: bool = True,
     drop_block: float = 0.0,
     pool: bool = True,
+    norm_scale: bool = True,
+    downsample: str = "pool",
+    init: str = "pytorch",
 ) -> nn.Module:
     """The backbone `name` (one of `BACKBONES`) for images of shape (in_channels, image_size,
     image_size), with a linear head of `out_features` outputs (None: the features are the output).
@@ -70,10 +83,77 @@ def image_backbone(
         fast: Conv-4 only: `FastConv4` (the fused paths, `kernels: auto`) rather than `Conv4`.
         drop_block: ResNet-12 only: its DropBlock rate (0: none).
         pool: the ResNets only: False leaves the last block's feature map as the output (no head).
+        downsample: Conv-4 only: "pool" or "stride" (`Conv4`).
+        norm_scale: False fixes the batch norms' scales at 1 (`fix_norm_scales`).
+        init: Conv-4 only: "pytorch" (PyTorch's defaults) or "maml" (`maml_init`).
 
     Every backbone has `.feature_dim` (its output size without a head) and `.head` (None without
     one), and is `head(features(x))`.
     """
+    model = _backbone(
+        name,
+        in_channels=in_channels,
+        image_size=image_size,
+        norm=norm,
+        out_features=out_features,
+        filters=filters,
+        fast=fast,
+        drop_block=drop_block,
+        pool=pool,
+        downsample=downsample,
+    )
+    if init not in INITS:
+        raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+    if init == "maml":
+        if name != "conv4":
+            raise ValueError(f"init 'maml' applies to conv4, not {name}")
+        maml_init(model)
+    return model if norm_scale else fix_norm_scales(model)
+
+
+def maml_init(model: nn.Module) -> nn.Module:
+    """Initialise `model` as the MAML authors' Omniglot model (cbfinn/maml, `construct_conv_weights`):
+    Xavier-uniform convolution kernels (`xavier_initializer_conv2d`, fans of k*k*in and k*k*out)
+    with zero biases, and a linear head drawn from the standard normal (`tf.random_normal`) with a
+    zero bias. Returns `model`, changed in place."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    module.bias.zero_()
+        head = getattr(model, "head", None)
+        if head is not None:
+            head.weight.normal_()
+            head.bias.zero_()
+    return model
+
+
+def fix_norm_scales(model: nn.Module) -> nn.Module:
+    """`model` with each batch norm's scale turned from a parameter into a buffer of ones: the
+    norms keep a learned shift only. Same state_dict keys; returns `model`, changed in place."""
+    for module in model.modules():
+        if isinstance(module, (BatchStatNorm2d, nn.modules.batchnorm._BatchNorm)):
+            weight = module.weight
+            if isinstance(weight, nn.Parameter):
+                del module.weight
+                module.register_buffer("weight", torch.ones_like(weight.detach()))
+    return model
+
+
+def _backbone(
+    name: str,
+    *,
+    in_channels: int,
+    image_size: int,
+    norm: str,
+    out_features: int | None,
+    filters: int,
+    fast: bool,
+    drop_block: float,
+    pool: bool,
+    downsample: str,
+) -> nn.Module:
     if name == "conv4":
         if not pool:
             raise ValueError("Conv-4's output is its flattened map; pool=False applies to the ResNets")
@@ -86,7 +166,10 @@ def image_backbone(
             out_features=out_features,
             image_size=image_size,
             norm=norm,
+            downsample=downsample,
         )
+    if downsample != "pool":
+        raise ValueError(f"downsample applies to conv4, not {name}")
     if name == "resnet12":
         return ResNet12(
             in_channels,

@@ -1,7 +1,9 @@
 """Conv-4, the backbone of the MAML and Prototypical Networks papers.
 
 Four blocks of [conv 3x3 with 64 filters, batch normalisation, ReLU, 2x2 max-pooling]; a 28x28
-Omniglot image comes out as a 64-dimensional feature vector.
+Omniglot image comes out as a 64-dimensional feature vector. With `downsample="stride"` the blocks
+are [conv 3x3 with stride 2, batch normalisation, ReLU] and the last map is averaged over its
+positions: the MAML authors' Omniglot model (28 -> 14 -> 7 -> 4 -> 2, then the mean of the 2x2 map).
 
 This is the reference model: every block runs as the PyTorch layers listed in `Conv4.features`.
 `metalab.models.fast.FastConv4` is the same model (same parameters and state_dict) computed on fused
@@ -14,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Conv4", "BatchStatNorm2d", "batch_norm_2d"]
+__all__ = ["Conv4", "BatchStatNorm2d", "batch_norm_2d", "DOWNSAMPLING"]
+
+DOWNSAMPLING = ("pool", "stride")
 
 
 def batch_norm_2d(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
@@ -74,6 +78,9 @@ class Conv4(nn.Module):
         image_size: input height/width, to size the head (28 for Omniglot).
         norm: "batch_stats" (always the batch's statistics, for the gradient-based family) or
             "batch" (a standard BatchNorm2d with running statistics, for metric-based methods).
+        downsample: "pool" (2x2 max-pooling after each block) or "stride" (stride-2 convolutions,
+            no pooling, the last map averaged over its positions: the MAML authors' Omniglot model;
+            the fused paths of `FastConv4` do not apply to it).
         channels_last: keep the weights, and so the convolutions' outputs, in the channels-last
             memory layout: the same results (to float tolerance), faster on CPU
             (docs/engine.md). In fp32 the batch norms then run PyTorch's channels-last kernel,
@@ -91,22 +98,29 @@ class Conv4(nn.Module):
         image_size: int = 28,
         norm: str = "batch_stats",
         channels_last: bool = True,
+        downsample: str = "pool",
     ) -> None:
         super().__init__()
         if norm not in ("batch_stats", "batch"):
             raise ValueError(f"norm must be 'batch_stats' or 'batch', got {norm!r}")
+        if downsample not in DOWNSAMPLING:
+            raise ValueError(f"downsample must be one of {', '.join(DOWNSAMPLING)}, got {downsample!r}")
+        self.downsample = downsample
         blocks: list[nn.Module] = []
         channels, size = in_channels, image_size
         for _ in range(4):
+            normalise = BatchStatNorm2d(hidden) if norm == "batch_stats" else nn.BatchNorm2d(hidden)
+            if downsample == "stride":
+                blocks += [nn.Conv2d(channels, hidden, 3, stride=2, padding=1), normalise, nn.ReLU()]
+                channels, size = hidden, (size + 1) // 2
+                continue
             # Pooling before the ReLU computes the same function and gradients (max-pooling commutes
             # with a monotone ReLU) with the ReLU on a quarter of the values.
-            blocks += [
-                nn.Conv2d(channels, hidden, 3, padding=1),
-                BatchStatNorm2d(hidden) if norm == "batch_stats" else nn.BatchNorm2d(hidden),
-                nn.MaxPool2d(2),
-                nn.ReLU(),
-            ]
+            blocks += [nn.Conv2d(channels, hidden, 3, padding=1), normalise, nn.MaxPool2d(2), nn.ReLU()]
             channels, size = hidden, size // 2
+        if downsample == "stride":
+            blocks.append(nn.AdaptiveAvgPool2d(1))  # the mean over the last map's positions
+            size = 1
         self.features = nn.Sequential(*blocks, nn.Flatten())
         self.feature_dim = hidden * size * size
         self.head = nn.Linear(self.feature_dim, out_features) if out_features else None
@@ -115,5 +129,6 @@ class Conv4(nn.Module):
             self.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> Tensor:
-        z = self.features(x)  # each block: conv -> norm -> 2x2 max-pool -> ReLU; then flatten
+        # each block: conv -> norm -> 2x2 max-pool -> ReLU, or strided conv -> norm -> ReLU
+        z = self.features(x)
         return self.head(z) if self.head is not None else z

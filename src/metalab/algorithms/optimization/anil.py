@@ -22,7 +22,7 @@ from ...functional import Params, detached_params, forward, map_tasks, named_par
 from ...losses import task_loss, task_metric
 from ..spec import AlgorithmSpec, BuildContext, Needs, register
 from .maml import MAML
-from .options import MAMLOptions
+from .options import ANILOptions
 
 __all__ = ["ANIL"]
 
@@ -113,7 +113,7 @@ register(
         family="optimization",
         summary="ANIL (Raghu et al. 2020): MAML adapting only the classifier head in the inner loop",
         learner=ANIL,
-        options=MAMLOptions,
+        options=ANILOptions,
         needs=Needs(fixed_head=True),
         build=_build,
     )

@@ -10,6 +10,9 @@ References:
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
+from typing import Sequence
+
 from torch import Tensor, nn
 
 from ...functional import (
@@ -22,6 +25,7 @@ from ...functional import (
     map_tasks,
     named_params,
     resolve_strategy,
+    split_fixed,
 )
 from ...losses import task_loss, task_metric
 from ...tasks.episode import TaskBatch
@@ -29,7 +33,35 @@ from ..base import MetaLearner
 from ..spec import AlgorithmSpec, BuildContext, Needs, register
 from .options import FirstOrderMAMLOptions, MAMLOptions
 
-__all__ = ["MAML", "MAMLOptions"]
+__all__ = ["MAML", "MAMLOptions", "NORM_PARAMETERS", "excluded_parameters"]
+
+NORM_PARAMETERS = "norm"  # in `inner_exclude`: every normalisation layer's parameters
+
+
+def excluded_parameters(model: nn.Module, patterns: Sequence[str]) -> frozenset[str]:
+    """The names of `model`'s trainable parameters that `patterns` name: "norm" for those of its
+    normalisation layers, else shell-style patterns on the names ("features.1.*")."""
+    names = list(named_params(model))
+    norms = {
+        f"{prefix}.{k}" if prefix else k
+        for prefix, m in model.named_modules()
+        if isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm))
+        or type(m).__name__.endswith("Norm2d")
+        for k, p in m.named_parameters(recurse=False)
+        if p.requires_grad
+    }
+    chosen: set[str] = set()
+    for pattern in patterns:
+        found = norms if pattern == NORM_PARAMETERS else {k for k in names if fnmatchcase(k, pattern)}
+        if not found:
+            raise ValueError(
+                f"inner_exclude: {pattern!r} names none of the model's trainable parameters "
+                f"({', '.join(names[:4])}, ...)"
+            )
+        chosen |= found
+    if chosen and len(chosen) == len(names):
+        raise ValueError("inner_exclude names every parameter: the inner loop would adapt nothing")
+    return frozenset(chosen)
 
 
 class MAML(MetaLearner):
@@ -49,6 +81,9 @@ class MAML(MetaLearner):
         inner_checkpoint: recompute each second-order inner step in the outer backward instead of
             keeping its graph (`metalab.functional.inner_step`): memory no longer grows with the
             inner steps' activations; the per-task loop only (not under vmap).
+        inner_exclude: parameters the inner loop uses as they are, learned by the outer loop alone
+            ("norm": the normalisation layers' parameters; or patterns on parameter names): as the
+            MAML authors' batch-norm shifts, which live outside their fast weights.
 
     Example:
         >>> from metalab.models import MLP
@@ -74,6 +109,7 @@ class MAML(MetaLearner):
         first_order_iterations: int = 0,
         strategy: str = "auto",
         inner_checkpoint: bool = False,
+        inner_exclude: Sequence[str] = (),
     ) -> None:
         super().__init__()
         if inner_steps < 0 or (eval_inner_steps is not None and eval_inner_steps < 0):
@@ -93,6 +129,8 @@ class MAML(MetaLearner):
                 "this model)"
             )
         self.inner_checkpoint = inner_checkpoint
+        self.inner_exclude = tuple(inner_exclude)
+        self.fixed_names = excluded_parameters(model, self.inner_exclude)
 
     def set_iteration(self, iteration: int) -> None:
         self.iteration = int(iteration)
@@ -125,11 +163,13 @@ class MAML(MetaLearner):
         module: nn.Module | None = None,
     ) -> Params:
         """Inner loop on one task's support set (x, y), of the whole model or of `module` (a part
-        of it whose parameters `params` are, e.g. ANIL's head)."""
+        of it whose parameters `params` are, e.g. ANIL's head); the parameters in `fixed_names`
+        are used as they are."""
         rule = self.update_rule() if rule is None else rule
-        return inner_loop(
+        moving, fixed = split_fixed(params, self.fixed_names)
+        adapted = inner_loop(
             self.model if module is None else module,
-            params,
+            moving,
             x,
             y,
             kind=self.kind,
@@ -138,7 +178,9 @@ class MAML(MetaLearner):
             first_order=first_order,
             mode=mode,
             checkpoint=self.inner_checkpoint,
+            fixed=fixed,
         )
+        return {**adapted, **fixed}
 
     def _task(self, params, sx, sy, qx, qy, *, mode: str):
         adapted = self.adapt(
@@ -174,6 +216,7 @@ class MAML(MetaLearner):
             strategy=self.strategy,
             transductive=self.transductive,
             batches=self.eval_batches(support_x, steps),
+            fixed_names=self.fixed_names,
         )
 
     def eval_batches(self, support_x: Tensor, steps: int) -> Tensor | None:

@@ -19,8 +19,11 @@ __all__ = [
     "InnerRate",
     "DerivativeAnnealing",
     "LaterRate",
+    "InnerExclude",
     "SGDInnerLoop",
+    "SecondOrderSGD",
     "MAMLOptions",
+    "ANILOptions",
     "FirstOrderMAMLOptions",
     "ReptileOptions",
 ]
@@ -87,6 +90,17 @@ class LaterRate(Options):
         super().check(config)
         if self.later_inner_lr is not None and self.later_inner_lr <= 0:
             raise OptionError(f"config key 'later_inner_lr' must be > 0, got {self.later_inner_lr}")
+
+
+@dataclass
+class InnerExclude(Options):
+    inner_exclude: list[str] = option(
+        [],
+        "parameters the inner loop keeps as they are (the outer loop still learns them): norm (every "
+        "batch norm's parameters, as the MAML authors' batch-norm shifts) or parameter-name patterns "
+        "such as 'features.1.*'",
+        allowed="norm or name patterns",
+    )
 
 
 @dataclass
@@ -174,11 +188,22 @@ class DerivativeAnnealing(Options):
 
 
 @dataclass
-class MAMLOptions(DerivativeAnnealing, LaterRate, SecondOrder, InnerRate, TaskMapping, InnerLoop):
-    """MAML's keys: an SGD inner loop, second order unless first_order (or, with
-    first_order_iterations, first order early and second order after)."""
+class SecondOrderSGD(DerivativeAnnealing, LaterRate, SecondOrder, InnerRate, TaskMapping, InnerLoop):
+    """An SGD inner loop, second order unless first_order (or, with first_order_iterations, first
+    order early and second order after)."""
 
 
 @dataclass
-class FirstOrderMAMLOptions(LaterRate, SGDInnerLoop):
+class MAMLOptions(InnerExclude, SecondOrderSGD):
+    """MAML's keys: a second-order SGD inner loop over the whole model, less what inner_exclude
+    keeps out of it."""
+
+
+@dataclass
+class ANILOptions(SecondOrderSGD):
+    """ANIL's keys: a second-order SGD inner loop (over the head alone)."""
+
+
+@dataclass
+class FirstOrderMAMLOptions(InnerExclude, LaterRate, SGDInnerLoop):
     """First-order MAML's keys: an SGD inner loop and the step size of its later steps."""

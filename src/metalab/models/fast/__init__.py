@@ -18,5 +18,7 @@ __all__ = ["FastConv4", "conv4", "second_order_forward", "expects_second_order"]
 
 
 def conv4(fast: bool = True, **kwargs) -> Conv4:
-    """A Conv-4 built with `Conv4`'s arguments: `FastConv4` when `fast`, else the plain `Conv4`."""
+    """A Conv-4 built with `Conv4`'s arguments: `FastConv4` when `fast`, else the plain `Conv4`
+    (always for strided blocks, which the fused paths do not cover)."""
+    fast = fast and kwargs.get("downsample", "pool") == "pool"
     return (FastConv4 if fast else Conv4)(**kwargs)
