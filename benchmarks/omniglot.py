@@ -397,10 +397,31 @@ def _cell_split(cell: str) -> str:
     return load_config(path).split if path.exists() else "vinyals"
 
 
+@functools.cache
+def _cell_model(cell: str) -> str:
+    """ "authors' model" where the cell's config builds the MAML authors' Omniglot model (strided
+    Conv-4, their initialisation, batch norm with a shift only and kept out of the inner loop);
+    else ""."""
+    path = CONFIGS / f"{cell}.yaml"
+    if not path.exists():
+        return ""
+    c = load_config(path)
+    options = c.options if isinstance(c.options, dict) else c.options.to_dict()  # read, not resolved
+    authors = (
+        c.downsample == "stride"
+        and c.init == "maml"
+        and not c.norm_scale
+        and "norm" in (options.get("inner_exclude") or [])
+    )
+    return "authors' model" if authors else ""
+
+
 def _method(r: dict) -> str:
-    """The learner, the options outside its paper that its cell sets, and its split where it is
-    not the Vinyals split."""
+    """The learner, the options outside its paper that its cell sets, the MAML authors' model where
+    it runs on it, and its split where it is not the Vinyals split."""
     notes = [r["variant"]] if r.get("variant") else []
+    if _cell_model(r["cell"]):
+        notes.append(_cell_model(r["cell"]))
     split = _split(r)
     if split != "vinyals":
         notes.append(f"{split} split")
@@ -409,7 +430,7 @@ def _method(r: dict) -> str:
 
 def _learner_order(r: dict) -> tuple:
     rank = ORDER.index(r["algorithm"]) if r["algorithm"] in ORDER else 99
-    return (rank, r["ways"], r["shots"], r.get("variant", ""), _split(r) != "vinyals")
+    return (rank, r["ways"], r["shots"], r.get("variant", ""), _split(r) != "vinyals", _cell_model(r["cell"]))
 
 
 CURVES_Y_MIN = 75.0  # the curves plot's lowest accuracy (%), so that the runs near 100% stay apart

@@ -334,3 +334,13 @@ def test_the_tables_say_when_a_model_trained_past_its_config_s_budget(bench):
     assert bench._of_planned(8_500, {"planned_iterations": 75_000}) == "8,500 of 75,000"
     assert bench._of_planned(6_250, {"planned_iterations": 6_250}) == "6,250 of 6,250"
     assert bench._of_planned(89_160, {"planned_iterations": 6_250}) == "89,160 (past the config's 6,250)"
+
+
+def test_benchmark_names_a_cell_on_the_maml_authors_model(bench):
+    """A cell on the MAML authors' Omniglot model is named so beside the same learner's row on
+    metalab's Conv-4 and split."""
+    authors = {"algorithm": "fomaml", "cell": "fomaml_5w1s_random_authors_model", "ways": 5, "shots": 1}
+    plain = {"algorithm": "fomaml", "cell": "fomaml_5w1s_random", "ways": 5, "shots": 1}
+    assert bench._method(authors) == "fomaml (authors' model, random split)"
+    assert bench._method(plain) == "fomaml (random split)"
+    assert bench._learner_order(authors) > bench._learner_order(plain)
