@@ -204,7 +204,7 @@ class Config:
     norm_scale: bool = key(
         True,
         "the backbone's batch norms learn a scale (gamma) and a shift; false: a shift only, the scale "
-        "fixed at 1, as in the MAML authors' TensorFlow models (docs/omniglot.md)",
+        "fixed at 1, as in the MAML authors' TensorFlow models (docs/backbones.md)",
         "model",
     )
     kernels: str = key(

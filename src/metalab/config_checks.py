@@ -152,9 +152,8 @@ def _validate_data_keys(c: Config, spec: AlgorithmSpec) -> None:
 def _validate_backbone(c: Config, spec: AlgorithmSpec) -> None:
     """The backbone keys (backbone, filters, drop_block, downsample, init, norm_scale): image
     benchmarks only, on algorithms whose model is the backbone; a width >= 1; strided blocks and the
-    MAML authors' initialisation on Conv-4 only;
-    DropBlock on ResNet-12 only, at a rate in [0, 1), and not under vmap (whose random masks
-    torch.func.vmap refuses)."""
+    MAML authors' initialisation on Conv-4 only; DropBlock on ResNet-12 only, at a rate in [0, 1),
+    and not under vmap (whose random masks torch.func.vmap refuses)."""
     chosen = {
         k: getattr(c, k)
         for k, default in (
@@ -173,8 +172,8 @@ def _validate_backbone(c: Config, spec: AlgorithmSpec) -> None:
     if c.benchmark not in IMAGE_BENCHMARKS:
         raise ConfigError(
             "config keys backbone, filters, drop_block, downsample, init and norm_scale apply to image "
-            "benchmarks "
-            f"({', '.join(IMAGE_BENCHMARKS)}); {c.benchmark} uses an MLP of the 'hidden' widths (got {named})"
+            f"benchmarks ({', '.join(IMAGE_BENCHMARKS)}); {c.benchmark} uses an MLP of the 'hidden' "
+            f"widths (got {named})"
         )
     if not spec.needs.backbone:
         raise ConfigError(

@@ -28,6 +28,7 @@ from ...functional import (
     split_fixed,
 )
 from ...losses import task_loss, task_metric
+from ...models.conv4 import BatchStatNorm2d
 from ...tasks.episode import TaskBatch
 from ..base import MetaLearner
 from ..spec import AlgorithmSpec, BuildContext, Needs, register
@@ -45,8 +46,7 @@ def excluded_parameters(model: nn.Module, patterns: Sequence[str]) -> frozenset[
     norms = {
         f"{prefix}.{k}" if prefix else k
         for prefix, m in model.named_modules()
-        if isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm))
-        or type(m).__name__.endswith("Norm2d")
+        if isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, BatchStatNorm2d))
         for k, p in m.named_parameters(recurse=False)
         if p.requires_grad
     }
