@@ -78,7 +78,14 @@ def cmd_add(args) -> None:
         + "".join(f"-{part.replace(' ', '')}" for part in filter(None, r.get("variant", "").split(", ")))
         for r in records
     ]
-    names[0] = args.name or names[0]
+    if args.name:
+        # The first cell takes the given name; a sibling cell named after it (its config stem is the
+        # first's plus a suffix, as fomaml_5w1s_random_authors_model_1query) takes the name plus that
+        # suffix, so a chosen name never leaves a sibling on a default that another model holds.
+        names[0] = args.name
+        for i, r in enumerate(records[1:], 1):
+            if r["cell"].startswith(records[0]["cell"] + "_"):
+                names[i] = args.name + "-" + r["cell"][len(records[0]["cell"]) + 1 :].replace("_", "-")
     written = zoo.add(run_dir, records, names, file=f"{trained_by}.pt", command=command)
     for entry in written:
         f = entry["figure"]

@@ -121,6 +121,9 @@ def test_unknown_damaged_oversize_and_stale_are_refused(trained, zoo_root, monke
         zoo.add(trained / "tiny", [stale], ["stale"])
     with pytest.raises(zoo.ZooError, match="also serves tiny"):
         zoo.add(trained / "tiny", [zoo.record_from_run(trained / "tiny")], ["other"], file="tiny.pt")
+    # A name held by a model in another file is refused, not silently taken over.
+    with pytest.raises(zoo.ZooError, match="zoo:tiny already names another model \\(file tiny.pt"):
+        zoo.add(trained / "tiny", [zoo.record_from_run(trained / "tiny")], ["tiny"], file="newer.pt")
     monkeypatch.setattr(zoo, "MAX_BYTES", 1000)
     with pytest.raises(zoo.ZooError, match="over the zoo's limit"):
         zoo.add(trained / "tiny", [zoo.record_from_run(trained / "tiny")], ["big"], file="big.pt")
@@ -431,3 +434,22 @@ def test_a_finished_model_trains_further_from_its_weights_with_fresh_moments(tra
     assert any(not torch.equal(a, kept[k]) for k, a in resumed.learner.state_dict().items())
     iterations = [json.loads(x)["iteration"] for x in (seeded / "metrics.jsonl").read_text().splitlines()]
     assert iterations[:3] == [2, 4, 5] and iterations[-1] == 8  # the stored curve, then the new run's
+
+
+def test_benchmark_add_names_a_sibling_cell_after_the_given_name(tmp_path, monkeypatch):
+    """`--name` names the first cell; a cell whose config stem extends the first's takes the name
+    plus that suffix instead of the default, which another model may hold."""
+    bench = _bench_zoo()
+    out, results = tmp_path / "out", tmp_path / "results"
+    first, sibling = "fomaml_5w1s_random_authors_model", "fomaml_5w1s_random_authors_model_1query"
+    write(out / first / "config.yaml", "threads: 2\n")
+    figure = dict(algorithm="fomaml", ways=5, shots=1, trained_by=first, iterations=4, curve=[])
+    for cell in (first, sibling):
+        write(results / f"{cell}.json", json.dumps({**figure, "cell": cell}))
+    seen = {}
+    monkeypatch.setattr(
+        bench.zoo, "add", lambda run_dir, records, names, **kw: seen.update(names=names) or []
+    )
+    argv = ["add", first, "--name", "fomaml-authors", "--out", str(out), "--results", str(results)]
+    assert bench.main(argv) == 0
+    assert seen["names"] == ["fomaml-authors", "fomaml-authors-1query"]

@@ -259,8 +259,8 @@ def add(
     Raises:
         ZooError: the checkpoint is over `MAX_BYTES`, a record was measured at another iteration
             than the checkpoint's (or best.pt's) or on another algorithm, a figure of best.pt's
-            weights is of an unfinished run, a name is malformed, or the zoo file also serves other
-            entries that are not re-added with it.
+            weights is of an unfinished run, a name is malformed or already names a model in
+            another file, or the zoo file also serves other entries that are not re-added with it.
         CheckpointError: the checkpoint is missing or corrupt.
     """
     from ..run import BEST, checkpoint_config
@@ -352,6 +352,13 @@ def add(
             f"zoo file name {file!r} must be lower-case letters, digits, '.', '_' or '-' ending .pt"
         )
     models = read_index(root)
+    taken = sorted(n for n in names if n in models and models[n]["file"] != file)
+    if taken:
+        raise ZooError(
+            f"{', '.join(f'zoo:{n}' for n in taken)} already names another model (file "
+            f"{models[taken[0]]['file']}, trained by {models[taken[0]].get('trained_by')}): choose another "
+            "name, or remove that entry from the index first"
+        )
     sharing = sorted(n for n, e in models.items() if e["file"] == file and n not in names)
     if sharing:
         raise ZooError(
