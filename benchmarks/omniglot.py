@@ -348,7 +348,7 @@ def cmd_curves(args) -> int:
 
 def _queries(record: dict) -> str:
     q = record.get("test_queries", 15)
-    return "" if q == 15 else f", {q} queries per class"
+    return "" if q == 15 else f", {q} {'query' if q == 1 else 'queries'} per class"
 
 
 def _setting(record: dict) -> str:
