@@ -69,6 +69,13 @@ def _second_order_reference(theta, batch, lr, steps, fixed):
     return dict(zip(leaves, grads))
 
 
+def _meta_gradient(learner):
+    """One meta-batch of 2 noise tasks and the learner's meta-gradient on it, by parameter name."""
+    batch = image_batch(tasks=2, ways=3, shots=1, queries=2, size=16, seed=1)
+    learner.meta_loss(batch)[0].backward()
+    return batch, {k: p.grad for k, p in learner.model.named_parameters()}
+
+
 def _close(got: dict, want: dict, rtol: float) -> None:
     assert got.keys() == want.keys()
     scale = max(v.abs().max().item() for v in want.values())
@@ -111,9 +118,7 @@ def test_first_order_maml_keeps_excluded_parameters_out_of_the_inner_loop(exclud
     fixed = set(NORM_BIASES) if exclude == ["norm"] else {k for k in theta if k.startswith("features.")}
     fixed &= set(learner.fixed_names)
     assert set(NORM_BIASES) <= fixed
-    batch = image_batch(tasks=2, ways=3, shots=1, queries=2, size=16, seed=1)
-    learner.meta_loss(batch)[0].backward()
-    got = {k: p.grad for k, p in learner.model.named_parameters()}
+    batch, got = _meta_gradient(learner)
     want = _first_order_reference(theta, batch, 0.4, 2, fixed)
     _close(got, want, 1e-9)
     # The reference that adapts the shifts too lands far from it.
@@ -124,9 +129,7 @@ def test_first_order_maml_keeps_excluded_parameters_out_of_the_inner_loop(exclud
 def test_second_order_maml_with_norms_outside_the_inner_loop_matches_autograd_reference():
     keys = dict(OMNIGLOT, algorithm="maml", inner_steps=2, inner_lr=0.4, norm_scale=False)
     c, learner, theta = _built(**keys, inner_exclude=["norm"])
-    batch = image_batch(tasks=2, ways=3, shots=1, queries=2, size=16, seed=1)
-    learner.meta_loss(batch)[0].backward()
-    got = {k: p.grad for k, p in learner.model.named_parameters()}
+    batch, got = _meta_gradient(learner)
     want = _second_order_reference(theta, batch, 0.4, 2, set(NORM_BIASES))
     _close(got, want, 1e-9)
     assert _difference(_second_order_reference(theta, batch, 0.4, 2, set()), want) > 1e-4
@@ -211,9 +214,7 @@ def test_the_authors_model_meta_gradient_matches_a_plain_reference(algorithm):
     c, learner, theta = _built(**keys, downsample="stride", inner_exclude=["norm"])
     shifts = {f"features.{3 * i + 1}.bias" for i in range(4)}
     assert set(learner.fixed_names) == shifts
-    batch = image_batch(tasks=2, ways=3, shots=1, queries=2, size=16, seed=1)
-    learner.meta_loss(batch)[0].backward()
-    got = {k: p.grad for k, p in learner.model.named_parameters()}
+    batch, got = _meta_gradient(learner)
     leaves = {k: v.clone().requires_grad_(True) for k, v in theta.items()}
     total = 0.0
     for t in range(batch.num_tasks):
