@@ -49,7 +49,6 @@ __all__ = [
     "map_tasks",
     "detached_params",
     "adapted_predictions",
-    "split_fixed",
 ]
 
 Params = dict[str, Tensor]
@@ -291,7 +290,7 @@ def inner_loop(
     checkpoint: bool = False,
     batches: Optional[Tensor] = None,
     return_state: bool = False,
-    fixed: Optional[Mapping[str, Tensor]] = None,
+    fixed_names: Collection[str] = (),
 ) -> Params | tuple[Params, Any]:
     """Adapt `params` to one task by `steps` steps of `rule` on the loss of `model` on (x, y).
 
@@ -309,14 +308,15 @@ def inner_loop(
         batches: of shape (steps, b), the indices of the examples of each step's mini-batch
             (`minibatch_order`); None: every step on all of (x, y).
         return_state: also return the rule's final state.
-        fixed: more of the model's parameters, which the loss uses as they are: not adapted, and
-            not in the result.
+        fixed_names: parameters of `params` that the loss uses as they are, not adapted (and
+            returned as they came).
 
     Returns:
         the adapted parameters, differentiable w.r.t. `params` unless they were detached (and the
         rule's final state, with `return_state`).
     """
-    fixed = dict(fixed or {})
+    fixed = {k: v for k, v in params.items() if k in fixed_names}
+    params = {k: v for k, v in params.items() if k not in fixed_names}
 
     def loss_on(bx: Tensor, by: Tensor) -> Callable[[Params], Tensor]:
         return lambda p: task_loss(kind, forward(model, {**p, **fixed}, bx), by)
@@ -327,6 +327,7 @@ def inner_loop(
         params, state = inner_step(
             loss_of, params, rule, state, step, first_order=first_order, mode=mode, checkpoint=checkpoint
         )
+    params = {**params, **fixed}
     return (params, state) if return_state else params
 
 
@@ -352,13 +353,12 @@ def adapted_predictions(
     of the support set and itself alone, its output taken from the last row (Nichol et al. 2018's
     non-transductive evaluation), so no query's answer depends on the others. `batches`: of shape
     (T, steps, b), each task's mini-batches (`inner_loop`); None: the whole support set per step.
-    `fixed_names`: parameters kept as they are (`split_fixed`)."""
+    `fixed_names`: parameters kept as they are (`inner_loop`)."""
 
     def task(p, sx, sy, qx, *order, mode):
-        moving, fixed = split_fixed(p, fixed_names)
         adapted = inner_loop(
             model,
-            moving,
+            p,
             sx,
             sy,
             kind=kind,
@@ -367,9 +367,8 @@ def adapted_predictions(
             first_order=True,
             mode=mode,
             batches=order[0] if order else None,
-            fixed=fixed,
+            fixed_names=fixed_names,
         )
-        adapted = {**adapted, **fixed}
         if transductive:
             return forward(model, adapted, qx).detach()
         alone = [forward(model, adapted, torch.cat([sx, qx[i : i + 1]]))[-1:] for i in range(qx.shape[0])]
@@ -379,12 +378,6 @@ def adapted_predictions(
         params = detached_params(named_params(model), strategy)
         tensors = (support_x, support_y, query_x) + (() if batches is None else (batches,))
         return map_tasks(task, params, tensors, strategy)
-
-
-def split_fixed(params: Params, fixed_names: Collection[str]) -> tuple[Params, Params]:
-    """`params` as (those the inner loop adapts, those it keeps as they are: `fixed_names`)."""
-    moving = {k: v for k, v in params.items() if k not in fixed_names}
-    return moving, {k: v for k, v in params.items() if k in fixed_names}
 
 
 def resolve_strategy(strategy: str, model: nn.Module) -> str:

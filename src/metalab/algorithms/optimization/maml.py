@@ -25,7 +25,6 @@ from ...functional import (
     map_tasks,
     named_params,
     resolve_strategy,
-    split_fixed,
 )
 from ...losses import task_loss, task_metric
 from ...models.conv4 import BatchStatNorm2d
@@ -166,10 +165,9 @@ class MAML(MetaLearner):
         of it whose parameters `params` are, e.g. ANIL's head); the parameters in `fixed_names`
         are used as they are."""
         rule = self.update_rule() if rule is None else rule
-        moving, fixed = split_fixed(params, self.fixed_names)
-        adapted = inner_loop(
+        return inner_loop(
             self.model if module is None else module,
-            moving,
+            params,
             x,
             y,
             kind=self.kind,
@@ -178,9 +176,8 @@ class MAML(MetaLearner):
             first_order=first_order,
             mode=mode,
             checkpoint=self.inner_checkpoint,
-            fixed=fixed,
+            fixed_names=self.fixed_names,
         )
-        return {**adapted, **fixed}
 
     def _task(self, params, sx, sy, qx, qy, *, mode: str):
         adapted = self.adapt(
