@@ -105,7 +105,6 @@ class Conv4(nn.Module):
             raise ValueError(f"norm must be 'batch_stats' or 'batch', got {norm!r}")
         if downsample not in DOWNSAMPLING:
             raise ValueError(f"downsample must be one of {', '.join(DOWNSAMPLING)}, got {downsample!r}")
-        self.downsample = downsample
         blocks: list[nn.Module] = []
         channels, size = in_channels, image_size
         for _ in range(4):
