@@ -391,21 +391,25 @@ def _split(r: dict) -> str:
 
 
 @functools.cache
-def _cell_split(cell: str) -> str:
-    # read once per cell: the tables ask for every row several times
+def _cell_config(cell: str):
+    """The cell's config as its file reads (None where it has none), read once per cell: the tables
+    ask for every row several times."""
     path = CONFIGS / f"{cell}.yaml"
-    return load_config(path).split if path.exists() else "vinyals"
+    return load_config(path) if path.exists() else None
 
 
-@functools.cache
+def _cell_split(cell: str) -> str:
+    c = _cell_config(cell)
+    return c.split if c is not None else "vinyals"
+
+
 def _cell_model(cell: str) -> str:
     """ "authors' model" where the cell's config builds the MAML authors' Omniglot model (strided
     Conv-4, their initialisation, batch norm with a shift only and kept out of the inner loop);
     else ""."""
-    path = CONFIGS / f"{cell}.yaml"
-    if not path.exists():
+    c = _cell_config(cell)
+    if c is None:
         return ""
-    c = load_config(path)
     options = c.options if isinstance(c.options, dict) else c.options.to_dict()  # read, not resolved
     authors = (
         c.downsample == "stride"
