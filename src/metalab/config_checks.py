@@ -149,43 +149,34 @@ def _validate_data_keys(c: Config, spec: AlgorithmSpec) -> None:
         )
 
 
+# The model keys of the image backbones, each checked against its default.
+BACKBONE_KEYS = ("backbone", "filters", "drop_block", "downsample", "init", "norm_scale")
+
+
 def _validate_backbone(c: Config, spec: AlgorithmSpec) -> None:
     """The backbone keys (backbone, filters, drop_block, downsample, init, norm_scale): image
     benchmarks only, on algorithms whose model is the backbone; a width >= 1; strided blocks and the
     MAML authors' initialisation on Conv-4 only; DropBlock on ResNet-12 only, at a rate in [0, 1),
     and not under vmap (whose random masks torch.func.vmap refuses)."""
-    chosen = {
-        k: getattr(c, k)
-        for k, default in (
-            ("backbone", "conv4"),
-            ("filters", None),
-            ("drop_block", 0.0),
-            ("downsample", "pool"),
-            ("init", "pytorch"),
-            ("norm_scale", True),
-        )
-        if getattr(c, k) != default
-    }
+    default = Config()
+    chosen = {k: getattr(c, k) for k in BACKBONE_KEYS if getattr(c, k) != getattr(default, k)}
     if not chosen:
         return
     named = ", ".join(f"{k} {v}" for k, v in chosen.items())
+    keys = f"config keys {', '.join(BACKBONE_KEYS[:-1])} and {BACKBONE_KEYS[-1]}"
     if c.benchmark not in IMAGE_BENCHMARKS:
         raise ConfigError(
-            "config keys backbone, filters, drop_block, downsample, init and norm_scale apply to image "
-            f"benchmarks ({', '.join(IMAGE_BENCHMARKS)}); {c.benchmark} uses an MLP of the 'hidden' "
-            f"widths (got {named})"
+            f"{keys} apply to image benchmarks ({', '.join(IMAGE_BENCHMARKS)}); {c.benchmark} uses an "
+            f"MLP of the 'hidden' widths (got {named})"
         )
     if not spec.needs.backbone:
-        raise ConfigError(
-            "config keys backbone, filters, drop_block, downsample, init and norm_scale do not apply to "
-            f"{spec.name}, whose model is its own (got {named})"
-        )
+        raise ConfigError(f"{keys} do not apply to {spec.name}, whose model is its own (got {named})")
     if c.filters is not None and c.filters < 1:
         raise ConfigError(f"config key 'filters' must be >= 1, got {c.filters}")
     if not 0.0 <= c.drop_block < 1.0:
         raise ConfigError(f"config key 'drop_block' must be in [0, 1), got {c.drop_block}")
-    for k, default in (("downsample", "pool"), ("init", "pytorch")):
-        if getattr(c, k) != default and c.backbone != "conv4":
+    for k in ("downsample", "init"):
+        if k in chosen and c.backbone != "conv4":
             raise ConfigError(f"config key '{k}' applies to backbone conv4, not {c.backbone}")
     if c.drop_block > 0 and c.backbone != "resnet12":
         raise ConfigError(f"config key 'drop_block' applies to backbone resnet12, not {c.backbone}")
