@@ -405,8 +405,8 @@ def _cell_split(cell: str) -> str:
 
 def _cell_model(cell: str) -> str:
     """ "authors' model" where the cell's config builds the MAML authors' Omniglot model (strided
-    Conv-4, their initialisation, batch norm with a shift only and kept out of the inner loop);
-    else ""."""
+    Conv-4, their initialisation, batch norm with a shift only and kept out of the inner loop), with
+    its step schedule where it has one; else ""."""
     c = _cell_config(cell)
     if c is None:
         return ""
@@ -417,7 +417,11 @@ def _cell_model(cell: str) -> str:
         and not c.norm_scale
         and "norm" in (options.get("inner_exclude") or [])
     )
-    return "authors' model" if authors else ""
+    if not authors:
+        return ""
+    if c.lr_schedule == "step":  # the runs on this model differ in when the outer rate falls
+        return f"authors' model, rate /{1 / c.lr_decay_factor:g} every {c.lr_decay_every:,}"
+    return "authors' model"
 
 
 def _method(r: dict) -> str:

@@ -338,9 +338,11 @@ def test_the_tables_say_when_a_model_trained_past_its_config_s_budget(bench):
 
 def test_benchmark_names_a_cell_on_the_maml_authors_model(bench):
     """A cell on the MAML authors' Omniglot model is named so beside the same learner's row on
-    metalab's Conv-4 and split."""
+    metalab's Conv-4 and split, with its step schedule where runs on that model differ in it."""
     authors = {"algorithm": "fomaml", "cell": "fomaml_5w1s_random_authors_model", "ways": 5, "shots": 1}
     plain = {"algorithm": "fomaml", "cell": "fomaml_5w1s_random", "ways": 5, "shots": 1}
-    assert bench._method(authors) == "fomaml (authors' model, random split)"
+    late = {**authors, "cell": "fomaml_5w1s_random_authors_model_late_decay"}
+    assert bench._method(authors) == "fomaml (authors' model, rate /10 every 13,800, random split)"
+    assert bench._method(late) == "fomaml (authors' model, rate /10 every 40,000, random split)"
     assert bench._method(plain) == "fomaml (random split)"
     assert bench._learner_order(authors) > bench._learner_order(plain)
