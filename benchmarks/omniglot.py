@@ -428,8 +428,9 @@ def _method(r: dict) -> str:
     """The learner, the options outside its paper that its cell sets, the MAML authors' model where
     it runs on it, and its split where it is not the Vinyals split."""
     notes = [r["variant"]] if r.get("variant") else []
-    if _cell_model(r["cell"]):
-        notes.append(_cell_model(r["cell"]))
+    model = _cell_model(r["cell"])
+    if model:
+        notes.append(model)
     split = _split(r)
     if split != "vinyals":
         notes.append(f"{split} split")
