@@ -346,3 +346,21 @@ def test_benchmark_names_a_cell_on_the_maml_authors_model(bench):
     assert bench._method(late) == "fomaml (authors' model, rate /10 every 40,000, random split)"
     assert bench._method(plain) == "fomaml (random split)"
     assert bench._learner_order(authors) > bench._learner_order(plain)
+
+
+def test_every_shipped_sibling_cell_still_trains_the_model_its_row_came_from(bench):
+    """A cell meta-tested on another cell's model (its results file's trained_by) is a copy of that
+    config but for its test keys; `train` finds it by that equality, so a copy that drifted would
+    silently stop being tested with the model its row names."""
+    shipped = ROOT / "benchmarks" / "results" / "omniglot"
+    siblings = [
+        (p.stem, record["trained_by"])
+        for p in sorted(shipped.glob("*.json"))
+        if (record := json.loads(p.read_text()))["trained_by"] != p.stem
+    ]
+    assert siblings, f"no results file in {shipped} names another cell's model"
+    for cell, trainer in siblings:
+        own, theirs = (load_config(bench.CONFIGS / f"{name}.yaml") for name in (cell, trainer))
+        assert bench._training_part(own) == bench._training_part(theirs), (
+            f"{cell} no longer trains {trainer}'s model"
+        )
