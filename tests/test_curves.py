@@ -5,6 +5,7 @@ the extrapolated estimate), their plots, `metalab report` on them and benchmarks
 import importlib.util
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -364,3 +365,15 @@ def test_every_shipped_sibling_cell_still_trains_the_model_its_row_came_from(ben
         assert bench._training_part(own) == bench._training_part(theirs), (
             f"{cell} no longer trains {trainer}'s model"
         )
+
+
+def test_every_omniglot_figure_the_readme_quotes_is_one_the_results_page_holds():
+    """The README's Omniglot section repeats figures from docs/results.md (its tables and notes);
+    a figure that changes there and not in the README would leave the front door stale."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Omniglot", 1)[1].split("\n### ", 1)[0]
+    quoted = re.findall(r"\d+\.\d+ ± \d+\.\d+", section)
+    assert len(quoted) >= 20, "the README's Omniglot section lost its figures"
+    results = (ROOT / "docs" / "results.md").read_text()
+    stale = [figure for figure in quoted if figure not in results]
+    assert not stale, f"README figures not in docs/results.md: {stale}"
