@@ -80,3 +80,45 @@ def test_sizes_are_checked_before_anything_is_allocated():
     # the papers' largest Omniglot settings pass
     Config(benchmark="omniglot", algorithm="maml", ways=20, shots=5, queries=15, meta_batch=16).resolved()
     Config(benchmark="omniglot", algorithm="protonet", ways=60, shots=5, queries=15, meta_batch=1).resolved()
+
+
+def test_a_config_file_extends_another_and_changes_only_what_it_names(tmp_path):
+    """`extends: OTHER.yaml` (relative to the file) reads the other file first; the file's own keys,
+    the algorithm's among them, replace or add to it, through any number of files."""
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "train.yaml").write_text(
+        "algorithm: maml\nways: 5\ninner_lr: 0.4\niterations: 100\n"
+    )
+    (tmp_path / "base" / "test.yaml").write_text("extends: train.yaml\ninner_lr: 0.1\ntest_queries: 1\n")
+    (tmp_path / "more.yaml").write_text("extends: base/test.yaml\nways: 20\n")
+    c = load_config(tmp_path / "more.yaml").resolved()
+    assert (c.algorithm, c.ways, c.iterations, c.test_queries) == ("maml", 20, 100, 1)
+    assert c.options.inner_lr == 0.1
+    assert "extends" not in c.to_dict()  # a run folder saves the whole config, not the chain
+    assert load_config(tmp_path / "base" / "train.yaml").resolved().options.inner_lr == 0.4
+
+
+@pytest.mark.parametrize(
+    "files, problem",
+    [
+        (
+            {"a.yaml": "extends: b.yaml\n", "b.yaml": "extends: a.yaml\n"},
+            r"which leads back to it \(.*a\.yaml -> ",
+        ),
+        ({"a.yaml": "extends: a.yaml\n"}, "which leads back to it"),
+        (
+            {"a.yaml": "extends: gone.yaml\n"},
+            r"a\.yaml extends gone\.yaml: config file not found: .*gone\.yaml",
+        ),
+        ({"a.yaml": "extends: [b.yaml]\n"}, r"extends must name another config file, got \['b\.yaml'\]"),
+        (
+            {"a.yaml": "extends: b.yaml\n", "b.yaml": "ways: [\n"},
+            r"a\.yaml extends b\.yaml: config file .*b\.yaml is not valid YAML",
+        ),
+    ],
+)
+def test_a_broken_extends_names_the_file_and_the_problem(tmp_path, files, problem):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=problem):
+        load_config(tmp_path / "a.yaml")

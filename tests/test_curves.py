@@ -350,9 +350,10 @@ def test_benchmark_names_a_cell_on_the_maml_authors_model(bench):
 
 
 def test_every_shipped_sibling_cell_still_trains_the_model_its_row_came_from(bench):
-    """A cell meta-tested on another cell's model (its results file's trained_by) is a copy of that
-    config but for its test keys; `train` finds it by that equality, so a copy that drifted would
-    silently stop being tested with the model its row names."""
+    """A cell meta-tested on another cell's model (its results file's trained_by) has that config's
+    training keys (it extends that file and sets only test keys); `train` finds it by that equality,
+    so a cell that drifted (a training key set, or the file it extends changed) would silently stop
+    being tested with the model its row names."""
     shipped = ROOT / "benchmarks" / "results" / "omniglot"
     siblings = [
         (p.stem, record["trained_by"])

@@ -149,7 +149,9 @@ def parser() -> argparse.ArgumentParser:
         epilog=_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    t.add_argument("--config", help="a YAML config file (keys as below)")
+    t.add_argument(
+        "--config", help="a YAML config file (keys as below; `extends: OTHER.yaml` starts from another file)"
+    )
     t.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)"
     )

@@ -454,7 +454,12 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def load_config(path: str | Path, base: Config | None = None) -> Config:
+def load_config(path: str | Path, base: Config | None = None, *, _chain: tuple[Path, ...] = ()) -> Config:
+    """The config a YAML file gives, on top of `base` (default: the built-in defaults).
+
+    A file may start from another config file with `extends: OTHER.yaml` (a path relative to the
+    file): the other file's keys are read first, and this file's keys replace or add to them. A
+    file of its own is then only what differs, e.g. a test protocol beside a training config."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -476,6 +481,19 @@ def load_config(path: str | Path, base: Config | None = None) -> Config:
         raise ConfigError(
             f"config file {path} is a YAML {type(values).__name__}, not a mapping of config keys to values"
         )
+    if "extends" in values:
+        parent = values.pop("extends")
+        if not isinstance(parent, str) or not parent.strip():
+            raise ConfigError(f"{path}: extends must name another config file, got {parent!r}")
+        chain = (*_chain, path.resolve())
+        parent_path = path.parent / parent
+        if parent_path.resolve() in chain:
+            cycle = " -> ".join(str(p) for p in (*chain, parent_path.resolve()))
+            raise ConfigError(f"{path}: extends {parent}, which leads back to it ({cycle})")
+        try:
+            base = load_config(parent_path, base, _chain=chain)
+        except ConfigError as e:
+            raise ConfigError(f"{path} extends {parent}: {e}") from None
     return config_from_dict(values, base)
 
 
