@@ -8,16 +8,17 @@ write docs/results.md (our accuracy +/- 95% CI beside the paper's, with the budg
 `train` runs (or resumes) the config in benchmarks/out/omniglot/<name>/, meta-tests the result on
 1,000 test episodes with 15 queries per class, and also on every other cell whose config trains the
 same model (e.g. protonet_20w1s from protonet_5w1s's run: the papers train one model per shot count
-and test it 5- and 20-way; Reptile's non-transductive cell from reptile_5w1s's run), or only those
-named by `--cells`; each cell's figure goes to benchmarks/results/omniglot/<cell>.json, with the
-run's validation curve (accuracy and its CI at every validation, with wall-clock and CPU seconds);
-`--weights float16` meta-tests the finished model with its weights rounded to float16, as the zoo
-stores a model whose float32 weights are over its limit (MANN); `--from-weights` continues such a
-finished zoo model, which keeps no optimizer state, from its weights with fresh optimizer moments.
-`curves` refreshes those curves from run folders still training, without training or testing.
-`table` reads those files and writes docs/results.md, docs/omniglot_curves.png and
-docs/omniglot_time_to_accuracy.png. Budgets on 2 CPU cores are far below the papers'; the tables say
-how many iterations and how much wall-clock and CPU time each figure took.
+and test it 5- and 20-way; Reptile's non-transductive cell from reptile_5w1s's run; such a config
+extends the trainer's and sets only test keys), or only those named by `--cells`; each cell's figure
+goes to benchmarks/results/omniglot/<cell>.json, with the run's validation curve (accuracy and its
+CI at every validation, with wall-clock and CPU seconds); `--weights float16` meta-tests the
+finished model with its weights rounded to float16, as the zoo stores a model whose float32 weights
+are over its limit (MANN); `--from-weights` continues such a finished zoo model, which keeps no
+optimizer state, from its weights with fresh optimizer moments. `curves` refreshes those curves from
+run folders still training, without training or testing. `table` reads those files and writes
+docs/results.md, docs/omniglot_curves.png and docs/omniglot_time_to_accuracy.png. Budgets on 2 CPU
+cores are far below the papers'; the tables say how many iterations and how much wall-clock and CPU
+time each figure took.
 """
 
 from __future__ import annotations
